@@ -1,0 +1,280 @@
+//! Commands: wiring of config, scope, probes, store and outputs for each CLI command.
+//!
+//! Errors reach the user here, as one line each; exit codes follow CONTRACT.md §1
+//! (64 for a bad config or usage, 1 for a runtime failure, 3 when `--fail-on` matched).
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, Format, Severity};
+use crate::config::{self, Config};
+use crate::lab::Lab;
+use crate::observation::{RunState, ScanObservations};
+use crate::output::report::{self, Report};
+use crate::probe::ProbeKind;
+use crate::reconcile;
+use crate::scan::{self, ScanRequest};
+use crate::scope::Limits;
+use crate::store::Store;
+
+pub const EXIT_USAGE: u8 = 64;
+pub const EXIT_FAIL_ON: u8 = 3;
+
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Scan {
+            config,
+            segments,
+            probes,
+            format,
+            output,
+            fail_on,
+        } => {
+            let probes = match parse_probes(probes.as_deref()) {
+                Ok(p) => p,
+                Err(message) => {
+                    eprintln!("netpatrol: {message}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let config = match config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            let request = ScanRequest { segments, probes };
+            match scan_command(&config, &request, format, output.as_deref(), fail_on).await {
+                Ok(code) => code,
+                Err(error) => {
+                    eprintln!("netpatrol: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { once, out } => match demo(once, &out).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("netpatrol: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Daemon { .. } | Command::Bulletin { .. } | Command::Outbox { .. } => {
+            eprintln!("netpatrol: this command is not built yet");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: ok ({} segments, {} departments, {} approvals, {} projects, {} ports)",
+                path.display(),
+                config.segments.len(),
+                config.departments.len(),
+                config.approvals.len(),
+                config.projects.len(),
+                config.scan.ports.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// `--probes a,b,c` into a set; absent = every probe.
+pub fn parse_probes(list: Option<&str>) -> Result<BTreeSet<ProbeKind>, String> {
+    let Some(list) = list else {
+        return Ok(ProbeKind::ALL.into_iter().collect());
+    };
+    list.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            ProbeKind::parse(s).ok_or_else(|| {
+                format!(
+                    "unknown probe {s:?} in --probes (known: icmp, tcp, dns, banner, tls, http)"
+                )
+            })
+        })
+        .collect()
+}
+
+/// A progress bar on stderr when it is a terminal, hidden otherwise.
+fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} probes ({per_sec}, eta {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Cancel `token` on Ctrl-C (SIGINT) or SIGTERM.
+fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        eprintln!("netpatrol: stopping; the scan is recorded as incomplete");
+        token.cancel();
+    });
+}
+
+/// Scan, record in the store, build the report.
+pub async fn scan_and_record(
+    config: &Config,
+    store: &Store,
+    request: &ScanRequest,
+    limits: Arc<Limits>,
+    progress: ProgressBar,
+    cancel: CancellationToken,
+) -> anyhow::Result<(ScanObservations, Report)> {
+    let observations = scan::run(config, request, limits, progress, cancel).await?;
+    let report = report::build(config, &observations);
+    let today = observations
+        .run
+        .started_at
+        .with_timezone(&config.organisation.timezone)
+        .date_naive();
+    let placements: std::collections::HashMap<String, Option<String>> = observations
+        .hosts
+        .iter()
+        .map(|h| {
+            let p = reconcile::place(config, &h.segment, h.ip, h.ptr.as_deref(), today);
+            (h.ip.to_string(), p.department)
+        })
+        .collect();
+    let json = serde_json::to_value(&report)?;
+    store
+        .record(
+            &observations,
+            &|ip| placements.get(ip).cloned().flatten(),
+            &json,
+        )
+        .await
+        .context("cannot record the scan")?;
+    Ok((observations, report))
+}
+
+async fn scan_command(
+    config: &Config,
+    request: &ScanRequest,
+    format: Option<Format>,
+    output: Option<&Path>,
+    fail_on: Option<Severity>,
+) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&config.store.path).await?;
+    let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+    let cancel = CancellationToken::new();
+    cancel_on_signal(cancel.clone());
+    let (observations, report) = scan_and_record(
+        config,
+        &store,
+        request,
+        limits,
+        progress_bar(),
+        cancel.clone(),
+    )
+    .await?;
+    store.close().await;
+
+    let to_terminal = output.is_none() && std::io::stdout().is_terminal();
+    let format = format.unwrap_or(if to_terminal {
+        Format::Table
+    } else {
+        Format::Json
+    });
+    let text = match format {
+        Format::Table => report::table(config, &report),
+        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+    };
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    if observations.run.state == RunState::Incomplete {
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(threshold) = fail_on
+        && report
+            .findings
+            .iter()
+            .filter_map(|f| f.get("severity").and_then(|s| s.as_str()))
+            .filter_map(|s| <Severity as clap::ValueEnum>::from_str(s, true).ok())
+            .any(|s| s >= threshold)
+    {
+        return Ok(ExitCode::from(EXIT_FAIL_ON));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
+    let lab = Lab::start()
+        .await
+        .context("cannot start the demo network")?;
+    if lab.shift != 0 {
+        eprintln!(
+            "netpatrol demo: well-known ports are taken or need root here; the simulated services listen {} ports higher",
+            lab.shift
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let config = lab.config(out)?;
+    let store = Store::open(&config.store.path).await?;
+    let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+    let cancel = CancellationToken::new();
+    cancel_on_signal(cancel.clone());
+    eprintln!(
+        "netpatrol demo: {} simulated services on 127.20.0.0/16; store {}",
+        lab.endpoints().len(),
+        config.store.path.display()
+    );
+    loop {
+        let (_, report) = scan_and_record(
+            &config,
+            &store,
+            &ScanRequest::all(),
+            limits.clone(),
+            progress_bar(),
+            cancel.clone(),
+        )
+        .await?;
+        print!("{}", report::table(&config, &report));
+        let path: PathBuf = out.join("last-scan.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("netpatrol demo: report written to {}", path.display());
+        if once || cancel.is_cancelled() {
+            break;
+        }
+        eprintln!("netpatrol demo: next scan in 60 s; Ctrl-C stops");
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
+    }
+    store.close().await;
+    lab.stop().await;
+    Ok(())
+}

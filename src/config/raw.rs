@@ -1,0 +1,395 @@
+//! The raw layer: serde structs that mirror the YAML exactly.
+//!
+//! Every struct denies unknown keys and every field documents its default. Values that validation
+//! must point at are kept as `Spanned<String>` (the YAML position comes with them) and are parsed
+//! in `validate.rs`, so one bad value becomes one problem instead of stopping the file. The same
+//! item structs are filled from CSV rows by `registers.rs`, where positions are unknown (line 0)
+//! and the row number is carried by the item's origin instead.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny};
+use serde_saphyr::Spanned;
+
+/// A string value with its position.
+pub type Text = Spanned<String>;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Default: name "netpatrol", timezone Asia/Shanghai.
+    #[serde(default)]
+    pub organisation: Option<OrganisationConfig>,
+    /// Default: `netpatrol.db` beside the config file.
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+    /// Default: no extra trust anchors.
+    #[serde(default)]
+    pub trust: Option<TrustConfig>,
+    /// Default: every scan setting at its own default.
+    #[serde(default)]
+    pub scan: Option<ScanConfig>,
+    /// Default: no departments.
+    #[serde(default)]
+    pub departments: Option<Register<DepartmentConfig>>,
+    /// Required: the only addresses netpatrol will ever probe.
+    #[serde(default)]
+    pub segments: Option<Register<SegmentConfig>>,
+    /// Default: no approvals.
+    #[serde(default)]
+    pub approvals: Option<Register<ApprovalConfig>>,
+    /// Default: no projects.
+    #[serde(default)]
+    pub projects: Option<Register<ProjectConfig>>,
+    /// Default: no HTTP server, no scheduled scans.
+    #[serde(default)]
+    pub daemon: Option<DaemonConfig>,
+    /// Default: monthly bulletin in Chinese, written to `bulletins` beside the config.
+    #[serde(default)]
+    pub bulletin: Option<BulletinConfig>,
+    /// Default: absent, no mail is sent.
+    #[serde(default)]
+    pub smtp: Option<SmtpConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganisationConfig {
+    /// Default "netpatrol".
+    #[serde(default)]
+    pub name: Option<String>,
+    /// IANA name; default "Asia/Shanghai".
+    #[serde(default)]
+    pub timezone: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file; default `netpatrol.db` beside the config; relative to the config's folder.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Extra PEM trust anchors besides the system roots, relative to the config's folder;
+    /// default none.
+    #[serde(default)]
+    pub ca_files: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanConfig {
+    /// ICMP echo as one liveness signal; default true.
+    #[serde(default)]
+    pub icmp: Option<bool>,
+    /// One string or a list of ports, "A-B" ranges and named sets; default the `default` set.
+    #[serde(default)]
+    pub ports: Option<PortList>,
+    /// New connection attempts per second, whole process, 0 = unlimited; default 2000.
+    #[serde(default)]
+    pub rate: Option<u32>,
+    /// Probes in flight, whole process, 1 to 65536; default 256.
+    #[serde(default)]
+    pub concurrency: Option<Spanned<u64>>,
+    /// Per connection / handshake step, more than 0; default 1500.
+    #[serde(default)]
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Extra attempts for a port that stayed silent; default 1.
+    #[serde(default)]
+    pub retries: Option<u8>,
+    /// How long to wait for a service's greeting, more than 0; default 1000.
+    #[serde(default)]
+    pub banner_timeout_ms: Option<Spanned<u64>>,
+    /// Reverse DNS; default enabled with the system resolver.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Look up PTR records of live hosts; default true.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// "ADDR" (port 53) or "ADDR:PORT"; default empty = /etc/resolv.conf.
+    #[serde(default)]
+    pub nameservers: Vec<Text>,
+}
+
+/// `scan.ports`: one item (string or integer) or a list of items. Each item is kept as text
+/// with its position; `ports.rs` parses it.
+#[derive(Debug)]
+pub struct PortList(pub Vec<Text>);
+
+impl<'de> Deserialize<'de> for PortList {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        enum Inner {
+            Many(Vec<Text>),
+            One(String),
+        }
+        // Hand-written rather than `#[serde(untagged)]`, which buffers the input and loses the
+        // positions of the list items.
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Inner;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port, a range, a named set, or a list of them")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Inner, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Text>()? {
+                    items.push(item);
+                }
+                Ok(Inner::Many(items))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Inner, E> {
+                Ok(Inner::One(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Inner, E> {
+                Ok(Inner::One(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Inner, E> {
+                Ok(Inner::One(v.to_string()))
+            }
+        }
+        impl<'de> Deserialize<'de> for Inner {
+            fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(V)
+            }
+        }
+        let whole = Spanned::<Inner>::deserialize(d)?;
+        Ok(PortList(match whole.value {
+            Inner::Many(items) => items,
+            Inner::One(item) => vec![Spanned::new(item, whole.referenced, whole.defined)],
+        }))
+    }
+}
+
+/// A register list: written inline, or `{file: PATH}` naming a YAML list or a CSV file.
+#[derive(Debug)]
+pub enum Register<T> {
+    Inline(Vec<T>),
+    /// Path as written, relative to the config's folder.
+    File(Text),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Register<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A hand-written visitor instead of `#[serde(untagged)]`: untagged buffers the input and
+        // would lose every position inside the items.
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> de::Visitor<'de> for V<T> {
+            type Value = Register<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list, or a map {file: PATH}")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Register<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<T>()? {
+                    items.push(item);
+                }
+                Ok(Register::Inline(items))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Register<T>, A::Error> {
+                let mut file = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "file" {
+                        return Err(de::Error::unknown_field(&key, &["file"]));
+                    }
+                    if file.is_some() {
+                        return Err(de::Error::duplicate_field("file"));
+                    }
+                    file = Some(map.next_value::<Text>()?);
+                }
+                file.map(Register::File)
+                    .ok_or_else(|| de::Error::missing_field("file"))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepartmentConfig {
+    /// Required, unique: the short id other registers refer to.
+    pub id: Text,
+    /// Required: the department's full name.
+    pub name: String,
+    /// Where its rectification notices go; default none.
+    #[serde(default)]
+    pub emails: Vec<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentConfig {
+    /// Required, unique.
+    pub name: Text,
+    /// Required: extranet | metro | departmental | internet | other.
+    pub network: Text,
+    /// At least one CIDR or bare address; default none (an error).
+    #[serde(default)]
+    pub cidrs: Vec<Text>,
+    /// Addresses or networks inside `cidrs` never to probe; default none.
+    #[serde(default)]
+    pub exclude: Vec<Text>,
+    /// Owning department id; default none, required for departmental segments.
+    #[serde(default)]
+    pub department: Option<Text>,
+    /// Departmental only: YYYY-MM-DD by which it must be merged; default none.
+    #[serde(default)]
+    pub consolidate_by: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// Required, unique: the approval number.
+    pub id: Text,
+    /// Required: department id.
+    pub department: Text,
+    /// Required: segment name.
+    pub segment: Text,
+    /// Approved addresses or networks inside the segment; default none.
+    #[serde(default)]
+    pub addresses: Vec<Text>,
+    /// Ports, ranges or named sets approved to be reachable; default absent = any.
+    #[serde(default)]
+    pub ports: Option<Vec<Text>>,
+    /// Required: YYYY-MM-DD.
+    pub approved_on: Text,
+    /// YYYY-MM-DD; default never expires.
+    #[serde(default)]
+    pub expires_on: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectConfig {
+    /// Required, unique.
+    pub id: Text,
+    /// Required.
+    pub name: String,
+    /// Required: department id.
+    pub department: Text,
+    /// Required: planned | building | trial | accepted | in_use | retired.
+    pub stage: Text,
+    /// YYYY-MM-DD; default none, required once accepted.
+    #[serde(default)]
+    pub accepted_on: Option<Text>,
+    /// Addresses or host names; default none.
+    #[serde(default)]
+    pub assets: Vec<Text>,
+    /// 等级保护 filing and assessment; default none.
+    #[serde(default)]
+    pub mlps: Option<MlpsConfig>,
+    /// 密码应用安全性评估; default none.
+    #[serde(default)]
+    pub crypto: Option<CryptoConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpsConfig {
+    /// Required: 1 to 5.
+    pub level: Text,
+    /// Default none.
+    #[serde(default)]
+    pub filing_no: Option<String>,
+    /// YYYY-MM-DD; default none (never assessed).
+    #[serde(default)]
+    pub assessed_on: Option<Text>,
+    /// Free text such as `pass`, `basic_pass`; default none.
+    #[serde(default)]
+    pub conclusion: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CryptoConfig {
+    /// YYYY-MM-DD; default none (never assessed).
+    #[serde(default)]
+    pub assessed_on: Option<Text>,
+    /// Free text such as `pass`; default none.
+    #[serde(default)]
+    pub conclusion: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// ADDR:PORT for /metrics, /healthz and /api/v1; default none = no HTTP server.
+    #[serde(default)]
+    pub listen: Option<Text>,
+    /// Environment variable holding the API token; default NETPATROL_API_TOKEN.
+    #[serde(default)]
+    pub api_token_env: Option<String>,
+    /// Never accepted: secrets are not read from the YAML (a specific message says so).
+    #[serde(default)]
+    pub api_token: Option<Spanned<IgnoredAny>>,
+    /// Scheduled scans; default none.
+    #[serde(default)]
+    pub scans: Vec<ScheduledScanConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledScanConfig {
+    /// Required: 5 or 6 fields, organisation timezone.
+    pub cron: Text,
+    /// Segment names; default empty = all segments.
+    #[serde(default)]
+    pub segments: Vec<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulletinConfig {
+    /// Default "0 9 1 * *": 09:00 on the 1st of each month.
+    #[serde(default)]
+    pub cron: Option<Text>,
+    /// zh | en; default zh.
+    #[serde(default)]
+    pub lang: Option<Text>,
+    /// Default `bulletins` beside the config; relative to the config's folder.
+    #[serde(default)]
+    pub out_dir: Option<String>,
+    /// Who receives the whole bulletin; default none.
+    #[serde(default)]
+    pub recipients: Vec<Text>,
+    /// Mail each department its own notice; default true.
+    #[serde(default)]
+    pub notify_departments: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// Required.
+    pub host: Text,
+    /// Default 587 for starttls, 465 for tls, 25 for none.
+    #[serde(default)]
+    pub port: Option<Spanned<u64>>,
+    /// starttls | tls | none; default starttls.
+    #[serde(default)]
+    pub security: Option<Text>,
+    /// Default none (no authentication).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Environment variable holding the password; default none.
+    #[serde(default)]
+    pub password_env: Option<String>,
+    /// Never accepted: secrets are not read from the YAML (a specific message says so).
+    #[serde(default)]
+    pub password: Option<Spanned<IgnoredAny>>,
+    /// Required: the From header, e.g. "网络安全巡检 <netpatrol@example.gov.cn>".
+    pub from: Text,
+}

@@ -1,0 +1,860 @@
+//! Validation: raw structs in, domain types of `model` out.
+//!
+//! A pure function (no I/O): every check runs and every problem is collected, each pointing at
+//! the offending value (file:line:col in YAML, file:row plus column name in CSV). References
+//! into a register whose file could not be read are not checked, to avoid cascades.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use ipnet::IpNet;
+
+use super::Problem;
+use super::model::*;
+use super::ports;
+use super::raw::{self, ConfigFile, Text};
+use super::registers::{Loaded, Origin, Registers};
+
+const NETWORKS: &str = "extranet, metro, departmental, internet, other";
+const STAGES: &str = "planned, building, trial, accepted, in_use, retired";
+
+/// Turns the raw config and its registers into a [`Config`], or every problem found.
+pub fn validate(
+    file: ConfigFile,
+    regs: Registers,
+    path: &Path,
+    base: &Path,
+) -> Result<Config, Vec<Problem>> {
+    let mut v = Validator {
+        config: Origin {
+            file: path.to_path_buf(),
+            csv_row: None,
+        },
+        problems: Vec::new(),
+    };
+    let organisation = v.organisation(file.organisation);
+    let store = StoreSettings {
+        path: resolve(
+            base,
+            file.store
+                .and_then(|s| s.path)
+                .as_deref()
+                .unwrap_or("netpatrol.db"),
+        ),
+    };
+    let trust = TrustSettings {
+        ca_files: file
+            .trust
+            .map(|t| t.ca_files.iter().map(|f| resolve(base, f)).collect())
+            .unwrap_or_default(),
+    };
+    let scan = v.scan(file.scan);
+    let departments = v.departments(&regs.departments);
+    let department_ids = regs
+        .departments
+        .complete
+        .then(|| departments.iter().map(|d| d.id.clone()).collect::<Vec<_>>());
+    let segments = match &regs.segments {
+        Some(segments) => v.segments(segments, department_ids.as_deref()),
+        None => {
+            v.problems
+                .push(Problem::new(path, "missing required key `segments`"));
+            Vec::new()
+        }
+    };
+    let segments_known = regs.segments.as_ref().is_some_and(|s| s.complete);
+    let segment_map: Option<HashMap<&str, &Segment>> = segments_known.then(|| {
+        segments
+            .iter()
+            .rev()
+            .map(|s| (s.name.as_str(), s))
+            .collect()
+    });
+    let approvals = v.approvals(
+        &regs.approvals,
+        department_ids.as_deref(),
+        segment_map.as_ref(),
+    );
+    let projects = v.projects(&regs.projects, department_ids.as_deref());
+    let daemon = v.daemon(file.daemon, segment_map.as_ref());
+    let bulletin = v.bulletin(file.bulletin, base);
+    let smtp = file.smtp.map(|s| v.smtp(s));
+
+    if !v.problems.is_empty() {
+        return Err(v.problems);
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        organisation,
+        store,
+        trust,
+        scan,
+        departments,
+        segments,
+        approvals,
+        projects,
+        daemon,
+        bulletin,
+        smtp,
+    })
+}
+
+/// `path` as written if absolute, else relative to the config's folder.
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    base.join(path)
+}
+
+struct Validator {
+    /// Origin of values written in the config file itself.
+    config: Origin,
+    problems: Vec<Problem>,
+}
+
+/// Where an item was first seen, for duplicate messages.
+fn line_of(origin: &Origin, value: &Text) -> u64 {
+    origin.csv_row.unwrap_or_else(|| value.referenced.line())
+}
+
+impl Validator {
+    fn push(&mut self, origin: &Origin, value: &Text, key: &str, message: impl Into<String>) {
+        self.problems.push(origin.at(value, key, message));
+    }
+
+    /// Problem at a value written in the config file itself.
+    fn here(&mut self, value: &Text, message: impl Into<String>) {
+        let origin = self.config.clone();
+        self.push(&origin, value, "", message);
+    }
+
+    fn date(&mut self, origin: &Origin, value: &Text, key: &str) -> Option<NaiveDate> {
+        match NaiveDate::parse_from_str(value.value.trim(), "%Y-%m-%d") {
+            Ok(date) => Some(date),
+            Err(_) => {
+                let message = format!("invalid date `{}`: expected YYYY-MM-DD", value.value);
+                self.push(origin, value, key, message);
+                None
+            }
+        }
+    }
+
+    fn net(&mut self, origin: &Origin, value: &Text, key: &str, what: &str) -> Option<IpNet> {
+        match parse_net(&value.value) {
+            Some(net) => Some(net),
+            None => {
+                let message = format!("invalid {what} `{}`", value.value);
+                self.push(origin, value, key, message);
+                None
+            }
+        }
+    }
+
+    /// Checks a reference into a register; `known` is `None` when that register is incomplete.
+    fn reference(
+        &mut self,
+        origin: &Origin,
+        value: &Text,
+        key: &str,
+        what: &str,
+        known: Option<&[String]>,
+    ) {
+        if let Some(known) = known
+            && !known.contains(&value.value)
+        {
+            let message = format!("unknown {what} `{}`", value.value);
+            self.push(origin, value, key, message);
+        }
+    }
+
+    /// Reports a duplicate id; returns false for duplicates.
+    fn unique<'a>(
+        &mut self,
+        seen: &mut HashMap<&'a str, u64>,
+        origin: &Origin,
+        id: &'a Text,
+        key: &str,
+        what: &str,
+    ) -> bool {
+        if let Some(first) = seen.get(id.value.as_str()) {
+            let message = format!("duplicate {what} `{}` (first at line {first})", id.value);
+            self.push(origin, id, key, message);
+            return false;
+        }
+        seen.insert(id.value.as_str(), line_of(origin, id));
+        true
+    }
+
+    fn email(&mut self, origin: &Origin, value: &Text, key: &str) -> String {
+        let text = value.value.trim();
+        let ok = text
+            .split_once('@')
+            .is_some_and(|(user, domain)| !user.is_empty() && !domain.is_empty());
+        if !ok {
+            let message = format!(
+                "invalid email `{}`: expected an address with `@`",
+                value.value
+            );
+            self.push(origin, value, key, message);
+        }
+        text.to_string()
+    }
+
+    fn port_list(&mut self, origin: &Origin, items: &[Text], key: &str) -> Vec<u16> {
+        let mut parts = Vec::new();
+        for item in items {
+            match ports::parse_item(&item.value) {
+                Ok(part) => parts.push(part),
+                Err(message) => self.push(origin, item, key, message),
+            }
+        }
+        ports::merge(parts)
+    }
+
+    fn organisation(&mut self, raw: Option<raw::OrganisationConfig>) -> Organisation {
+        let raw = raw.unwrap_or(raw::OrganisationConfig {
+            name: None,
+            timezone: None,
+        });
+        let timezone = match &raw.timezone {
+            None => chrono_tz::Asia::Shanghai,
+            Some(tz) => match tz.value.parse::<chrono_tz::Tz>() {
+                Ok(tz) => tz,
+                Err(_) => {
+                    self.here(tz, format!("unknown timezone `{}`", tz.value));
+                    chrono_tz::Asia::Shanghai
+                }
+            },
+        };
+        Organisation {
+            name: raw.name.unwrap_or_else(|| "netpatrol".to_string()),
+            timezone,
+        }
+    }
+
+    fn scan(&mut self, raw: Option<raw::ScanConfig>) -> ScanSettings {
+        let Some(raw) = raw else {
+            return default_scan();
+        };
+        let defaults = default_scan();
+        let origin = self.config.clone();
+        let ports = match &raw.ports {
+            Some(list) => self.port_list(&origin, &list.0, "ports"),
+            None => defaults.ports,
+        };
+        let concurrency = match &raw.concurrency {
+            None => defaults.concurrency,
+            Some(c) if (1..=65536).contains(&c.value) => c.value as usize,
+            Some(c) => {
+                let message = format!("concurrency must be 1 to 65536, got {}", c.value);
+                self.problems.push(Problem::at(
+                    &origin.file,
+                    c.referenced.line(),
+                    c.referenced.column(),
+                    message,
+                ));
+                defaults.concurrency
+            }
+        };
+        let timeout = self.millis(raw.timeout_ms.as_ref(), "timeout_ms", defaults.timeout);
+        let banner_timeout = self.millis(
+            raw.banner_timeout_ms.as_ref(),
+            "banner_timeout_ms",
+            defaults.banner_timeout,
+        );
+        let dns = match raw.dns {
+            None => defaults.dns,
+            Some(dns) => DnsSettings {
+                enabled: dns.enabled.unwrap_or(true),
+                nameservers: dns
+                    .nameservers
+                    .iter()
+                    .filter_map(|ns| match parse_nameserver(&ns.value) {
+                        Some(addr) => Some(addr),
+                        None => {
+                            let message = format!(
+                                "invalid nameserver `{}`: expected ADDR or ADDR:PORT",
+                                ns.value
+                            );
+                            self.here(ns, message);
+                            None
+                        }
+                    })
+                    .collect(),
+            },
+        };
+        ScanSettings {
+            icmp: raw.icmp.unwrap_or(defaults.icmp),
+            ports,
+            rate: raw.rate.unwrap_or(defaults.rate),
+            concurrency,
+            timeout,
+            retries: raw.retries.unwrap_or(defaults.retries),
+            banner_timeout,
+            dns,
+        }
+    }
+
+    fn millis(
+        &mut self,
+        raw: Option<&serde_saphyr::Spanned<u64>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        match raw {
+            None => default,
+            Some(ms) if ms.value > 0 => Duration::from_millis(ms.value),
+            Some(ms) => {
+                self.problems.push(Problem::at(
+                    &self.config.file,
+                    ms.referenced.line(),
+                    ms.referenced.column(),
+                    format!("{key} must be more than 0"),
+                ));
+                default
+            }
+        }
+    }
+
+    fn departments(&mut self, loaded: &Loaded<raw::DepartmentConfig>) -> Vec<Department> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for (origin, d) in &loaded.items {
+            let unique = self.unique(&mut seen, origin, &d.id, "id", "department id");
+            let emails = d
+                .emails
+                .iter()
+                .map(|e| self.email(origin, e, "emails"))
+                .collect();
+            if unique {
+                out.push(Department {
+                    id: d.id.value.clone(),
+                    name: d.name.clone(),
+                    emails,
+                });
+            }
+        }
+        out
+    }
+
+    fn segments(
+        &mut self,
+        loaded: &Loaded<raw::SegmentConfig>,
+        departments: Option<&[String]>,
+    ) -> Vec<Segment> {
+        let mut seen = HashMap::new();
+        let mut out: Vec<Segment> = Vec::new();
+        // (segment index in `out`, origin, written cidr) for the overlap check.
+        let mut written: Vec<(usize, &Origin, &Text, IpNet)> = Vec::new();
+        for (origin, s) in &loaded.items {
+            let unique = self.unique(&mut seen, origin, &s.name, "name", "segment name");
+            let network = match parse_network(&s.network.value) {
+                Some(n) => Some(n),
+                None => {
+                    let message = format!(
+                        "unknown network `{}`: expected one of {NETWORKS}",
+                        s.network.value
+                    );
+                    self.push(origin, &s.network, "network", message);
+                    None
+                }
+            };
+            if s.cidrs.is_empty() {
+                let message = format!("segment `{}` needs at least one cidr", s.name.value);
+                self.push(origin, &s.name, "cidrs", message);
+            }
+            let mut cidrs = Vec::new();
+            let mut mine = Vec::new();
+            for c in &s.cidrs {
+                if let Some(net) = self.net(origin, c, "cidrs", "cidr") {
+                    cidrs.push(net);
+                    mine.push((c, net));
+                }
+            }
+            let mut exclude = Vec::new();
+            for e in &s.exclude {
+                if let Some(net) = self.net(origin, e, "exclude", "exclude") {
+                    if !cidrs.is_empty() && !cidrs.iter().any(|c| c.contains(&net)) {
+                        let message = format!(
+                            "exclude `{}` is outside segment `{}`",
+                            e.value, s.name.value
+                        );
+                        self.push(origin, e, "exclude", message);
+                    }
+                    exclude.push(net);
+                }
+            }
+            if let Some(d) = &s.department {
+                self.reference(origin, d, "department", "department", departments);
+            }
+            if network == Some(NetworkKind::Departmental) && s.department.is_none() {
+                let message = format!(
+                    "departmental segment `{}` needs a `department`",
+                    s.name.value
+                );
+                self.push(origin, &s.network, "department", message);
+            }
+            let consolidate_by = s.consolidate_by.as_ref().and_then(|c| {
+                let date = self.date(origin, c, "consolidate_by");
+                if network.is_some_and(|n| n != NetworkKind::Departmental) {
+                    let message = "`consolidate_by` applies only to departmental segments";
+                    self.push(origin, c, "consolidate_by", message);
+                }
+                date
+            });
+            if unique {
+                let index = out.len();
+                for (text, net) in mine {
+                    for (other, other_origin, other_text, other_net) in &written {
+                        if overlaps(&net, other_net) && *other != index {
+                            let message = format!(
+                                "cidr `{}` of segment `{}` overlaps `{}` of segment `{}` (line {})",
+                                text.value,
+                                s.name.value,
+                                other_text.value,
+                                out[*other].name,
+                                line_of(other_origin, other_text),
+                            );
+                            self.push(origin, text, "cidrs", message);
+                        }
+                    }
+                    written.push((index, origin, text, net));
+                }
+                out.push(Segment {
+                    name: s.name.value.clone(),
+                    network: network.unwrap_or(NetworkKind::Other),
+                    cidrs,
+                    exclude,
+                    department: s.department.as_ref().map(|d| d.value.clone()),
+                    consolidate_by,
+                });
+            }
+        }
+        out
+    }
+
+    fn approvals(
+        &mut self,
+        loaded: &Loaded<raw::ApprovalConfig>,
+        departments: Option<&[String]>,
+        segments: Option<&HashMap<&str, &Segment>>,
+    ) -> Vec<Approval> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for (origin, a) in &loaded.items {
+            let unique = self.unique(&mut seen, origin, &a.id, "id", "approval id");
+            self.reference(
+                origin,
+                &a.department,
+                "department",
+                "department",
+                departments,
+            );
+            let segment = segments.map(|map| map.get(a.segment.value.as_str()).copied());
+            if let Some(None) = segment {
+                let message = format!("unknown segment `{}`", a.segment.value);
+                self.push(origin, &a.segment, "segment", message);
+            }
+            let mut addresses = Vec::new();
+            for text in &a.addresses {
+                if let Some(net) = self.net(origin, text, "addresses", "address") {
+                    if let Some(Some(seg)) = segment
+                        && !seg.cidrs.iter().any(|c| c.contains(&net))
+                    {
+                        let message =
+                            format!("address `{}` is outside segment `{}`", text.value, seg.name);
+                        self.push(origin, text, "addresses", message);
+                    }
+                    addresses.push(net);
+                }
+            }
+            let ports = a.ports.as_ref().map(|p| self.port_list(origin, p, "ports"));
+            let approved_on = self.date(origin, &a.approved_on, "approved_on");
+            let expires_on = a
+                .expires_on
+                .as_ref()
+                .and_then(|e| self.date(origin, e, "expires_on"));
+            if let (Some(from), Some(to), Some(text)) = (approved_on, expires_on, &a.expires_on)
+                && to < from
+            {
+                let message = format!("`expires_on` {to} is before `approved_on` {from}");
+                self.push(origin, text, "expires_on", message);
+            }
+            if let (true, Some(approved_on)) = (unique, approved_on) {
+                out.push(Approval {
+                    id: a.id.value.clone(),
+                    department: a.department.value.clone(),
+                    segment: a.segment.value.clone(),
+                    addresses,
+                    ports,
+                    approved_on,
+                    expires_on,
+                });
+            }
+        }
+        out
+    }
+
+    fn projects(
+        &mut self,
+        loaded: &Loaded<raw::ProjectConfig>,
+        departments: Option<&[String]>,
+    ) -> Vec<Project> {
+        let mut seen = HashMap::new();
+        let mut out = Vec::new();
+        for (origin, p) in &loaded.items {
+            let unique = self.unique(&mut seen, origin, &p.id, "id", "project id");
+            self.reference(
+                origin,
+                &p.department,
+                "department",
+                "department",
+                departments,
+            );
+            let stage = match parse_stage(&p.stage.value) {
+                Some(stage) => Some(stage),
+                None => {
+                    let message = format!(
+                        "unknown stage `{}`: expected one of {STAGES}",
+                        p.stage.value
+                    );
+                    self.push(origin, &p.stage, "stage", message);
+                    None
+                }
+            };
+            let accepted_on = p
+                .accepted_on
+                .as_ref()
+                .and_then(|a| self.date(origin, a, "accepted_on"));
+            match (stage, &p.accepted_on) {
+                (
+                    Some(ProjectStage::Planned | ProjectStage::Building | ProjectStage::Trial),
+                    Some(text),
+                ) => {
+                    let message = format!(
+                        "`accepted_on` is set but stage `{}` is not accepted yet",
+                        p.stage.value
+                    );
+                    self.push(origin, text, "accepted_on", message);
+                }
+                (Some(ProjectStage::Accepted | ProjectStage::InUse), None) => {
+                    let message = format!("stage `{}` needs `accepted_on`", p.stage.value);
+                    self.push(origin, &p.stage, "accepted_on", message);
+                }
+                _ => {}
+            }
+            let mut assets = Vec::new();
+            for text in &p.assets {
+                if let Some(net) = parse_net(&text.value) {
+                    assets.push(Asset::Address(net));
+                } else if is_host_name(&text.value) {
+                    assets.push(Asset::Name(text.value.trim().to_ascii_lowercase()));
+                } else {
+                    let message = format!(
+                        "invalid asset `{}`: expected an address or a host name",
+                        text.value
+                    );
+                    self.push(origin, text, "assets", message);
+                }
+            }
+            let mlps = p.mlps.as_ref().map(|m| {
+                let level = match m.level.value.trim().parse::<u8>() {
+                    Ok(level) if (1..=5).contains(&level) => level,
+                    _ => {
+                        let message = format!("mlps level must be 1 to 5, got `{}`", m.level.value);
+                        self.push(origin, &m.level, "mlps.level", message);
+                        0
+                    }
+                };
+                MlpsAssessment {
+                    level,
+                    filing_no: m.filing_no.clone(),
+                    assessed_on: m
+                        .assessed_on
+                        .as_ref()
+                        .and_then(|d| self.date(origin, d, "mlps.assessed_on")),
+                    conclusion: m.conclusion.clone(),
+                }
+            });
+            let crypto = p.crypto.as_ref().map(|c| CryptoAssessment {
+                assessed_on: c
+                    .assessed_on
+                    .as_ref()
+                    .and_then(|d| self.date(origin, d, "crypto.assessed_on")),
+                conclusion: c.conclusion.clone(),
+            });
+            if let (true, Some(stage)) = (unique, stage) {
+                out.push(Project {
+                    id: p.id.value.clone(),
+                    name: p.name.clone(),
+                    department: p.department.value.clone(),
+                    stage,
+                    accepted_on,
+                    assets,
+                    mlps,
+                    crypto,
+                });
+            }
+        }
+        out
+    }
+
+    fn cron(&mut self, value: &Text) {
+        let fields = value.value.split_whitespace().count();
+        if !(5..=6).contains(&fields) {
+            let message = format!("invalid cron `{}`: expected 5 or 6 fields", value.value);
+            self.here(value, message);
+        }
+    }
+
+    fn daemon(
+        &mut self,
+        raw: Option<raw::DaemonConfig>,
+        segments: Option<&HashMap<&str, &Segment>>,
+    ) -> DaemonSettings {
+        let default_env = "NETPATROL_API_TOKEN".to_string();
+        let Some(raw) = raw else {
+            return DaemonSettings {
+                listen: None,
+                api_token_env: default_env,
+                scans: Vec::new(),
+            };
+        };
+        if let Some(secret) = &raw.api_token {
+            self.problems.push(Problem::at(
+                &self.config.file,
+                secret.referenced.line(),
+                secret.referenced.column(),
+                "secrets are not read from the config: use api_token_env",
+            ));
+        }
+        let listen = raw
+            .listen
+            .as_ref()
+            .and_then(|l| match l.value.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    let message =
+                        format!("invalid listen address `{}`: expected ADDR:PORT", l.value);
+                    self.here(l, message);
+                    None
+                }
+            });
+        let mut scans = Vec::new();
+        for s in &raw.scans {
+            self.cron(&s.cron);
+            for name in &s.segments {
+                if let Some(map) = segments
+                    && !map.contains_key(name.value.as_str())
+                {
+                    self.here(name, format!("unknown segment `{}`", name.value));
+                }
+            }
+            scans.push(ScheduledScan {
+                cron: s.cron.value.trim().to_string(),
+                segments: s.segments.iter().map(|n| n.value.clone()).collect(),
+            });
+        }
+        DaemonSettings {
+            listen,
+            api_token_env: raw.api_token_env.unwrap_or(default_env),
+            scans,
+        }
+    }
+
+    fn bulletin(&mut self, raw: Option<raw::BulletinConfig>, base: &Path) -> BulletinSettings {
+        let raw = raw.unwrap_or(raw::BulletinConfig {
+            cron: None,
+            lang: None,
+            out_dir: None,
+            recipients: Vec::new(),
+            notify_departments: None,
+        });
+        if let Some(cron) = &raw.cron {
+            self.cron(cron);
+        }
+        let lang = match &raw.lang {
+            None => "zh".to_string(),
+            Some(l) if l.value == "zh" || l.value == "en" => l.value.clone(),
+            Some(l) => {
+                self.here(l, format!("unknown lang `{}`: expected zh or en", l.value));
+                "zh".to_string()
+            }
+        };
+        let origin = self.config.clone();
+        BulletinSettings {
+            cron: raw
+                .cron
+                .map(|c| c.value.trim().to_string())
+                .unwrap_or_else(|| "0 9 1 * *".to_string()),
+            lang,
+            out_dir: resolve(base, raw.out_dir.as_deref().unwrap_or("bulletins")),
+            recipients: raw
+                .recipients
+                .iter()
+                .map(|r| self.email(&origin, r, "recipients"))
+                .collect(),
+            notify_departments: raw.notify_departments.unwrap_or(true),
+        }
+    }
+
+    fn smtp(&mut self, raw: raw::SmtpConfig) -> SmtpSettings {
+        if let Some(secret) = &raw.password {
+            self.problems.push(Problem::at(
+                &self.config.file,
+                secret.referenced.line(),
+                secret.referenced.column(),
+                "secrets are not read from the config: use password_env",
+            ));
+        }
+        if raw.host.value.trim().is_empty() {
+            self.here(&raw.host, "empty smtp host");
+        }
+        let security = match raw.security.as_ref().map(|s| s.value.as_str()) {
+            None | Some("starttls") => SmtpSecurity::StartTls,
+            Some("tls") => SmtpSecurity::Tls,
+            Some("none") => SmtpSecurity::None,
+            Some(other) => {
+                let message =
+                    format!("unknown security `{other}`: expected one of starttls, tls, none");
+                if let Some(s) = &raw.security {
+                    self.here(s, message);
+                }
+                SmtpSecurity::StartTls
+            }
+        };
+        let default_port = match security {
+            SmtpSecurity::StartTls => 587,
+            SmtpSecurity::Tls => 465,
+            SmtpSecurity::None => 25,
+        };
+        let port = match &raw.port {
+            None => default_port,
+            Some(p) if (1..=65535).contains(&p.value) => p.value as u16,
+            Some(p) => {
+                self.problems.push(Problem::at(
+                    &self.config.file,
+                    p.referenced.line(),
+                    p.referenced.column(),
+                    format!("port `{}` is out of range 1-65535", p.value),
+                ));
+                default_port
+            }
+        };
+        let origin = self.config.clone();
+        let from = raw.from.value.trim().to_string();
+        if !from.contains('@') {
+            let message = format!("invalid `from` `{from}`: expected an address with `@`");
+            self.push(&origin, &raw.from, "from", message);
+        }
+        SmtpSettings {
+            host: raw.host.value.trim().to_string(),
+            port,
+            security,
+            username: raw.username,
+            password_env: raw.password_env,
+            from,
+        }
+    }
+}
+
+fn default_scan() -> ScanSettings {
+    ScanSettings {
+        icmp: true,
+        ports: ports::named_port_set("default").unwrap_or_default(),
+        rate: 2000,
+        concurrency: 256,
+        timeout: Duration::from_millis(1500),
+        retries: 1,
+        banner_timeout: Duration::from_millis(1000),
+        dns: DnsSettings {
+            enabled: true,
+            nameservers: Vec::new(),
+        },
+    }
+}
+
+/// A CIDR, or a bare address as /32 or /128; host bits are cleared.
+pub fn parse_net(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Some(net.trunc());
+    }
+    text.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn parse_nameserver(text: &str) -> Option<SocketAddr> {
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(addr);
+    }
+    text.parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, 53))
+}
+
+fn parse_network(text: &str) -> Option<NetworkKind> {
+    Some(match text {
+        "extranet" => NetworkKind::Extranet,
+        "metro" => NetworkKind::Metro,
+        "departmental" => NetworkKind::Departmental,
+        "internet" => NetworkKind::Internet,
+        "other" => NetworkKind::Other,
+        _ => return None,
+    })
+}
+
+fn parse_stage(text: &str) -> Option<ProjectStage> {
+    Some(match text {
+        "planned" => ProjectStage::Planned,
+        "building" => ProjectStage::Building,
+        "trial" => ProjectStage::Trial,
+        "accepted" => ProjectStage::Accepted,
+        "in_use" => ProjectStage::InUse,
+        "retired" => ProjectStage::Retired,
+        _ => return None,
+    })
+}
+
+/// A DNS name: labels of letters, digits and '-', not starting or ending with '-', joined by '.'.
+pub fn is_host_name(text: &str) -> bool {
+    let text = text.trim().trim_end_matches('.');
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+        // All-numeric dotted text is a mistyped address, not a name.
+        && !text.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nets_and_names() {
+        assert_eq!(parse_net("192.0.2.7"), "192.0.2.7/32".parse().ok());
+        assert_eq!(parse_net("192.0.2.7/24"), "192.0.2.0/24".parse().ok());
+        assert_eq!(parse_net("2001:db8::1"), "2001:db8::1/128".parse().ok());
+        assert_eq!(parse_net("192.0.2.300"), None);
+        assert!(is_host_name("xmsb.example.gov.cn"));
+        assert!(!is_host_name("192.0.2.300"));
+        assert!(!is_host_name("bad_name.example"));
+        assert!(!is_host_name("-a.example"));
+        assert_eq!(parse_nameserver("192.0.2.53"), "192.0.2.53:53".parse().ok());
+        assert_eq!(
+            parse_nameserver("127.0.0.1:5353"),
+            "127.0.0.1:5353".parse().ok()
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! netpatrol: keeps a district's government network compliant and secure.
+//!
+//! The modules follow the pipeline of `DESIGN.md`:
+//! `config` → `scope` → `probe` → `observation` → `reconcile` (rules later) → `store` →
+//! `output`. `scan` drives one pass; `lab` is the simulated district on loopback used by `demo`
+//! and the tests; `cli` and `app` are the command line and its wiring.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod lab;
+pub mod observation;
+pub mod output;
+pub mod probe;
+pub mod reconcile;
+pub mod scan;
+pub mod scope;
+pub mod store;

@@ -1,0 +1,99 @@
+//! Observations: the facts one scan gathered, as pure data.
+//!
+//! Produced by `scan` from probe results; consumed by `reconcile` (and the rules, later), the
+//! store and the report. Nothing here does I/O. Timestamps are UTC; presentation converts them
+//! to the organisation's timezone.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::NetworkKind;
+use crate::probe::{ProbeKind, Reason};
+
+/// One scan run: what was asked and how it ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanRun {
+    pub id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub segments: Vec<String>,
+    /// Addresses in scope.
+    pub addresses: u64,
+    /// Probe attempts made (ICMP echoes, TCP connects, DNS lookups).
+    pub probes: u64,
+    pub probe_kinds: Vec<ProbeKind>,
+    pub state: RunState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Complete,
+    /// Stopped before it finished (Ctrl-C, shutdown); what it saw is kept, marked as partial.
+    Incomplete,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Complete => "complete",
+            RunState::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// Why a host counts as alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    /// Answered an ICMP echo.
+    Icmp,
+    /// Accepted a TCP connection.
+    OpenPort,
+}
+
+/// A live host and what it exposes.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostObservation {
+    pub ip: IpAddr,
+    pub segment: String,
+    pub network: NetworkKind,
+    /// ICMP echo round trip, when it answered.
+    pub icmp_rtt: Option<Duration>,
+    pub alive_by: Vec<Liveness>,
+    pub ptr: Option<String>,
+    pub services: Vec<ServiceObservation>,
+}
+
+/// An open TCP port and what it said.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceObservation {
+    pub port: u16,
+    pub protocol: &'static str,
+    /// Service name: from the greeting first, the port second, `unknown` otherwise.
+    pub service: String,
+    pub product: Option<String>,
+    pub version: Option<String>,
+    /// The greeting in printable form, when the service sent one.
+    pub banner: Option<String>,
+    pub connect_time: Duration,
+}
+
+/// Counts of probe failures by kind and bounded reason (refusals of closed ports are not errors
+/// and are not counted here).
+pub type ProbeErrors = BTreeMap<(ProbeKind, Reason), u64>;
+
+/// Everything one scan saw.
+#[derive(Debug, Clone)]
+pub struct ScanObservations {
+    pub run: ScanRun,
+    /// Live hosts, in address order.
+    pub hosts: Vec<HostObservation>,
+    pub errors: ProbeErrors,
+}

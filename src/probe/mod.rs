@@ -1,0 +1,151 @@
+//! Probes: the stage that talks to the network.
+//!
+//! Input: a [`Target`](crate::scope::Target) (the only way to name an address, made by
+//! `scope`) and the probe's settings. Output: facts, or a [`Failure`] with a bounded
+//! [`Reason`]. A failing target is data, never an error that stops a scan. Probes never touch
+//! metrics, the store or rules. Every network step runs under a timeout; every new connection
+//! attempt first takes a permit from the scope's [`Limits`](crate::scope::Limits).
+//!
+//! One file per protocol: `icmp` (echo), `tcp` (connect scan and banner read), `dns` (reverse
+//! lookups), `banner` (service naming from greeting bytes and ports).
+
+pub mod banner;
+pub mod dns;
+pub mod icmp;
+pub mod tcp;
+
+use std::fmt;
+use std::io;
+
+use serde::Serialize;
+
+/// Why a probe got no answer. A bounded set: these become metric label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Nothing came back before the deadline.
+    Timeout,
+    /// The port answered with a reset: closed.
+    Refused,
+    /// No route, host or network unreachable.
+    Unreachable,
+    /// The operating system did not let us send (e.g. no ICMP socket permission).
+    PermissionDenied,
+    /// The peer reset or closed mid-exchange.
+    Reset,
+    /// Bytes came back that the protocol does not allow.
+    Protocol,
+    /// The scan was cancelled before this probe finished.
+    Cancelled,
+    /// Anything else the OS reported.
+    Other,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Timeout => "timeout",
+            Reason::Refused => "refused",
+            Reason::Unreachable => "unreachable",
+            Reason::PermissionDenied => "permission_denied",
+            Reason::Reset => "reset",
+            Reason::Protocol => "protocol",
+            Reason::Cancelled => "cancelled",
+            Reason::Other => "other",
+        }
+    }
+
+    /// Map an OS error to its bounded reason.
+    pub fn from_io(error: &io::Error) -> Reason {
+        use io::ErrorKind as K;
+        match error.kind() {
+            K::ConnectionRefused => Reason::Refused,
+            K::TimedOut | K::WouldBlock => Reason::Timeout,
+            K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
+                Reason::Reset
+            }
+            K::PermissionDenied => Reason::PermissionDenied,
+            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => Reason::Unreachable,
+            K::InvalidData => Reason::Protocol,
+            _ => match error.raw_os_error() {
+                // EHOSTUNREACH, ENETUNREACH on platforms where the kind is not mapped.
+                Some(113) | Some(101) => Reason::Unreachable,
+                _ => Reason::Other,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A probe that got no usable answer, with its bounded reason and a short detail for debug logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Failure {
+        Failure {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(error: &io::Error) -> Failure {
+        Failure::new(Reason::from_io(error), error.to_string())
+    }
+
+    pub fn timeout() -> Failure {
+        Failure::new(Reason::Timeout, "timed out")
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// The kinds of probe a scan can run, as `--probes` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    Icmp,
+    Tcp,
+    Dns,
+    Banner,
+    Tls,
+    Http,
+}
+
+impl ProbeKind {
+    pub const ALL: [ProbeKind; 6] = [
+        ProbeKind::Icmp,
+        ProbeKind::Tcp,
+        ProbeKind::Dns,
+        ProbeKind::Banner,
+        ProbeKind::Tls,
+        ProbeKind::Http,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Icmp => "icmp",
+            ProbeKind::Tcp => "tcp",
+            ProbeKind::Dns => "dns",
+            ProbeKind::Banner => "banner",
+            ProbeKind::Tls => "tls",
+            ProbeKind::Http => "http",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ProbeKind> {
+        ProbeKind::ALL.into_iter().find(|k| k.as_str() == s.trim())
+    }
+}

@@ -1,0 +1,369 @@
+//! Store: the history netpatrol keeps between scans.
+//!
+//! SQLite (WAL) through sqlx is the embedded default. The SQL is kept portable (`$n`
+//! placeholders, `ON CONFLICT ... DO UPDATE`, text timestamps, no SQLite-only functions) so a
+//! PostgreSQL backend can follow. Migrations are embedded in the binary and applied in order at
+//! open; `schema_migrations` records which ran.
+//!
+//! Consistency: a scan run is inserted as `running` when it starts; everything it saw is written
+//! in one transaction together with its final state (`complete` or `incomplete`), so an
+//! interrupted scan never leaves half-written rows, and a process killed mid-scan leaves a run
+//! that still says `running`, which [`Store::open`] marks `incomplete` at the next start.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::observation::{RunState, ScanObservations, ScanRun};
+
+/// Embedded migrations, in order. Never edit one that has shipped: add the next.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_foundation.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("cannot migrate store to version {version}: {source}")]
+    Migrate {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+    #[error("cannot encode report: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// A host as the store remembers it across scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredHost {
+    pub ip: String,
+    pub segment: String,
+    pub ptr: Option<String>,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// A service as the store remembers it across scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredService {
+    pub ip: String,
+    pub port: u16,
+    pub service: String,
+    pub first_seen: String,
+    pub last_seen: String,
+}
+
+/// A scan run's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRun {
+    pub id: String,
+    pub state: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// The store's text form of a timestamp.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Open (creating if needed) the SQLite store at `path` and bring its schema up to date.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(open_err)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        let store = Store { pool };
+        store.migrate().await?;
+        // A run still `running` at open was cut off by a crash or kill.
+        sqlx::query("UPDATE scan_runs SET state = 'incomplete' WHERE state = 'running'")
+            .execute(&store.pool)
+            .await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await?;
+        for (version, sql) in MIGRATIONS {
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(version)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if done.is_some() {
+                continue;
+            }
+            let fail = |source| StoreError::Migrate {
+                version: *version,
+                source,
+            };
+            let mut tx = self.pool.begin().await.map_err(fail)?;
+            for statement in sql.split(';').filter(|s| !strip_comments(s).is_empty()) {
+                sqlx::query(statement)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(version)
+                .bind(timestamp(Utc::now()))
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
+            tx.commit().await.map_err(fail)?;
+        }
+        Ok(())
+    }
+
+    /// Record that a scan has started.
+    pub async fn begin_run(&self, run: &ScanRun) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO scan_runs (id, started_at, state, segments, probe_kinds, addresses, probes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&run.id)
+        .bind(timestamp(run.started_at))
+        .bind(RunState::Running.as_str())
+        .bind(serde_json::to_string(&run.segments)?)
+        .bind(probe_kinds(run))
+        .bind(run.addresses as i64)
+        .bind(0i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Write everything a scan saw, and its final state, in one transaction. `report` is the
+    /// JSON report kept for the API. `departments` gives each host's department (by ip).
+    pub async fn record(
+        &self,
+        scan: &ScanObservations,
+        departments: &dyn Fn(&str) -> Option<String>,
+        report: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let run = &scan.run;
+        let seen = timestamp(run.finished_at.unwrap_or(run.started_at));
+        let mut tx = self.pool.begin().await?;
+        // The run row first: begin_run may not have been called (a one-shot recording).
+        sqlx::query(
+            "INSERT INTO scan_runs (id, started_at, state, segments, probe_kinds, addresses, probes)
+             VALUES ($1, $2, 'running', $3, $4, $5, 0)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&run.id)
+        .bind(timestamp(run.started_at))
+        .bind(serde_json::to_string(&run.segments)?)
+        .bind(probe_kinds(run))
+        .bind(run.addresses as i64)
+        .execute(&mut *tx)
+        .await?;
+        for host in &scan.hosts {
+            let ip = host.ip.to_string();
+            sqlx::query(
+                "INSERT INTO hosts (ip, segment, network, department, ptr, first_seen, last_seen, last_scan)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+                 ON CONFLICT (ip) DO UPDATE SET segment = excluded.segment,
+                   network = excluded.network, department = excluded.department,
+                   ptr = COALESCE(excluded.ptr, hosts.ptr),
+                   last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+            )
+            .bind(&ip)
+            .bind(&host.segment)
+            .bind(host.network.as_str())
+            .bind(departments(&ip))
+            .bind(&host.ptr)
+            .bind(&seen)
+            .bind(&run.id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, NULL, 'host', $3)")
+                .bind(&run.id)
+                .bind(&ip)
+                .bind(serde_json::json!({
+                    "alive_by": host.alive_by,
+                    "icmp_rtt_ms": host.icmp_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    "ptr": host.ptr,
+                }).to_string())
+                .execute(&mut *tx)
+                .await?;
+            for service in &host.services {
+                sqlx::query(
+                    "INSERT INTO services (ip, port, protocol, service, product, version, banner, first_seen, last_seen, last_scan)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
+                     ON CONFLICT (ip, port, protocol) DO UPDATE SET service = excluded.service,
+                       product = excluded.product, version = excluded.version, banner = excluded.banner,
+                       last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+                )
+                .bind(&ip)
+                .bind(i64::from(service.port))
+                .bind(service.protocol)
+                .bind(&service.service)
+                .bind(&service.product)
+                .bind(&service.version)
+                .bind(&service.banner)
+                .bind(&seen)
+                .bind(&run.id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, $3, 'service', $4)")
+                    .bind(&run.id)
+                    .bind(&ip)
+                    .bind(i64::from(service.port))
+                    .bind(serde_json::to_string(service)?)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        for ((probe, reason), count) in &scan.errors {
+            sqlx::query(
+                "INSERT INTO probe_errors (scan_id, probe, reason, count) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&run.id)
+            .bind(probe.as_str())
+            .bind(reason.as_str())
+            .bind(*count as i64)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "UPDATE scan_runs SET state = $2, finished_at = $3, probes = $4, report = $5 WHERE id = $1",
+        )
+        .bind(&run.id)
+        .bind(run.state.as_str())
+        .bind(run.finished_at.map(timestamp))
+        .bind(run.probes as i64)
+        .bind(report.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn runs(&self) -> Result<Vec<StoredRun>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, state, started_at, finished_at FROM scan_runs ORDER BY started_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredRun {
+                id: r.get("id"),
+                state: r.get("state"),
+                started_at: r.get("started_at"),
+                finished_at: r.get("finished_at"),
+            })
+            .collect())
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<StoredHost>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, segment, ptr, first_seen, last_seen FROM hosts ORDER BY segment, ip",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredHost {
+                ip: r.get("ip"),
+                segment: r.get("segment"),
+                ptr: r.get("ptr"),
+                first_seen: r.get("first_seen"),
+                last_seen: r.get("last_seen"),
+            })
+            .collect())
+    }
+
+    pub async fn services(&self) -> Result<Vec<StoredService>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT ip, port, service, first_seen, last_seen FROM services ORDER BY ip, port",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredService {
+                ip: r.get("ip"),
+                port: u16::try_from(r.get::<i64, _>("port")).unwrap_or(0),
+                service: r.get("service"),
+                first_seen: r.get("first_seen"),
+                last_seen: r.get("last_seen"),
+            })
+            .collect())
+    }
+
+    /// The JSON report a run recorded, if any.
+    pub async fn report(&self, run_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let text: Option<Option<String>> =
+            sqlx::query_scalar("SELECT report FROM scan_runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(match text.flatten() {
+            Some(t) => Some(serde_json::from_str(&t)?),
+            None => None,
+        })
+    }
+
+    /// Flush the write-ahead log into the database file and close every connection.
+    pub async fn close(self) {
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await;
+        self.pool.close().await;
+    }
+}
+
+fn probe_kinds(run: &ScanRun) -> String {
+    run.probe_kinds
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A migration chunk with its comment lines removed, trimmed.
+fn strip_comments(sql: &str) -> String {
+    sql.lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .trim()
+        .to_string()
+}

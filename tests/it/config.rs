@@ -1,0 +1,379 @@
+//! The configuration loader: the shipped example, a fixture full of mistakes with its exact
+//! messages, CSV registers in every encoding Excel writes, ports and removed keys.
+
+use std::path::{Path, PathBuf};
+
+use netpatrol::config::{self, Asset, NetworkKind, ProjectStage, SmtpSecurity};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The problems of a failed load, one a line, paths relative to the crate root.
+fn problems(result: Result<config::Config, config::ConfigErrors>) -> String {
+    let errors = match result {
+        Ok(_) => panic!("expected problems, the config loaded"),
+        Err(errors) => errors,
+    };
+    let prefix = format!("{}/", root().display());
+    errors.to_string().replace(&prefix, "")
+}
+
+/// A fresh scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("netpatrol-config-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A minimal valid config around `rest`.
+const SEGMENTS: &str =
+    "segments:\n  - {name: extranet-a, network: extranet, cidrs: [192.0.2.0/24]}\n";
+
+#[test]
+fn example_config_loads() {
+    let path = root().join("config/example.yaml");
+    let config = match config::load(&path) {
+        Ok(config) => config,
+        Err(errors) => panic!("example config has problems:\n{errors}"),
+    };
+    assert_eq!(config.organisation.name, "海陵区政府办(大数据管理局)");
+    assert_eq!(config.organisation.timezone, chrono_tz::Asia::Shanghai);
+    assert_eq!(config.store.path, root().join("config/netpatrol.db"));
+    assert_eq!(config.departments.len(), 5);
+    assert_eq!(config.department("wjw").unwrap().name, "区卫生健康委员会");
+    let segment = config.segment("wjw-private").unwrap();
+    assert_eq!(segment.network, NetworkKind::Departmental);
+    assert_eq!(segment.consolidate_by.unwrap().to_string(), "2026-12-31");
+    assert!(
+        config
+            .segment("extranet-a")
+            .unwrap()
+            .contains("192.0.2.10".parse().unwrap())
+    );
+    assert!(
+        !config
+            .segment("extranet-a")
+            .unwrap()
+            .contains("192.0.2.254".parse().unwrap())
+    );
+
+    // Approvals come from the CSV register (UTF-8 with BOM, Chinese list separators).
+    assert_eq!(config.approvals.len(), 4);
+    let first = &config.approvals[0];
+    assert_eq!(first.id, "HLSP-2025-001");
+    assert_eq!(first.addresses.len(), 2);
+    assert_eq!(first.ports, Some(vec![22, 443]));
+    assert_eq!(config.approvals[1].ports, Some(vec![443, 8443]));
+    assert_eq!(config.approvals[1].expires_on, None);
+    assert_eq!(config.approvals[2].ports, None);
+
+    let project = &config.projects[0];
+    assert_eq!(project.stage, ProjectStage::InUse);
+    assert_eq!(project.mlps.as_ref().unwrap().level, 3);
+    assert_eq!(project.assets[1], Asset::Name("xmsb.example.gov.cn".into()));
+
+    let ports = &config.scan.ports;
+    assert!(ports.windows(2).all(|w| w[0] < w[1]));
+    assert!(ports.contains(&3389) && ports.contains(&8005) && ports.contains(&2376));
+    assert_eq!(config.scan.dns.nameservers.len(), 2);
+    assert_eq!(
+        config.scan.dns.nameservers[1],
+        "192.0.2.53:53".parse().unwrap()
+    );
+    assert_eq!(
+        config.daemon.listen,
+        Some("127.0.0.1:9750".parse().unwrap())
+    );
+    assert_eq!(
+        config.daemon.scans[1].segments,
+        vec!["extranet-a".to_string()]
+    );
+    assert_eq!(config.bulletin.out_dir, root().join("config/bulletins"));
+    let smtp = config.smtp.as_ref().unwrap();
+    assert_eq!((smtp.port, smtp.security), (587, SmtpSecurity::StartTls));
+}
+
+#[test]
+fn defaults_apply() {
+    let config = config::load_str(SEGMENTS, Path::new("/etc/netpatrol/np.yaml")).unwrap();
+    assert_eq!(config.organisation.name, "netpatrol");
+    assert_eq!(config.store.path, Path::new("/etc/netpatrol/netpatrol.db"));
+    assert_eq!(
+        config.scan.ports,
+        config::named_port_set("default").unwrap()
+    );
+    assert_eq!(
+        (
+            config.scan.rate,
+            config.scan.concurrency,
+            config.scan.retries
+        ),
+        (2000, 256, 1)
+    );
+    assert_eq!(config.scan.timeout.as_millis(), 1500);
+    assert!(config.scan.dns.enabled);
+    assert_eq!(config.daemon.api_token_env, "NETPATROL_API_TOKEN");
+    assert_eq!(config.bulletin.lang, "zh");
+    assert_eq!(
+        config.bulletin.out_dir,
+        Path::new("/etc/netpatrol/bulletins")
+    );
+    assert!(config.smtp.is_none());
+}
+
+#[test]
+fn mistakes_fixture_reports_every_problem() {
+    let path = root().join("tests/fixtures/config/mistakes.yaml");
+    let expected = "\
+tests/fixtures/config/mistakes.yaml:2:37: unknown timezone `Asia/Shanghia`\n\
+tests/fixtures/config/mistakes.yaml:4:15: port `0` is out of range 1-65535\n\
+tests/fixtures/config/mistakes.yaml:4:18: reversed port range `90-80`\n\
+tests/fixtures/config/mistakes.yaml:4:27: unknown port set `web`: expected a port, a range A-B, or one of default, gov-high-risk, top-web, all\n\
+tests/fixtures/config/mistakes.yaml:5:16: concurrency must be 1 to 65536, got 0\n\
+tests/fixtures/config/mistakes.yaml:7:36: invalid email `it.example.gov.cn`: expected an address with `@`\n\
+tests/fixtures/config/mistakes.yaml:8:10: duplicate department id `fgw` (first at line 7)\n\
+tests/fixtures/config/mistakes.yaml:14:15: exclude `198.51.100.1` is outside segment `extranet-a`\n\
+tests/fixtures/config/mistakes.yaml:15:21: `consolidate_by` applies only to departmental segments\n\
+tests/fixtures/config/mistakes.yaml:18:13: cidr `192.0.2.128/25` of segment `extranet-b` overlaps `192.0.2.0/24` of segment `extranet-a` (line 13)\n\
+tests/fixtures/config/mistakes.yaml:18:29: invalid cidr `203.0.113.300/24`\n\
+tests/fixtures/config/mistakes.yaml:19:11: segment `dept` needs at least one cidr\n\
+tests/fixtures/config/mistakes.yaml:20:14: departmental segment `dept` needs a `department`\n\
+tests/fixtures/config/mistakes.yaml:23:14: unknown network `labnet`: expected one of extranet, metro, departmental, internet, other\n\
+tests/fixtures/config/mistakes.yaml:25:17: unknown department `nosuch`\n\
+tests/fixtures/config/mistakes.yaml:26:11: duplicate segment name `extranet-a` (first at line 11)\n\
+tests/fixtures/config/mistakes.yaml:33:17: address `203.0.113.5` is outside segment `extranet-a`\n\
+tests/fixtures/config/mistakes.yaml:35:17: `expires_on` 2025-01-01 is before `approved_on` 2025-03-01\n\
+tests/fixtures/config/mistakes.yaml:37:17: unknown department `jxw`\n\
+tests/fixtures/config/mistakes.yaml:38:14: unknown segment `nowhere`\n\
+tests/fixtures/config/mistakes.yaml:39:18: invalid date `2025-02-30`: expected YYYY-MM-DD\n\
+tests/fixtures/config/mistakes.yaml:45:18: `accepted_on` is set but stage `building` is not accepted yet\n\
+tests/fixtures/config/mistakes.yaml:46:26: invalid asset `bad_host!`: expected an address or a host name\n\
+tests/fixtures/config/mistakes.yaml:47:19: mlps level must be 1 to 5, got `7`\n\
+tests/fixtures/config/mistakes.yaml:51:12: stage `in_use` needs `accepted_on`\n\
+tests/fixtures/config/mistakes.yaml:55:12: unknown stage `live`: expected one of planned, building, trial, accepted, in_use, retired\n\
+tests/fixtures/config/mistakes.yaml:57:11: invalid listen address `localhost`: expected ADDR:PORT\n\
+tests/fixtures/config/mistakes.yaml:59:14: invalid cron `0 2 * *`: expected 5 or 6 fields\n\
+tests/fixtures/config/mistakes.yaml:59:36: unknown segment `extranet-c`\n\
+tests/fixtures/config/mistakes.yaml:60:18: unknown lang `fr`: expected zh or en\n\
+tests/fixtures/config/mistakes.yaml:63:13: unknown security `ssl`: expected one of starttls, tls, none\n\
+tests/fixtures/config/mistakes.yaml:64:9: invalid `from` `netpatrol`: expected an address with `@`";
+    assert_eq!(problems(config::load(&path)), expected);
+}
+
+/// Departments CSV with Chinese names, a Chinese list separator and an empty cell.
+const DEPARTMENTS_CSV: &str = "id,name,emails\n\
+fgw,区发展和改革委员会,it@fgw.example.gov.cn；xxk@fgw.example.gov.cn\n\
+rsj,区人力资源和社会保障局,\n";
+
+fn load_departments_csv(name: &str, bytes: &[u8]) -> config::Config {
+    let dir = scratch(name);
+    std::fs::write(dir.join("departments.csv"), bytes).unwrap();
+    let text = format!("departments: {{file: departments.csv}}\n{SEGMENTS}");
+    let path = dir.join("netpatrol.yaml");
+    std::fs::write(&path, text).unwrap();
+    match config::load(&path) {
+        Ok(config) => config,
+        Err(errors) => panic!("{name}: {errors}"),
+    }
+}
+
+#[test]
+fn csv_registers_in_every_encoding() {
+    let utf8 = DEPARTMENTS_CSV.as_bytes().to_vec();
+    let bom = [b"\xef\xbb\xbf".as_slice(), &utf8].concat();
+    let (gbk, _, unmappable) = encoding_rs::GB18030.encode(DEPARTMENTS_CSV);
+    assert!(!unmappable);
+    assert!(
+        std::str::from_utf8(&gbk).is_err(),
+        "the GBK bytes must not pass as UTF-8"
+    );
+    for (name, bytes) in [
+        ("utf8", utf8.clone()),
+        ("bom", bom),
+        ("gbk", gbk.into_owned()),
+    ] {
+        let config = load_departments_csv(name, &bytes);
+        let names: Vec<&str> = config.departments.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["区发展和改革委员会", "区人力资源和社会保障局"],
+            "{name}"
+        );
+        assert_eq!(config.departments[0].emails.len(), 2, "{name}");
+        assert!(config.departments[1].emails.is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn bad_csv_rows_name_row_and_column_and_the_rest_loads() {
+    let dir = scratch("bad-rows");
+    let csv = "\
+id,name,department,stage,accepted_on,assets,mlps.level,mlps.assessed_on
+XM-1,系统一,fgw,in_use,2024-12-01,192.0.2.10;xmsb.example.gov.cn,3,2025-10-10
+XM-2,系统二,fgw,in_use,2024-13-01,,,
+XM-3,,fgw,planned,,,,
+XM-4,系统四,jxw,trial,,192.0.2.11,9,
+XM-1,系统五,fgw,retired,,,,
+";
+    std::fs::write(dir.join("projects.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("departments.yaml"),
+        "# departments\n- id: fgw\n  name: 区发改委\n  emails: [nobody]\n",
+    )
+    .unwrap();
+    let text = format!(
+        "departments: {{file: departments.yaml}}\nprojects: {{file: projects.csv}}\n{SEGMENTS}"
+    );
+    let path = dir.join("netpatrol.yaml");
+    std::fs::write(&path, text).unwrap();
+    let d = dir.display();
+    let expected = format!(
+        "\
+{d}/departments.yaml:4:12: invalid email `nobody`: expected an address with `@`
+{d}/projects.csv:3: column `accepted_on`: invalid date `2024-13-01`: expected YYYY-MM-DD
+{d}/projects.csv:4: missing field `name`
+{d}/projects.csv:5: column `department`: unknown department `jxw`
+{d}/projects.csv:5: column `mlps.level`: mlps level must be 1 to 5, got `9`
+{d}/projects.csv:6: column `id`: duplicate project id `XM-1` (first at line 2)"
+    );
+    assert_eq!(problems(config::load(&path)), expected);
+}
+
+#[test]
+fn unknown_csv_column_is_named() {
+    let dir = scratch("bad-header");
+    std::fs::write(
+        dir.join("departments.csv"),
+        "id,name,mail\nfgw,区发改委,it@fgw.example.gov.cn\n",
+    )
+    .unwrap();
+    let path = dir.join("netpatrol.yaml");
+    std::fs::write(
+        &path,
+        format!("departments: {{file: departments.csv}}\n{SEGMENTS}"),
+    )
+    .unwrap();
+    assert_eq!(
+        problems(config::load(&path)),
+        format!(
+            "{}/departments.csv:1: unknown column `mail`: expected id, name, emails",
+            dir.display()
+        )
+    );
+}
+
+#[test]
+fn missing_register_file_points_at_its_name() {
+    let dir = scratch("missing-register");
+    let path = dir.join("netpatrol.yaml");
+    let text = format!("{SEGMENTS}approvals: {{file: nowhere.csv}}\n");
+    assert_eq!(
+        problems(config::load_str(&text, &path)),
+        format!(
+            "{d}/netpatrol.yaml:3:19: cannot read register file `{d}/nowhere.csv`: no such file or directory",
+            d = dir.display()
+        )
+    );
+}
+
+#[test]
+fn unknown_key_is_rejected_with_its_position() {
+    let text = format!("{SEGMENTS}scan:\n  icmp: true\n  prots: [22]\n");
+    let got = problems(config::load_str(&text, Path::new("np.yaml")));
+    assert!(
+        got.starts_with("np.yaml:5:3: unknown field `prots`, expected one of"),
+        "{got}"
+    );
+    assert_eq!(got.lines().count(), 1);
+}
+
+#[test]
+fn missing_segments_and_empty_files() {
+    for text in ["", "# nothing yet\n", "organisation: {name: 测试}\n"] {
+        assert_eq!(
+            problems(config::load_str(text, Path::new("np.yaml"))),
+            "np.yaml: missing required key `segments`",
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn secrets_are_refused_with_a_specific_message() {
+    let text = format!(
+        "{SEGMENTS}smtp:\n  host: smtp.example.gov.cn\n  from: np@example.gov.cn\n  password: hunter2\n\
+         daemon:\n  api_token: abc\n"
+    );
+    assert_eq!(
+        problems(config::load_str(&text, Path::new("np.yaml"))),
+        "np.yaml:6:13: secrets are not read from the config: use password_env\n\
+         np.yaml:8:14: secrets are not read from the config: use api_token_env"
+    );
+}
+
+#[test]
+fn scan_ports() {
+    let load = |ports: &str| {
+        let text = format!("{SEGMENTS}scan:\n  ports: {ports}\n");
+        config::load_str(&text, Path::new("np.yaml"))
+    };
+    assert_eq!(
+        load("[443, 22, \"8000-8002\", 22]").unwrap().scan.ports,
+        [22, 443, 8000, 8001, 8002]
+    );
+    assert_eq!(
+        load("gov-high-risk").unwrap().scan.ports,
+        config::named_port_set("gov-high-risk").unwrap()
+    );
+    assert_eq!(load("all").unwrap().scan.ports.len(), 65535);
+    assert_eq!(load("[top-web, 80]").unwrap().scan.ports.len(), 10);
+    assert_eq!(load("3389").unwrap().scan.ports, [3389]);
+    assert_eq!(
+        problems(load("[0, 65536, \"9-8\", nope]")),
+        "np.yaml:4:11: port `0` is out of range 1-65535\n\
+         np.yaml:4:14: port `65536` is out of range 1-65535\n\
+         np.yaml:4:21: reversed port range `9-8`\n\
+         np.yaml:4:28: unknown port set `nope`: expected a port, a range A-B, or one of default, gov-high-risk, top-web, all"
+    );
+    assert_eq!(
+        problems(load("\"8000-\"")),
+        "np.yaml:4:10: invalid port `8000-`"
+    );
+}
+
+#[test]
+fn yaml_errors_stop_that_file_only_with_a_position() {
+    let got = problems(config::load_str(
+        &format!("{SEGMENTS}scan: {{rate: fast}}\n"),
+        Path::new("np.yaml"),
+    ));
+    assert!(got.starts_with("np.yaml:3:"), "{got}");
+    assert_eq!(got.lines().count(), 1);
+    assert!(!got.contains(" at line "), "{got}");
+}
+
+#[test]
+fn garbage_never_panics() {
+    let inputs = [
+        "[",
+        "{",
+        "segments: 3",
+        "segments: {file: 3}",
+        "segments: [3]",
+        "segments: [{}]",
+        "segments: {file: a.txt}",
+        "- a\n- b",
+        "\u{0}",
+        "segments:\n  - name: a\n    network: [x]\n",
+        "departments: [{id: a, name: b, emails: x}]\nsegments: []",
+        "scan: {ports: {a: 1}}\nsegments: []",
+        "scan: {ports: [[1]]}\nsegments: []",
+        "scan: {concurrency: -1}\nsegments: []",
+        "smtp: {port: 99999, host: h, from: a@b}\nsegments: []",
+    ];
+    for input in inputs {
+        let _ = config::load_str(input, Path::new("np.yaml"));
+    }
+}

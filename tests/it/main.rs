@@ -1,0 +1,6 @@
+//! The one integration-test binary: every test runs against real servers on loopback.
+
+mod config;
+mod probes;
+mod scan;
+mod support;

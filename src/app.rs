@@ -3,7 +3,7 @@
 //! Errors reach the user here, as one line each; exit codes follow CONTRACT.md §1
 //! (64 for a bad config or usage, 1 for a runtime failure, 3 when `--fail-on` matched).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,7 +19,9 @@ use crate::lab::Lab;
 use crate::observation::{RunState, ScanObservations};
 use crate::output::report::{self, Report};
 use crate::probe::ProbeKind;
-use crate::reconcile;
+use crate::finding;
+use crate::reconcile::History;
+use crate::rules::RuleSet;
 use crate::scan::{self, ScanRequest};
 use crate::scope::Limits;
 use crate::store::Store;
@@ -45,15 +47,12 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let config = match config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    eprint!("{errors}");
-                    return ExitCode::from(EXIT_USAGE);
-                }
+            let (config, rules) = match load_all(&config) {
+                Ok(loaded) => loaded,
+                Err(code) => return code,
             };
             let request = ScanRequest { segments, probes };
-            match scan_command(&config, &request, format, output.as_deref(), fail_on).await {
+            match scan_command(&config, &rules, &request, format, output.as_deref(), fail_on).await {
                 Ok(code) => code,
                 Err(error) => {
                     eprintln!("netpatrol: {error:#}");
@@ -76,23 +75,22 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn check_config(path: &Path) -> ExitCode {
-    match config::load(path) {
-        Ok(config) => {
+    match load_all(path) {
+        Ok((config, rules)) => {
             println!(
-                "{}: ok ({} segments, {} departments, {} approvals, {} projects, {} ports)",
+                "{}: ok ({} segments, {} departments, {} approvals, {} projects, {} ports, {} rules, {} waivers)",
                 path.display(),
                 config.segments.len(),
                 config.departments.len(),
                 config.approvals.len(),
                 config.projects.len(),
-                config.scan.ports.len()
+                config.scan.ports.len(),
+                rules.rules().len(),
+                config.exceptions.len(),
             );
             ExitCode::SUCCESS
         }
-        Err(errors) => {
-            eprint!("{errors}");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Err(code) => code,
     }
 }
 
@@ -141,9 +139,10 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-/// Scan, record in the store, build the report.
+/// Scan, assess (reconcile, rules, findings lifecycle), record in the store, build the report.
 pub async fn scan_and_record(
     config: &Config,
+    rules: &RuleSet,
     store: &Store,
     request: &ScanRequest,
     limits: Arc<Limits>,
@@ -151,25 +150,31 @@ pub async fn scan_and_record(
     cancel: CancellationToken,
 ) -> anyhow::Result<(ScanObservations, Report)> {
     let observations = scan::run(config, request, limits, progress, cancel).await?;
-    let report = report::build(config, &observations);
-    let today = observations
-        .run
-        .started_at
-        .with_timezone(&config.organisation.timezone)
-        .date_naive();
-    let placements: std::collections::HashMap<String, Option<String>> = observations
+    let tz = config.organisation.timezone;
+    let today = observations.run.started_at.with_timezone(&tz).date_naive();
+    let history = History {
+        last_seen: store
+            .last_seen()
+            .await?
+            .into_iter()
+            .map(|(ip, at)| (ip, at.with_timezone(&tz).date_naive()))
+            .collect(),
+    };
+    let existing = store.findings().await?;
+    let assessment = finding::assess(config, rules, &observations, &history, &existing, today);
+    let report = report::build(config, &observations, &assessment.current, today);
+    let departments: HashMap<String, Option<String>> = report
         .hosts
         .iter()
-        .map(|h| {
-            let p = reconcile::place(config, &h.segment, h.ip, h.ptr.as_deref(), today);
-            (h.ip.to_string(), p.department)
-        })
+        .map(|h| (h.ip.clone(), h.department.clone()))
         .collect();
     let json = serde_json::to_value(&report)?;
     store
         .record(
             &observations,
-            &|ip| placements.get(ip).cloned().flatten(),
+            &|ip| departments.get(ip).cloned().flatten(),
+            &assessment.changed,
+            &assessment.events,
             &json,
         )
         .await
@@ -177,8 +182,24 @@ pub async fn scan_and_record(
     Ok((observations, report))
 }
 
+/// Load the config and its rules; on failure, every problem on stderr.
+fn load_all(path: &Path) -> Result<(Config, RuleSet), ExitCode> {
+    let config = config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let rules = RuleSet::load(&config).map_err(|problems| {
+        for p in problems {
+            eprintln!("{p}");
+        }
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    Ok((config, rules))
+}
+
 async fn scan_command(
     config: &Config,
+    rules: &RuleSet,
     request: &ScanRequest,
     format: Option<Format>,
     output: Option<&Path>,
@@ -190,6 +211,7 @@ async fn scan_command(
     cancel_on_signal(cancel.clone());
     let (observations, report) = scan_and_record(
         config,
+        rules,
         &store,
         request,
         limits,
@@ -206,7 +228,7 @@ async fn scan_command(
         Format::Json
     });
     let text = match format {
-        Format::Table => report::table(config, &report),
+        Format::Table => report::table(config, &report, to_terminal),
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     match output {
@@ -221,9 +243,8 @@ async fn scan_command(
         && report
             .findings
             .iter()
-            .filter_map(|f| f.get("severity").and_then(|s| s.as_str()))
-            .filter_map(|s| <Severity as clap::ValueEnum>::from_str(s, true).ok())
-            .any(|s| s >= threshold)
+            .filter(|f| f.waiver.is_none())
+            .any(|f| f.severity >= threshold.severity())
     {
         return Ok(ExitCode::from(EXIT_FAIL_ON));
     }
@@ -242,6 +263,12 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let config = lab.config(out)?;
+    let rules = RuleSet::load(&config).map_err(|problems| {
+        anyhow::anyhow!(
+            "the built-in rules do not load:\n{}",
+            problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+        )
+    })?;
     let store = Store::open(&config.store.path).await?;
     let limits = Limits::new(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
@@ -254,6 +281,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
     loop {
         let (_, report) = scan_and_record(
             &config,
+            &rules,
             &store,
             &ScanRequest::all(),
             limits.clone(),
@@ -261,7 +289,10 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
             cancel.clone(),
         )
         .await?;
-        print!("{}", report::table(&config, &report));
+        print!(
+            "{}",
+            report::table(&config, &report, std::io::stdout().is_terminal())
+        );
         let path: PathBuf = out.join("last-scan.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("netpatrol demo: report written to {}", path.display());

@@ -30,6 +30,19 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// The rules' severity of the same name.
+    pub fn severity(self) -> crate::rules::Severity {
+        match self {
+            Severity::Info => crate::rules::Severity::Info,
+            Severity::Low => crate::rules::Severity::Low,
+            Severity::Medium => crate::rules::Severity::Medium,
+            Severity::High => crate::rules::Severity::High,
+            Severity::Critical => crate::rules::Severity::Critical,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the config, every register and rule file; report all problems.

@@ -8,11 +8,14 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod facts;
+pub mod finding;
 pub mod lab;
 pub mod observation;
 pub mod output;
 pub mod probe;
 pub mod reconcile;
+pub mod rules;
 pub mod scan;
 pub mod scope;
 pub mod store;

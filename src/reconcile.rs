@@ -1,70 +1,338 @@
-//! Reconciliation: places each observed host in the bureau's registers.
+//! Reconciliation: holds what a scan saw against the bureau's registers and computes the
+//! [`Facts`] the rules test.
 //!
-//! Pure and synchronous: takes the validated [`Config`] and observations, returns placements.
-//! No I/O, no clock (the date is passed in). A host's department is its segment's owner when the
-//! segment is departmental, else the department of an approval or project that covers it.
+//! Pure and synchronous: inputs are the validated [`Config`], the scan's observations, what the
+//! store remembers ([`History`]) and the date; output is one [`SubjectFacts`] per host, service,
+//! scanned segment, approval of a scanned segment and project. No I/O, no clock.
+//!
+//! Placement: a host's department is its segment's owner when the segment is departmental, else
+//! the department of an approval or project that covers it. An approval is valid on a day from
+//! `approved_on` through `expires_on` (inclusive); a host is approved when a valid approval
+//! covers its address, and a service when that approval also lists its port (or lists none).
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use chrono::NaiveDate;
+use chrono::{Months, NaiveDate};
 
-use crate::config::{Approval, Asset, Config, Project};
+use crate::config::{Approval, Asset, Config, ProjectStage};
+use crate::facts::{Facts, Subject};
+use crate::observation::{HostObservation, ScanObservations};
 
 /// Where a host stands in the registers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Placement {
     pub department: Option<String>,
-    /// Approvals whose addresses cover the host (valid or not on `today`).
+    /// Approvals whose addresses cover the host (valid or not).
     pub approvals: Vec<String>,
     /// Projects that list the host among their assets (by address, or by its PTR name).
     pub projects: Vec<String>,
 }
 
+/// What the store remembers that reconciliation needs: the last day each address answered
+/// before this scan.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    pub last_seen: HashMap<IpAddr, NaiveDate>,
+}
+
+/// One thing a rule can be evaluated against, with what identifies it in a finding.
+#[derive(Debug, Clone)]
+pub struct SubjectFacts {
+    pub subject: Subject,
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub segment: Option<String>,
+    pub department: Option<String>,
+    /// The project a project-level subject is; for hosts and services, the first project that
+    /// lists them (see `projects` for all).
+    pub project: Option<String>,
+    pub projects: Vec<String>,
+    pub approval: Option<String>,
+    pub facts: Facts,
+}
+
+impl SubjectFacts {
+    fn new(subject: Subject) -> SubjectFacts {
+        SubjectFacts {
+            subject,
+            ip: None,
+            port: None,
+            segment: None,
+            department: None,
+            project: None,
+            projects: Vec::new(),
+            approval: None,
+            facts: Facts::new(),
+        }
+    }
+}
+
+/// Whether `approval` is in force on `today`.
+pub fn approval_valid(approval: &Approval, today: NaiveDate) -> bool {
+    approval.approved_on <= today && approval.expires_on.is_none_or(|end| today <= end)
+}
+
 /// Approvals whose addresses cover `ip` within `segment`.
 pub fn approvals_for<'a>(
     config: &'a Config,
-    segment: &str,
+    segment: &'a str,
     ip: IpAddr,
 ) -> impl Iterator<Item = &'a Approval> + 'a {
-    let segment = segment.to_string();
     config
         .approvals
         .iter()
         .filter(move |a| a.segment == segment && a.addresses.iter().any(|n| n.contains(&ip)))
 }
 
-/// Projects that name `ip` (or `ptr`, case-insensitively) among their assets.
-pub fn projects_for<'a>(
-    config: &'a Config,
-    ip: IpAddr,
-    ptr: Option<&'a str>,
-) -> impl Iterator<Item = &'a Project> + 'a {
-    config.projects.iter().filter(move |p| {
-        p.assets.iter().any(|asset| match asset {
-            Asset::Address(net) => net.contains(&ip),
-            Asset::Name(name) => ptr.is_some_and(|ptr| ptr.eq_ignore_ascii_case(name)),
-        })
-    })
-}
-
-/// Place one host. `_today` is taken now so validity checks can join without a signature change.
-pub fn place(
-    config: &Config,
-    segment: &str,
-    ip: IpAddr,
-    ptr: Option<&str>,
-    _today: NaiveDate,
-) -> Placement {
+/// Place one host in the registers.
+pub fn place(config: &Config, segment: &str, ip: IpAddr, ptr: Option<&str>) -> Placement {
     let approvals: Vec<&Approval> = approvals_for(config, segment, ip).collect();
-    let projects: Vec<&Project> = projects_for(config, ip, ptr).collect();
+    let projects: Vec<&str> = config
+        .projects
+        .iter()
+        .filter(|p| {
+            p.assets.iter().any(|asset| match asset {
+                Asset::Address(net) => net.contains(&ip),
+                Asset::Name(name) => ptr.is_some_and(|ptr| ptr.eq_ignore_ascii_case(name)),
+            })
+        })
+        .map(|p| p.id.as_str())
+        .collect();
     let department = config
         .segment(segment)
         .and_then(|s| s.department.clone())
         .or_else(|| approvals.first().map(|a| a.department.clone()))
-        .or_else(|| projects.first().map(|p| p.department.clone()));
+        .or_else(|| {
+            projects
+                .first()
+                .and_then(|id| config.projects.iter().find(|p| p.id == *id))
+                .map(|p| p.department.clone())
+        });
     Placement {
         department,
         approvals: approvals.iter().map(|a| a.id.clone()).collect(),
-        projects: projects.iter().map(|p| p.id.clone()).collect(),
+        projects: projects.into_iter().map(str::to_string).collect(),
+    }
+}
+
+/// Every subject of one scan, with its facts.
+pub fn subjects(
+    config: &Config,
+    scan: &ScanObservations,
+    history: &History,
+    today: NaiveDate,
+) -> Vec<SubjectFacts> {
+    let mut out = Vec::new();
+    for host in &scan.hosts {
+        host_subjects(config, host, today, &mut out);
+    }
+    let scanned: BTreeSet<&str> = scan.run.segments.iter().map(String::as_str).collect();
+    for segment in config.segments.iter().filter(|s| scanned.contains(s.name.as_str())) {
+        let mut s = SubjectFacts::new(Subject::Segment);
+        s.segment = Some(segment.name.clone());
+        s.department = segment.department.clone();
+        let f = &mut s.facts;
+        f.set("segment.name", segment.name.as_str());
+        f.set("segment.network", segment.network.as_str());
+        f.set("segment.department", segment.department.clone());
+        let live = scan.hosts.iter().filter(|h| h.segment == segment.name).count();
+        f.set("segment.live_hosts", live as i64);
+        f.set(
+            "segment.consolidate_by",
+            segment.consolidate_by.map(|d| d.to_string()),
+        );
+        f.set(
+            "segment.consolidation_overdue",
+            segment.consolidate_by.is_some_and(|d| d < today),
+        );
+        out.push(s);
+    }
+    let seen_now: BTreeSet<IpAddr> = scan.hosts.iter().map(|h| h.ip).collect();
+    for approval in config
+        .approvals
+        .iter()
+        .filter(|a| scanned.contains(a.segment.as_str()))
+    {
+        let mut s = SubjectFacts::new(Subject::Approval);
+        s.segment = Some(approval.segment.clone());
+        s.department = Some(approval.department.clone());
+        s.approval = Some(approval.id.clone());
+        let covers = |ip: &IpAddr| approval.addresses.iter().any(|n| n.contains(ip));
+        let last_seen = if seen_now.iter().any(covers) {
+            Some(today)
+        } else {
+            history
+                .last_seen
+                .iter()
+                .filter(|(ip, _)| covers(ip))
+                .map(|(_, d)| *d)
+                .max()
+        };
+        let silent_since = last_seen.unwrap_or(approval.approved_on);
+        let days_silent = (today - silent_since).num_days().max(0);
+        let valid = approval_valid(approval, today);
+        let f = &mut s.facts;
+        f.set("approval.id", approval.id.as_str());
+        f.set("approval.department", approval.department.as_str());
+        f.set("approval.segment", approval.segment.as_str());
+        f.set("approval.valid", valid);
+        f.set("approval.days_silent", days_silent);
+        f.set(
+            "approval.unused",
+            valid && days_silent >= i64::from(config.compliance.approval_unused_days),
+        );
+        out.push(s);
+    }
+    for project in &config.projects {
+        out.push(project_subject(config, project, scan, today));
+    }
+    out
+}
+
+fn host_subjects(
+    config: &Config,
+    host: &HostObservation,
+    today: NaiveDate,
+    out: &mut Vec<SubjectFacts>,
+) {
+    let placement = place(config, &host.segment, host.ip, host.ptr.as_deref());
+    let covering: Vec<&Approval> = approvals_for(config, &host.segment, host.ip).collect();
+    let valid: Vec<&Approval> = covering
+        .iter()
+        .copied()
+        .filter(|a| approval_valid(a, today))
+        .collect();
+    let expired_only = !covering.is_empty()
+        && valid.is_empty()
+        && covering
+            .iter()
+            .any(|a| a.expires_on.is_some_and(|end| end < today));
+
+    let mut h = SubjectFacts::new(Subject::Host);
+    h.ip = Some(host.ip);
+    h.segment = Some(host.segment.clone());
+    h.department = placement.department.clone();
+    h.project = placement.projects.first().cloned();
+    h.projects = placement.projects.clone();
+    h.approval = valid.first().or(covering.first()).map(|a| a.id.clone());
+    let f = &mut h.facts;
+    f.set("host.ip", host.ip.to_string());
+    f.set("host.segment", host.segment.as_str());
+    f.set("host.network", host.network.as_str());
+    f.set("host.department", placement.department.clone());
+    f.set("host.ptr", host.ptr.clone());
+    f.set("host.approvals", placement.approvals.clone());
+    f.set("host.approved", !valid.is_empty());
+    f.set("host.approval_expired", expired_only);
+    f.set("host.projects", placement.projects.clone());
+    f.set(
+        "host.services",
+        host.services
+            .iter()
+            .map(|s| s.service.clone())
+            .collect::<Vec<_>>(),
+    );
+
+    for service in &host.services {
+        let mut s = h.clone();
+        s.subject = Subject::Service;
+        s.port = Some(service.port);
+        let approving = valid
+            .iter()
+            .find(|a| a.ports.as_ref().is_none_or(|p| p.contains(&service.port)));
+        if let Some(a) = approving {
+            s.approval = Some(a.id.clone());
+        }
+        let f = &mut s.facts;
+        f.set("service.port", i64::from(service.port));
+        f.set("service.name", service.service.as_str());
+        f.set("service.product", service.product.clone());
+        f.set("service.version", service.version.clone());
+        f.set("service.banner", service.banner.clone());
+        f.set("service.approved", approving.is_some());
+        out.push(s);
+    }
+    out.push(h);
+}
+
+fn add_months(date: NaiveDate, months: u32) -> NaiveDate {
+    date.checked_add_months(Months::new(months))
+        .unwrap_or(NaiveDate::MAX)
+}
+
+fn project_subject(
+    config: &Config,
+    project: &crate::config::Project,
+    scan: &ScanObservations,
+    today: NaiveDate,
+) -> SubjectFacts {
+    let compliance = &config.compliance;
+    let mut s = SubjectFacts::new(Subject::Project);
+    s.department = Some(project.department.clone());
+    s.project = Some(project.id.clone());
+    s.projects = vec![project.id.clone()];
+    let live_assets: Vec<String> = scan
+        .hosts
+        .iter()
+        .filter(|h| {
+            project.assets.iter().any(|a| match a {
+                Asset::Address(net) => net.contains(&h.ip),
+                Asset::Name(name) => h
+                    .ptr
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(name)),
+            })
+        })
+        .map(|h| h.ip.to_string())
+        .collect();
+    let accepted = matches!(project.stage, ProjectStage::Accepted | ProjectStage::InUse);
+    let level = project.mlps.as_ref().map(|m| m.level);
+    let mlps_on = project.mlps.as_ref().and_then(|m| m.assessed_on);
+    let mlps_due = match (mlps_on, level.and_then(|l| compliance.mlps_interval(l))) {
+        (Some(on), Some(months)) => Some(add_months(on, months)),
+        _ => None,
+    };
+    let crypto_required = accepted && level.is_some_and(|l| l >= compliance.crypto_min_level);
+    let crypto_on = project.crypto.as_ref().and_then(|c| c.assessed_on);
+    let crypto_due = crypto_on.map(|on| add_months(on, compliance.crypto_interval_months));
+
+    let f = &mut s.facts;
+    f.set("project.id", project.id.as_str());
+    f.set("project.name", project.name.as_str());
+    f.set("project.department", project.department.as_str());
+    f.set("project.stage", stage_str(project.stage));
+    f.set("project.accepted", accepted);
+    f.set("project.live", !live_assets.is_empty());
+    f.set("project.live_assets", live_assets);
+    f.set("project.mlps_level", level.map(i64::from));
+    f.set("project.mlps_required", accepted);
+    f.set("project.mlps_assessed_on", mlps_on.map(|d| d.to_string()));
+    f.set("project.mlps_due", mlps_due.map(|d| d.to_string()));
+    f.set("project.mlps_missing", accepted && mlps_on.is_none());
+    f.set(
+        "project.mlps_overdue",
+        accepted && mlps_due.is_some_and(|d| d < today),
+    );
+    f.set("project.crypto_required", crypto_required);
+    f.set("project.crypto_assessed_on", crypto_on.map(|d| d.to_string()));
+    f.set("project.crypto_due", crypto_due.map(|d| d.to_string()));
+    f.set("project.crypto_missing", crypto_required && crypto_on.is_none());
+    f.set(
+        "project.crypto_overdue",
+        crypto_required && crypto_due.is_some_and(|d| d < today),
+    );
+    s
+}
+
+/// The register's spelling of a project stage.
+pub fn stage_str(stage: ProjectStage) -> &'static str {
+    match stage {
+        ProjectStage::Planned => "planned",
+        ProjectStage::Building => "building",
+        ProjectStage::Trial => "trial",
+        ProjectStage::Accepted => "accepted",
+        ProjectStage::InUse => "in_use",
+        ProjectStage::Retired => "retired",
     }
 }

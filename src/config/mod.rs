@@ -4,7 +4,11 @@
 //! with `serde_saphyr::Spanned`); `registers` reads register lists written inline or in separate
 //! YAML/CSV files (UTF-8, UTF-8 with BOM, GB18030/GBK); `validate` turns them into the domain
 //! types of `model`, collecting **every** problem with its file, line and column; `ports` knows
-//! port lists, ranges and the named sets.
+//! port lists, ranges and the named sets. Besides the registers, the file holds the settings of
+//! the rules (`rules`: extra rule folders, per-rule overrides), of compliance checks
+//! (`compliance`) and the waivers (`exceptions`, a register like the others). Overrides and
+//! waivers name rule ids, which only the rule loader knows: they keep their [`Position`] so
+//! `rules::RuleSet::load` can report an unknown id where it was written.
 //!
 //! Output: a [`Config`] that the rest of netpatrol can trust, or [`ConfigErrors`]. Loading never
 //! panics; a YAML syntax or type error stops only the file it is in.
@@ -17,6 +21,7 @@ mod validate;
 
 pub use model::*;
 pub use ports::named_port_set;
+pub(crate) use registers::{io_message, yaml_problem};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -64,6 +69,34 @@ impl fmt::Display for Problem {
             }
         }
         write!(f, ": {}", self.message)
+    }
+}
+
+/// Where a value was written, kept in the model for checks that run after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub file: PathBuf,
+    /// 1-based; for a CSV register, the line of the row.
+    pub line: Option<u64>,
+    /// 1-based, in characters; absent for CSV rows.
+    pub column: Option<u64>,
+    /// For a CSV row: the column the value came from, named in messages.
+    pub key: Option<String>,
+}
+
+impl Position {
+    /// A problem about the value written here.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        let message = match &self.key {
+            Some(key) => format!("column `{key}`: {}", message.into()),
+            None => message.into(),
+        };
+        Problem {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            message,
+        }
     }
 }
 
@@ -131,6 +164,7 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
         }
     };
     let regs = registers::load_all(&mut file, path, &base, &mut problems);
+    check_rule_dirs(&file, path, &base, &mut problems);
     match validate::validate(file, regs, path, &base) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(ConfigErrors {
@@ -142,6 +176,24 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigErrors> {
                 problems: sort(problems, path),
             })
         }
+    }
+}
+
+/// Each extra rule folder must be a readable folder: a typo in its name would otherwise
+/// silently drop the operator's rules. Its files are read by `rules::RuleSet::load`.
+fn check_rule_dirs(file: &raw::ConfigFile, path: &Path, base: &Path, problems: &mut Vec<Problem>) {
+    for dir in file.rules.iter().flat_map(|r| &r.dirs) {
+        let full = base.join(&dir.value);
+        let message = match std::fs::read_dir(&full) {
+            Ok(_) => continue,
+            Err(err) => format!(
+                "cannot read rules folder `{}`: {}",
+                full.display(),
+                registers::io_message(&err)
+            ),
+        };
+        let at = &dir.referenced;
+        problems.push(Problem::at(path, at.line(), at.column(), message));
     }
 }
 

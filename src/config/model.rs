@@ -4,6 +4,7 @@
 //! `validate.rs` passed, so code downstream can rely on what is written here: ids are unique,
 //! every reference resolves, CIDRs parse and lie inside their segment, dates are in order.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,6 +12,9 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use ipnet::IpNet;
 use serde::Serialize;
+
+use super::Position;
+use crate::rules::Severity;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -28,6 +32,10 @@ pub struct Config {
     pub daemon: DaemonSettings,
     pub bulletin: BulletinSettings,
     pub smtp: Option<SmtpSettings>,
+    pub rules: RuleSettings,
+    pub compliance: ComplianceSettings,
+    /// Waivers, in the order written.
+    pub exceptions: Vec<Waiver>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,6 +233,123 @@ pub struct SmtpSettings {
     pub username: Option<String>,
     pub password_env: Option<String>,
     pub from: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuleSettings {
+    /// Extra rule folders, resolved against the config's folder; each of their `*.yaml` files
+    /// loads after the built-in pack. Default none.
+    pub dirs: Vec<PathBuf>,
+    /// Per rule id. Ids are checked against the loaded rules by `rules::RuleSet::load`.
+    pub overrides: BTreeMap<String, RuleOverride>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOverride {
+    /// Replaces the rule's own severity. Default: keep it.
+    pub severity: Option<Severity>,
+    /// False turns the rule off. Default true.
+    pub enabled: bool,
+    /// Where the rule id was written.
+    pub at: Position,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComplianceSettings {
+    /// `access.approval_unused` after this many days without an answer. Default 30.
+    pub approval_unused_days: u32,
+    /// MLPS level to months between assessments. Default {2: 24, 3: 12, 4: 6, 5: 6}; a level
+    /// absent here (level 1 by default) has no periodic assessment.
+    pub mlps_interval_months: BTreeMap<u8, u32>,
+    /// 密评 is required for projects in use at this MLPS level and above. Default 3.
+    pub crypto_min_level: u8,
+    /// Months between 密评 assessments. Default 12.
+    pub crypto_interval_months: u32,
+    /// A finding resolves after this many consecutive scans without it. Default 2.
+    pub resolve_after_scans: u32,
+}
+
+impl Default for ComplianceSettings {
+    fn default() -> Self {
+        ComplianceSettings {
+            approval_unused_days: 30,
+            mlps_interval_months: BTreeMap::from([(2, 24), (3, 12), (4, 6), (5, 6)]),
+            crypto_min_level: 3,
+            crypto_interval_months: 12,
+            resolve_after_scans: 2,
+        }
+    }
+}
+
+impl ComplianceSettings {
+    /// Months between MLPS assessments at `level`; `None` when that level has none.
+    pub fn mlps_interval(&self, level: u8) -> Option<u32> {
+        self.mlps_interval_months.get(&level).copied()
+    }
+}
+
+/// A waiver (例外): findings of matching rules within the scope are accepted until `expires_on`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiver {
+    /// A rule id, or a prefix ending in `*` such as `exposure.*`.
+    pub rule: String,
+    /// Scope: every key given must match; absent keys match anything.
+    pub ip: Option<IpNet>,
+    pub port: Option<u16>,
+    pub segment: Option<String>,
+    pub department: Option<String>,
+    pub project: Option<String>,
+    pub reason: String,
+    pub approver: String,
+    /// The last day the waiver applies.
+    pub expires_on: NaiveDate,
+    /// Where `rule` was written.
+    pub at: Position,
+}
+
+/// What a finding is about, as a waiver's scope sees it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WaiverTarget<'a> {
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub segment: Option<&'a str>,
+    pub department: Option<&'a str>,
+    /// Projects the finding's host or project belongs to; a `project` scope matches any.
+    pub projects: &'a [String],
+}
+
+impl Waiver {
+    /// Whether the rule pattern names `id`: equal, or `id` starts with the prefix before `*`.
+    pub fn matches_rule(&self, id: &str) -> bool {
+        match self.rule.strip_suffix('*') {
+            Some(prefix) => id.starts_with(prefix),
+            None => self.rule == id,
+        }
+    }
+
+    /// Whether the waiver applies on `today` (its expiry day included).
+    pub fn is_active(&self, today: NaiveDate) -> bool {
+        today <= self.expires_on
+    }
+
+    /// Whether the waiver covers a finding of rule `id` about `target` (expiry not checked).
+    /// A scope key the finding has no value for (e.g. `port` for a host finding) does not match.
+    pub fn matches(&self, id: &str, target: &WaiverTarget<'_>) -> bool {
+        fn scope<T: PartialEq + ?Sized>(want: Option<&T>, got: Option<&T>) -> bool {
+            want.is_none_or(|w| got == Some(w))
+        }
+        self.matches_rule(id)
+            && self
+                .ip
+                .is_none_or(|net| target.ip.is_some_and(|ip| net.contains(&ip)))
+            && scope(self.port.as_ref(), target.port.as_ref())
+            && scope(self.segment.as_deref(), target.segment)
+            && scope(self.department.as_deref(), target.department)
+            && self
+                .project
+                .as_ref()
+                .is_none_or(|p| target.projects.contains(p))
+    }
 }
 
 impl Config {

@@ -53,6 +53,15 @@ pub struct ConfigFile {
     /// Default: absent, no mail is sent.
     #[serde(default)]
     pub smtp: Option<SmtpConfig>,
+    /// Default: the built-in rule pack only, every rule enabled at its own severity.
+    #[serde(default)]
+    pub rules: Option<RulesConfig>,
+    /// Default: every compliance setting at its own default.
+    #[serde(default)]
+    pub compliance: Option<ComplianceConfig>,
+    /// Waivers; inline or `{file: PATH}` (YAML or CSV) like the registers. Default: none.
+    #[serde(default)]
+    pub exceptions: Option<Register<WaiverConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,4 +401,106 @@ pub struct SmtpConfig {
     pub password: Option<Spanned<IgnoredAny>>,
     /// Required: the From header, e.g. "网络安全巡检 <netpatrol@example.gov.cn>".
     pub from: Text,
+}
+
+/// A map kept as written: its entries in order, each key with its position (a derived map
+/// would lose both, and silently keep the last of two equal keys).
+#[derive(Debug)]
+pub struct Pairs<K, V>(pub Vec<(K, V)>);
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Pairs<K, V> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<K, V>(PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> de::Visitor<'de> for Visit<K, V> {
+            type Value = Pairs<K, V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Pairs<K, V>, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<K, V>()? {
+                    entries.push(entry);
+                }
+                Ok(Pairs(entries))
+            }
+        }
+        d.deserialize_map(Visit(PhantomData))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RulesConfig {
+    /// Extra folders whose `*.yaml` rule files load after the built-in pack, relative to the
+    /// config's folder; default none.
+    #[serde(default)]
+    pub dirs: Vec<Text>,
+    /// Per rule id, `{severity: S, enabled: false}`; default none.
+    #[serde(default)]
+    pub overrides: Option<Pairs<Text, RuleOverrideConfig>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleOverrideConfig {
+    /// critical | high | medium | low | info; default the rule's own severity.
+    #[serde(default)]
+    pub severity: Option<Text>,
+    /// Default true; false turns the rule off.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplianceConfig {
+    /// Days a valid approval's addresses may stay silent before `access.approval_unused`,
+    /// at least 1; default 30.
+    #[serde(default)]
+    pub approval_unused_days: Option<Spanned<u64>>,
+    /// MLPS level (1 to 5) to months between assessments (1 to 120), merged over the default
+    /// {2: 24, 3: 12, 4: 6, 5: 6}; level 1 has no periodic assessment unless written here.
+    #[serde(default)]
+    pub mlps_interval_months: Option<Pairs<Spanned<u64>, Spanned<u64>>>,
+    /// 密评 is required for projects in use at this MLPS level and above, 1 to 5; default 3.
+    #[serde(default)]
+    pub crypto_min_level: Option<Spanned<u64>>,
+    /// Months between 密评 assessments, 1 to 120; default 12.
+    #[serde(default)]
+    pub crypto_interval_months: Option<Spanned<u64>>,
+    /// A finding resolves after this many consecutive scans without it, at least 1; default 2.
+    #[serde(default)]
+    pub resolve_after_scans: Option<Spanned<u64>>,
+}
+
+/// One waiver (例外): a finding the bureau accepted for a while, with who and why.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaiverConfig {
+    /// Required: a rule id, or a prefix ending in `*` such as `exposure.*`.
+    pub rule: Text,
+    /// Address or CIDR the waiver is limited to; default any.
+    #[serde(default)]
+    pub ip: Option<Text>,
+    /// Port the waiver is limited to, 1 to 65535; default any.
+    #[serde(default)]
+    pub port: Option<Text>,
+    /// Segment name the waiver is limited to; default any.
+    #[serde(default)]
+    pub segment: Option<Text>,
+    /// Department id the waiver is limited to; default any.
+    #[serde(default)]
+    pub department: Option<Text>,
+    /// Project id the waiver is limited to; default any.
+    #[serde(default)]
+    pub project: Option<Text>,
+    /// Required, non-empty: why the finding is accepted.
+    #[serde(default)]
+    pub reason: Option<Text>,
+    /// Required, non-empty: who approved the waiver.
+    #[serde(default)]
+    pub approver: Option<Text>,
+    /// Required: YYYY-MM-DD, the last day the waiver applies.
+    #[serde(default)]
+    pub expires_on: Option<Text>,
 }

@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::de::{self, DeserializeOwned, IntoDeserializer};
 
-use super::Problem;
 use super::raw::{
     ApprovalConfig, ConfigFile, DepartmentConfig, ProjectConfig, Register, SegmentConfig, Text,
+    WaiverConfig,
 };
+use super::{Position, Problem};
 
 /// Where a register item was written.
 #[derive(Debug, Clone)]
@@ -33,6 +34,27 @@ impl Origin {
             key,
             message,
         )
+    }
+
+    /// Where `value` (the field `key` of this item) was written, for later checks.
+    pub fn position(&self, value: &Text, key: &str) -> Position {
+        match self.csv_row {
+            Some(row) => Position {
+                file: self.file.clone(),
+                line: (row > 0).then_some(row),
+                column: None,
+                key: Some(key.to_string()),
+            },
+            None => {
+                let at = &value.referenced;
+                Position {
+                    file: self.file.clone(),
+                    line: (at.line() > 0).then_some(at.line()),
+                    column: (at.line() > 0 && at.column() > 0).then_some(at.column()),
+                    key: None,
+                }
+            }
+        }
     }
 
     /// A problem at a YAML position, or at this item's CSV row naming the column `key`.
@@ -67,7 +89,7 @@ impl<T> Default for Loaded<T> {
     }
 }
 
-/// All four register lists.
+/// All register lists, and the waivers, which are written the same way.
 #[derive(Debug, Default)]
 pub struct Registers {
     pub departments: Loaded<DepartmentConfig>,
@@ -75,6 +97,7 @@ pub struct Registers {
     pub segments: Option<Loaded<SegmentConfig>>,
     pub approvals: Loaded<ApprovalConfig>,
     pub projects: Loaded<ProjectConfig>,
+    pub exceptions: Loaded<WaiverConfig>,
 }
 
 /// The header names a CSV file of this register may use.
@@ -126,6 +149,20 @@ impl CsvColumns for ProjectConfig {
     ];
 }
 
+impl CsvColumns for WaiverConfig {
+    const COLUMNS: &'static [&'static str] = &[
+        "rule",
+        "ip",
+        "port",
+        "segment",
+        "department",
+        "project",
+        "reason",
+        "approver",
+        "expires_on",
+    ];
+}
+
 /// Reads every register file the config names; problems go to `problems`.
 pub fn load_all(
     file: &mut ConfigFile,
@@ -141,6 +178,7 @@ pub fn load_all(
             .map(|r| load(Some(r), config_path, base, problems)),
         approvals: load(file.approvals.take(), config_path, base, problems),
         projects: load(file.projects.take(), config_path, base, problems),
+        exceptions: load(file.exceptions.take(), config_path, base, problems),
     }
 }
 

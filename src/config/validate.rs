@@ -4,7 +4,7 @@
 //! the offending value (file:line:col in YAML, file:row plus column name in CSV). References
 //! into a register whose file could not be read are not checked, to avoid cascades.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use super::model::*;
 use super::ports;
 use super::raw::{self, ConfigFile, Text};
 use super::registers::{Loaded, Origin, Registers};
+use crate::rules::Severity;
 
 const NETWORKS: &str = "extranet, metro, departmental, internet, other";
 const STAGES: &str = "planned, building, trial, accepted, in_use, retired";
@@ -82,6 +83,18 @@ pub fn validate(
     let daemon = v.daemon(file.daemon, segment_map.as_ref());
     let bulletin = v.bulletin(file.bulletin, base);
     let smtp = file.smtp.map(|s| v.smtp(s));
+    let rules = v.rules(file.rules, base);
+    let compliance = v.compliance(file.compliance);
+    let project_ids = regs
+        .projects
+        .complete
+        .then(|| projects.iter().map(|p| p.id.clone()).collect::<Vec<_>>());
+    let exceptions = v.exceptions(
+        &regs.exceptions,
+        department_ids.as_deref(),
+        segment_map.as_ref(),
+        project_ids.as_deref(),
+    );
 
     if !v.problems.is_empty() {
         return Err(v.problems);
@@ -99,6 +112,9 @@ pub fn validate(
         daemon,
         bulletin,
         smtp,
+        rules,
+        compliance,
+        exceptions,
     })
 }
 
@@ -757,6 +773,234 @@ impl Validator {
             from,
         }
     }
+}
+
+impl Validator {
+    fn rules(&mut self, raw: Option<raw::RulesConfig>, base: &Path) -> RuleSettings {
+        let Some(raw) = raw else {
+            return RuleSettings::default();
+        };
+        let origin = self.config.clone();
+        let mut overrides = BTreeMap::new();
+        let mut seen = HashMap::new();
+        for (id, o) in raw.overrides.iter().flat_map(|p| &p.0) {
+            if !self.unique(&mut seen, &origin, id, "", "override for rule") {
+                continue;
+            }
+            let severity = o.severity.as_ref().and_then(|s| match Severity::parse(&s.value) {
+                Some(severity) => Some(severity),
+                None => {
+                    let message = format!(
+                        "unknown severity `{}`: expected one of {}",
+                        s.value,
+                        Severity::NAMES
+                    );
+                    self.here(s, message);
+                    None
+                }
+            });
+            let rule = RuleOverride {
+                severity,
+                enabled: o.enabled.unwrap_or(true),
+                at: origin.position(id, ""),
+            };
+            overrides.insert(id.value.clone(), rule);
+        }
+        RuleSettings {
+            dirs: raw.dirs.iter().map(|d| resolve(base, &d.value)).collect(),
+            overrides,
+        }
+    }
+
+    /// A count from `raw` within `range`, or `default` (with a problem when out of range).
+    fn count(
+        &mut self,
+        raw: Option<&serde_saphyr::Spanned<u64>>,
+        key: &str,
+        range: std::ops::RangeInclusive<u64>,
+        default: u32,
+    ) -> u32 {
+        match raw {
+            None => default,
+            Some(n) if range.contains(&n.value) => n.value as u32,
+            Some(n) => {
+                self.problems.push(Problem::at(
+                    &self.config.file,
+                    n.referenced.line(),
+                    n.referenced.column(),
+                    format!(
+                        "{key} must be {} to {}, got {}",
+                        range.start(),
+                        range.end(),
+                        n.value
+                    ),
+                ));
+                default
+            }
+        }
+    }
+
+    fn compliance(&mut self, raw: Option<raw::ComplianceConfig>) -> ComplianceSettings {
+        let defaults = ComplianceSettings::default();
+        let Some(raw) = raw else {
+            return defaults;
+        };
+        let mut mlps_interval_months = defaults.mlps_interval_months.clone();
+        for (level, months) in raw.mlps_interval_months.iter().flat_map(|p| &p.0) {
+            let Ok(level_u8 @ 1..=5) = u8::try_from(level.value) else {
+                self.problems.push(Problem::at(
+                    &self.config.file,
+                    level.referenced.line(),
+                    level.referenced.column(),
+                    format!("mlps level must be 1 to 5, got {}", level.value),
+                ));
+                continue;
+            };
+            let months = self.count(Some(months), "mlps_interval_months", 1..=120, 0);
+            if months > 0 {
+                mlps_interval_months.insert(level_u8, months);
+            }
+        }
+        let crypto_min_level = self.count(
+            raw.crypto_min_level.as_ref(),
+            "crypto_min_level",
+            1..=5,
+            defaults.crypto_min_level.into(),
+        ) as u8;
+        ComplianceSettings {
+            approval_unused_days: self.count(
+                raw.approval_unused_days.as_ref(),
+                "approval_unused_days",
+                1..=3650,
+                defaults.approval_unused_days,
+            ),
+            mlps_interval_months,
+            crypto_min_level,
+            crypto_interval_months: self.count(
+                raw.crypto_interval_months.as_ref(),
+                "crypto_interval_months",
+                1..=120,
+                defaults.crypto_interval_months,
+            ),
+            resolve_after_scans: self.count(
+                raw.resolve_after_scans.as_ref(),
+                "resolve_after_scans",
+                1..=100,
+                defaults.resolve_after_scans,
+            ),
+        }
+    }
+
+    /// A required text of a waiver: present and not blank.
+    fn required(&mut self, origin: &Origin, w: &raw::WaiverConfig, value: Option<&Text>, key: &str) -> Option<String> {
+        match value {
+            Some(text) if !text.value.trim().is_empty() => Some(text.value.trim().to_string()),
+            Some(text) => {
+                self.push(origin, text, key, format!("empty `{key}`"));
+                None
+            }
+            None => {
+                let message = format!("waiver for `{}` needs `{key}`", w.rule.value);
+                self.push(origin, &w.rule, key, message);
+                None
+            }
+        }
+    }
+
+    fn exceptions(
+        &mut self,
+        loaded: &Loaded<raw::WaiverConfig>,
+        departments: Option<&[String]>,
+        segments: Option<&HashMap<&str, &Segment>>,
+        projects: Option<&[String]>,
+    ) -> Vec<Waiver> {
+        let mut out = Vec::new();
+        for (origin, w) in &loaded.items {
+            let pattern = w.rule.value.trim();
+            let mut ok = is_rule_pattern(pattern);
+            if !ok {
+                let message = format!(
+                    "invalid rule pattern `{}`: expected a rule id such as `exposure.telnet` or a prefix ending in `*` such as `exposure.*`",
+                    w.rule.value
+                );
+                self.push(origin, &w.rule, "rule", message);
+            }
+            let ip = w.ip.as_ref().and_then(|t| self.net(origin, t, "ip", "address"));
+            let port = w.port.as_ref().and_then(|t| match t.value.trim().parse::<u16>() {
+                Ok(port) if port > 0 => Some(port),
+                _ => {
+                    let message = format!("invalid port `{}`: expected 1 to 65535", t.value);
+                    self.push(origin, t, "port", message);
+                    None
+                }
+            });
+            // A scope key that does not parse must not widen the waiver to everything.
+            ok &= w.ip.is_none() || ip.is_some();
+            ok &= w.port.is_none() || port.is_some();
+            if let Some(s) = &w.segment {
+                match segments.map(|map| map.get(s.value.as_str()).copied()) {
+                    Some(None) => {
+                        let message = format!("unknown segment `{}`", s.value);
+                        self.push(origin, s, "segment", message);
+                    }
+                    Some(Some(seg)) => {
+                        if let (Some(net), Some(text)) = (ip, &w.ip)
+                            && !seg.cidrs.iter().any(|c| c.contains(&net))
+                        {
+                            let message =
+                                format!("address `{}` is outside segment `{}`", text.value, seg.name);
+                            self.push(origin, text, "ip", message);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            if let Some(d) = &w.department {
+                self.reference(origin, d, "department", "department", departments);
+            }
+            if let Some(p) = &w.project {
+                self.reference(origin, p, "project", "project", projects);
+            }
+            let reason = self.required(origin, w, w.reason.as_ref(), "reason");
+            let approver = self.required(origin, w, w.approver.as_ref(), "approver");
+            let expires_on = match &w.expires_on {
+                Some(text) => self.date(origin, text, "expires_on"),
+                None => {
+                    let message = format!("waiver for `{}` needs `expires_on`", w.rule.value);
+                    self.push(origin, &w.rule, "expires_on", message);
+                    None
+                }
+            };
+            if let (true, Some(reason), Some(approver), Some(expires_on)) =
+                (ok, reason, approver, expires_on)
+            {
+                out.push(Waiver {
+                    rule: pattern.to_string(),
+                    ip,
+                    port,
+                    segment: w.segment.as_ref().map(|s| s.value.clone()),
+                    department: w.department.as_ref().map(|d| d.value.clone()),
+                    project: w.project.as_ref().map(|p| p.value.clone()),
+                    reason,
+                    approver,
+                    expires_on,
+                    at: origin.position(&w.rule, "rule"),
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A rule id (`area.name`: lowercase letters, digits and `_`, with at least one dot), or a
+/// prefix of one followed by `*`. A lone `*` would waive every rule: refused.
+fn is_rule_pattern(text: &str) -> bool {
+    let body = text.strip_suffix('*').unwrap_or(text);
+    !body.is_empty()
+        && body
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_'))
+        && (text.ends_with('*') || body.contains('.'))
 }
 
 fn default_scan() -> ScanSettings {

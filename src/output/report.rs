@@ -6,20 +6,56 @@
 
 use std::fmt::Write as _;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use unicode_width::UnicodeWidthStr;
 
 use crate::config::{Config, NetworkKind};
+use crate::finding::{self, Finding};
 use crate::observation::{RunState, ScanObservations};
 use crate::reconcile;
+use crate::rules::Severity;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scan: ScanSection,
     pub hosts: Vec<HostEntry>,
-    pub findings: Vec<serde_json::Value>,
+    pub findings: Vec<FindingEntry>,
+}
+
+/// A finding as the report shows it. Texts in Chinese (the default language), with the English
+/// beside them as extensions.
+#[derive(Debug, Serialize)]
+pub struct FindingEntry {
+    pub rule: String,
+    pub severity: Severity,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub department: Option<String>,
+    pub project: Option<String>,
+    pub title: String,
+    pub evidence: String,
+    pub basis: Vec<String>,
+    pub first_seen: String,
+    pub due: String,
+    /// Extensions.
+    pub title_en: String,
+    pub evidence_en: String,
+    pub segment: Option<String>,
+    pub approval: Option<String>,
+    /// `open`, or `waived` while an unexpired exception covers it.
+    pub state: &'static str,
+    pub waiver: Option<WaiverEntry>,
+    pub overdue: bool,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WaiverEntry {
+    pub reason: String,
+    pub approver: String,
+    pub expires_on: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,15 +103,50 @@ fn rfc3339(t: DateTime<Utc>, tz: Tz) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
-/// Build the report of one scan.
-pub fn build(config: &Config, scan: &ScanObservations) -> Report {
+/// Build the report of one scan: its hosts, and `findings` (the open ones it saw).
+pub fn build(
+    config: &Config,
+    scan: &ScanObservations,
+    findings: &[Finding],
+    today: NaiveDate,
+) -> Report {
     let tz = config.organisation.timezone;
-    let today = scan.run.started_at.with_timezone(&tz).date_naive();
+    let findings = findings
+        .iter()
+        .map(|f| {
+            let waiver = finding::waiver_for(config, f, today);
+            FindingEntry {
+                rule: f.rule.clone(),
+                severity: f.severity,
+                ip: f.ip.clone(),
+                port: f.port,
+                department: f.department.clone(),
+                project: f.project.clone(),
+                title: f.title.zh.clone(),
+                evidence: f.evidence.zh.clone(),
+                basis: f.basis.clone(),
+                first_seen: rfc3339(f.first_seen, tz),
+                due: f.due.to_string(),
+                title_en: f.title.en.clone(),
+                evidence_en: f.evidence.en.clone(),
+                segment: f.segment.clone(),
+                approval: f.approval.clone(),
+                state: if waiver.is_some() { "waived" } else { "open" },
+                waiver: waiver.map(|w| WaiverEntry {
+                    reason: w.reason.clone(),
+                    approver: w.approver.clone(),
+                    expires_on: w.expires_on.to_string(),
+                }),
+                overdue: f.due < today,
+                fingerprint: f.fingerprint.clone(),
+            }
+        })
+        .collect();
     let hosts = scan
         .hosts
         .iter()
         .map(|h| {
-            let placement = reconcile::place(config, &h.segment, h.ip, h.ptr.as_deref(), today);
+            let placement = reconcile::place(config, &h.segment, h.ip, h.ptr.as_deref());
             HostEntry {
                 ip: h.ip.to_string(),
                 segment: h.segment.clone(),
@@ -113,7 +184,7 @@ pub fn build(config: &Config, scan: &ScanObservations) -> Report {
             state: scan.run.state,
         },
         hosts,
-        findings: Vec::new(),
+        findings,
     }
 }
 
@@ -143,8 +214,84 @@ fn clip(s: &str, max: usize) -> String {
     out
 }
 
-/// The report as a table for a terminal, grouped by segment in config order.
-pub fn table(config: &Config, report: &Report) -> String {
+/// ANSI colour of a severity on a terminal.
+fn colour(severity: Severity) -> &'static str {
+    match severity {
+        Severity::Critical => "\x1b[1;37;41m",
+        Severity::High => "\x1b[1;31m",
+        Severity::Medium => "\x1b[33m",
+        Severity::Low => "\x1b[36m",
+        Severity::Info => "\x1b[2m",
+    }
+}
+
+/// The findings of a report as a table grouped by department, most severe first; `colour`
+/// adds ANSI severity colours (for a terminal).
+pub fn findings_table(config: &Config, report: &Report, colours: bool) -> String {
+    let mut out = String::new();
+    let open = report.findings.iter().filter(|f| f.waiver.is_none()).count();
+    let _ = writeln!(
+        out,
+        "\n问题 findings: {} open, {} waived",
+        open,
+        report.findings.len() - open
+    );
+    let mut departments: Vec<Option<&str>> = report
+        .findings
+        .iter()
+        .map(|f| f.department.as_deref())
+        .collect();
+    departments.sort();
+    departments.dedup();
+    for dept in departments {
+        let name = dept
+            .map(|d| config.department(d).map_or(d, |x| x.name.as_str()))
+            .unwrap_or("未归属 (no department)");
+        let items: Vec<&FindingEntry> = report
+            .findings
+            .iter()
+            .filter(|f| f.department.as_deref() == dept)
+            .collect();
+        let _ = writeln!(out, "\n== {name}: {} findings", items.len());
+        for f in items {
+            let sev = pad(f.severity.as_str(), 8);
+            let sev = if colours {
+                format!("{}{sev}\x1b[0m", colour(f.severity))
+            } else {
+                sev
+            };
+            let at = match (&f.ip, f.port) {
+                (Some(ip), Some(port)) => format!("{ip}:{port}"),
+                (Some(ip), None) => ip.clone(),
+                (None, _) => f
+                    .approval
+                    .clone()
+                    .or_else(|| f.project.clone())
+                    .or_else(|| f.segment.clone())
+                    .unwrap_or_default(),
+            };
+            let state = match &f.waiver {
+                Some(w) => format!(" [已豁免 waived by {} until {}]", w.approver, w.expires_on),
+                None if f.overdue => " [逾期 overdue]".to_string(),
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {sev} {} {} {}  整改期限 due {}{state}",
+                pad(&f.rule, 32),
+                pad(&clip(&at, 21), 21),
+                f.title,
+                f.due
+            );
+            let _ = writeln!(out, "  {} {}", " ".repeat(8 + 32 + 21 + 2), clip(&f.evidence, 80));
+        }
+    }
+    out
+}
+
+/// The report as a table for a terminal: hosts grouped by segment in config order, then the
+/// findings grouped by department (`colours`: ANSI severity colours).
+pub fn table(config: &Config, report: &Report, colours: bool) -> String {
     let mut out = String::new();
     let s = &report.scan;
     let services: usize = report.hosts.iter().map(|h| h.services.len()).sum();
@@ -192,7 +339,7 @@ pub fn table(config: &Config, report: &Report) -> String {
             out,
             "  {} {} {} {} SERVICE / BANNER",
             pad("ADDRESS", 16),
-            pad("DEPT", 10),
+            pad("DEPT", 14),
             pad("APPROVAL", 14),
             pad("PORT", 6),
         );
@@ -216,7 +363,7 @@ pub fn table(config: &Config, report: &Report) -> String {
                     out,
                     "  {} {} {} {} (no open port)",
                     pad(&name, 16),
-                    pad(&clip(dept, 10), 10),
+                    pad(&clip(dept, 14), 14),
                     pad(&clip(&approval, 14), 14),
                     pad("-", 6)
                 );
@@ -229,7 +376,7 @@ pub fn table(config: &Config, report: &Report) -> String {
                     _ => svc.service.clone(),
                 };
                 let (n, d, a) = if i == 0 {
-                    (name.as_str(), clip(dept, 10), clip(&approval, 14))
+                    (name.as_str(), clip(dept, 14), clip(&approval, 14))
                 } else {
                     ("", String::new(), String::new())
                 };
@@ -237,7 +384,7 @@ pub fn table(config: &Config, report: &Report) -> String {
                     out,
                     "  {} {} {} {} {}",
                     pad(n, 16),
-                    pad(&d, 10),
+                    pad(&d, 14),
                     pad(&a, 14),
                     pad(&svc.port.to_string(), 6),
                     what
@@ -245,5 +392,6 @@ pub fn table(config: &Config, report: &Report) -> String {
             }
         }
     }
+    out.push_str(&findings_table(config, report, colours));
     out
 }

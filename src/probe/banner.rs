@@ -230,7 +230,7 @@ fn mysql(g: &[u8]) -> Option<Identity> {
     };
     let len = usize::from(*l0) | usize::from(*l1) << 8 | usize::from(*l2) << 16;
     // A packet the greeting cannot even hold the header of is not MySQL.
-    if len < 2 || len > 0x1_0000 {
+    if !(2..=0x1_0000).contains(&len) {
         return None;
     }
     match kind {

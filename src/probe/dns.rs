@@ -4,16 +4,17 @@
 //! name (without its trailing dot), `None` when the name servers say there is none (NXDOMAIN
 //! or an empty answer), or a [`Failure`] when they could not say (timeout, REFUSED, SERVFAIL).
 //! Each lookup makes one attempt per name server, all servers asked at once, under a deadline.
-//! Answers are cached by the resolver for their TTL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{NameServerConfig, ResolverOpts};
 use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::net::xfer::{DnsHandle, FirstAnswer};
+use hickory_resolver::proto::op::{DnsRequestOptions, Query, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::{NameServerPool, PoolContext, TlsConfig};
 
 use crate::config::DnsSettings;
 use crate::probe::{Failure, Reason};
@@ -24,28 +25,42 @@ use crate::scope::Target;
 pub enum DnsError {
     #[error("cannot read the system resolver configuration (/etc/resolv.conf)")]
     SystemConfig(#[source] NetError),
-    #[error("cannot build the DNS resolver")]
-    Build(#[source] NetError),
+    #[error("cannot set up the DNS client")]
+    Setup(#[source] NetError),
 }
 
-/// Looks up PTR records, through the system's name servers or the configured ones.
-#[derive(Debug, Clone)]
+/// Asks name servers for PTR records.
+///
+/// Built on hickory's name server pool rather than its `Resolver`: the resolver answers
+/// `localhost` for every 127/8 and ::1 address without asking anyone (RFC 6761), which would
+/// hide what the configured servers say about the loopback lab. No cache: a scan asks about
+/// each address once.
+#[derive(Clone)]
 pub struct ReverseDns {
-    resolver: TokioResolver,
-    /// Hard bound on one lookup, above the resolver's own per-query timeout.
+    pool: NameServerPool<TokioRuntimeProvider>,
+    /// Hard bound on one lookup, above the per-query timeout of the pool.
     deadline: Duration,
 }
 
+impl std::fmt::Debug for ReverseDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReverseDns")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ReverseDns {
-    /// Empty `settings.nameservers`: the system configuration (/etc/resolv.conf, and the hosts
-    /// file as the system resolver would use it). Otherwise exactly those servers over UDP, with
-    /// TCP when an answer comes back truncated. `timeout` bounds each query.
+    /// Empty `settings.nameservers`: the name servers of the system configuration
+    /// (/etc/resolv.conf). Otherwise exactly those servers, over UDP, with TCP when an answer
+    /// comes back truncated. `timeout` bounds each query; one attempt, every server at once.
     pub fn new(settings: &DnsSettings, timeout: Duration) -> Result<ReverseDns, DnsError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if settings.nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(DnsError::SystemConfig)?
+        let servers: Vec<NameServerConfig> = if settings.nameservers.is_empty() {
+            let (config, _options) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(DnsError::SystemConfig)?;
+            config.name_servers().to_vec()
         } else {
-            let servers = settings
+            settings
                 .nameservers
                 .iter()
                 .map(|addr| {
@@ -55,24 +70,18 @@ impl ReverseDns {
                     }
                     server
                 })
-                .collect();
-            let mut builder = TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                provider,
-            );
-            // Operators who name servers want those servers' answers, not /etc/hosts.
-            builder.options_mut().use_hosts_file = ResolveHosts::Never;
-            builder
+                .collect()
         };
-        let servers = settings.nameservers.len();
-        let options: &mut ResolverOpts = builder.options_mut();
+        let mut options = ResolverOpts::default();
         options.timeout = timeout;
         options.attempts = 1;
         // Ask every server at once, so one lookup costs one timeout, not one per server.
-        options.num_concurrent_reqs = servers.max(options.num_concurrent_reqs).max(1);
-        let resolver = builder.build().map_err(DnsError::Build)?;
+        options.num_concurrent_reqs = servers.len().max(1);
+        let tls = TlsConfig::new().map_err(DnsError::Setup)?;
+        let context = Arc::new(PoolContext::new(options, tls));
+        let pool = NameServerPool::from_config(servers, context, TokioRuntimeProvider::default());
         Ok(ReverseDns {
-            resolver,
+            pool,
             // Room for a TCP retry after a truncated UDP answer.
             deadline: timeout.saturating_mul(2) + Duration::from_millis(100),
         })
@@ -80,12 +89,15 @@ impl ReverseDns {
 
     /// The PTR name of `target` without its trailing dot; `Ok(None)` when there is none.
     pub async fn ptr(&self, target: &Target) -> Result<Option<String>, Failure> {
-        let name = Name::from(target.ip());
-        let lookup = tokio::time::timeout(self.deadline, self.resolver.reverse_lookup(name)).await;
-        match lookup {
+        let query = Query::query(Name::from(target.ip()), RecordType::PTR);
+        let lookup = self
+            .pool
+            .lookup(query, DnsRequestOptions::default())
+            .first_answer();
+        match tokio::time::timeout(self.deadline, lookup).await {
             Err(_elapsed) => Err(Failure::timeout()),
-            Ok(Ok(lookup)) => Ok(lookup
-                .answers()
+            Ok(Ok(response)) => Ok(response
+                .answers
                 .iter()
                 .find_map(|record| match &record.data {
                     RData::PTR(ptr) => Some(without_root(&ptr.0.to_string())),

@@ -11,8 +11,11 @@
 
 pub mod banner;
 pub mod dns;
+pub mod http;
 pub mod icmp;
+pub mod service;
 pub mod tcp;
+pub mod tls;
 
 use std::fmt;
 use std::io;

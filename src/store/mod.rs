@@ -10,6 +10,8 @@
 //! interrupted scan never leaves half-written rows, and a process killed mid-scan leaves a run
 //! that still says `running`, which [`Store::open`] marks `incomplete` at the next start.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,10 +20,16 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
+use crate::facts::Subject;
+use crate::finding::{Event, Finding, State};
 use crate::observation::{RunState, ScanObservations, ScanRun};
+use crate::rules::Severity;
 
 /// Embedded migrations, in order. Never edit one that has shipped: add the next.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_foundation.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_foundation.sql")),
+    (2, include_str!("migrations/0002_findings.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,8 +47,10 @@ pub enum StoreError {
     },
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
-    #[error("cannot encode report: {0}")]
+    #[error("cannot encode or decode JSON in the store: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("store holds a bad value: {0}")]
+    Corrupt(String),
 }
 
 /// A host as the store remembers it across scans.
@@ -169,12 +179,15 @@ impl Store {
         Ok(())
     }
 
-    /// Write everything a scan saw, and its final state, in one transaction. `report` is the
-    /// JSON report kept for the API. `departments` gives each host's department (by ip).
+    /// Write everything a scan saw, the findings it changed, and its final state, in one
+    /// transaction. `report` is the JSON report kept for the API. `departments` gives each
+    /// host's department (by ip).
     pub async fn record(
         &self,
         scan: &ScanObservations,
         departments: &dyn Fn(&str) -> Option<String>,
+        findings: &[Finding],
+        events: &[(String, Event)],
         report: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let run = &scan.run;
@@ -261,6 +274,54 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        for f in findings {
+            sqlx::query(
+                "INSERT INTO findings (fingerprint, rule, severity, subject, ip, port, segment, department,
+                   project, approval, title, evidence, basis, first_seen, last_seen, due, state,
+                   absent_scans, resolved_at, reopened_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                 ON CONFLICT (fingerprint) DO UPDATE SET severity = excluded.severity,
+                   ip = excluded.ip, port = excluded.port, segment = excluded.segment,
+                   department = excluded.department, project = excluded.project,
+                   approval = excluded.approval, title = excluded.title, evidence = excluded.evidence,
+                   basis = excluded.basis, last_seen = excluded.last_seen, due = excluded.due,
+                   state = excluded.state, absent_scans = excluded.absent_scans,
+                   resolved_at = excluded.resolved_at, reopened_at = excluded.reopened_at",
+            )
+            .bind(&f.fingerprint)
+            .bind(&f.rule)
+            .bind(f.severity.as_str())
+            .bind(f.subject.as_str())
+            .bind(&f.ip)
+            .bind(f.port.map(i64::from))
+            .bind(&f.segment)
+            .bind(&f.department)
+            .bind(&f.project)
+            .bind(&f.approval)
+            .bind(serde_json::to_string(&f.title)?)
+            .bind(serde_json::to_string(&f.evidence)?)
+            .bind(serde_json::to_string(&f.basis)?)
+            .bind(timestamp(f.first_seen))
+            .bind(timestamp(f.last_seen))
+            .bind(f.due.to_string())
+            .bind(f.state.as_str())
+            .bind(i64::from(f.absent_scans))
+            .bind(f.resolved_at.map(timestamp))
+            .bind(f.reopened_at.map(timestamp))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (fingerprint, event) in events {
+            sqlx::query(
+                "INSERT INTO finding_events (fingerprint, scan_id, at, event) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(fingerprint)
+            .bind(&run.id)
+            .bind(&seen)
+            .bind(event.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
         sqlx::query(
             "UPDATE scan_runs SET state = $2, finished_at = $3, probes = $4, report = $5 WHERE id = $1",
         )
@@ -328,6 +389,40 @@ impl Store {
             .collect())
     }
 
+    /// Every finding, open and resolved.
+    pub async fn findings(&self) -> Result<Vec<Finding>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM findings ORDER BY first_seen, fingerprint")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(finding_from_row).collect()
+    }
+
+    /// Lifecycle events of one finding, oldest first: (at, event).
+    pub async fn finding_events(&self, fingerprint: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT at, event FROM finding_events WHERE fingerprint = $1 ORDER BY at, event",
+        )
+        .bind(fingerprint)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.get("at"), r.get("event"))).collect())
+    }
+
+    /// When each address last answered, over every scan recorded.
+    pub async fn last_seen(&self) -> Result<HashMap<IpAddr, DateTime<Utc>>, StoreError> {
+        let rows = sqlx::query("SELECT ip, last_seen FROM hosts")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let ip: String = r.get("ip");
+                let at: String = r.get("last_seen");
+                Some((ip.parse().ok()?, parse_time(&at)?))
+            })
+            .collect())
+    }
+
     /// The JSON report a run recorded, if any.
     pub async fn report(&self, run_id: &str) -> Result<Option<serde_json::Value>, StoreError> {
         let text: Option<Option<String>> =
@@ -348,6 +443,47 @@ impl Store {
             .await;
         self.pool.close().await;
     }
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn finding_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Finding, StoreError> {
+    let bad = |what: &str| StoreError::Corrupt(format!("finding {}: bad {what}", r.get::<String, _>("fingerprint")));
+    let time = |col: &str| -> Result<DateTime<Utc>, StoreError> {
+        parse_time(&r.get::<String, _>(col)).ok_or_else(|| bad(col))
+    };
+    let opt_time = |col: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+        match r.get::<Option<String>, _>(col) {
+            None => Ok(None),
+            Some(t) => parse_time(&t).map(Some).ok_or_else(|| bad(col)),
+        }
+    };
+    Ok(Finding {
+        fingerprint: r.get("fingerprint"),
+        rule: r.get("rule"),
+        severity: Severity::parse(&r.get::<String, _>("severity")).ok_or_else(|| bad("severity"))?,
+        subject: Subject::parse(&r.get::<String, _>("subject")).ok_or_else(|| bad("subject"))?,
+        ip: r.get("ip"),
+        port: r.get::<Option<i64>, _>("port").and_then(|p| u16::try_from(p).ok()),
+        segment: r.get("segment"),
+        department: r.get("department"),
+        project: r.get("project"),
+        approval: r.get("approval"),
+        title: serde_json::from_str(&r.get::<String, _>("title"))?,
+        evidence: serde_json::from_str(&r.get::<String, _>("evidence"))?,
+        basis: serde_json::from_str(&r.get::<String, _>("basis"))?,
+        first_seen: time("first_seen")?,
+        last_seen: time("last_seen")?,
+        due: r.get::<String, _>("due").parse().map_err(|_| bad("due"))?,
+        state: State::parse(&r.get::<String, _>("state")).ok_or_else(|| bad("state"))?,
+        absent_scans: u32::try_from(r.get::<i64, _>("absent_scans")).unwrap_or(0),
+        resolved_at: opt_time("resolved_at")?,
+        reopened_at: opt_time("reopened_at")?,
+    })
 }
 
 fn probe_kinds(run: &ScanRun) -> String {

@@ -2,5 +2,7 @@
 
 mod config;
 mod probes;
+mod rules;
 mod scan;
 mod support;
+mod tls;

@@ -25,7 +25,9 @@ fn target(ip: &str) -> Target {
         consolidate_by: None,
     };
     let ip: IpAddr = ip.parse().unwrap();
-    Scope::new(&[segment]).target(ip).expect("loopback is in scope")
+    Scope::new(&[segment])
+        .target(ip)
+        .expect("loopback is in scope")
 }
 
 fn dns_settings(servers: &[&DnsServer]) -> DnsSettings {
@@ -63,21 +65,22 @@ async fn icmp_echo_to_ipv6_loopback_is_answered() {
         .expect("::1 answers echo");
 }
 
-/// Hundreds of echoes in flight over one socket, several to the same address: every reply must
-/// find its own echo.
+/// Hundreds of echoes over one socket, three to each address: every reply must find its own
+/// echo. Paced at 10,000/s: a raw socket also receives every echo *request* sent on loopback,
+/// and an unpaced burst of a few hundred overflows its receive buffer (and those of every
+/// other test's raw socket), which would show as timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_echoes_are_matched() {
     let pinger = std::sync::Arc::new(Pinger::new().unwrap());
-    let limits = Limits::new(0, 1024);
+    let limits = Limits::new(10_000, 1024);
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..600u32 {
+    for i in 0..300u32 {
         let pinger = pinger.clone();
         let limits = limits.clone();
-        // 200 addresses of 127.0.1.0/24, three echoes each.
-        let ip = format!("127.0.1.{}", 1 + i % 200);
+        let ip = format!("127.0.1.{}", 1 + i % 100);
         tasks.spawn(async move {
             let t = target(&ip);
-            pinger.ping(&t, Duration::from_secs(3), 1, &limits).await
+            pinger.ping(&t, Duration::from_secs(2), 1, &limits).await
         });
     }
     let mut ok = 0;
@@ -85,7 +88,7 @@ async fn many_concurrent_echoes_are_matched() {
         result.unwrap().expect("loopback echo answered");
         ok += 1;
     }
-    assert_eq!(ok, 600);
+    assert_eq!(ok, 300);
 }
 
 #[tokio::test]
@@ -96,11 +99,15 @@ async fn icmp_obeys_the_rate_limit() {
     let start = Instant::now();
     for _ in 0..5 {
         pinger
-            .ping(&target("127.0.0.1"), Duration::from_secs(2), 0, &limits)
+            .ping(&target("127.0.0.1"), Duration::from_secs(2), 1, &limits)
             .await
             .unwrap();
     }
-    assert!(start.elapsed() >= Duration::from_millis(190), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -123,7 +130,10 @@ async fn reverse_dns_of_ipv6_loopback() {
     let reverse = format!("1.{}ip6.arpa", "0.".repeat(31));
     let server = DnsServer::start(&[(reverse.as_str(), "v6.lab.test")]).await;
     let dns = ReverseDns::new(&dns_settings(&[&server]), Duration::from_secs(2)).unwrap();
-    assert_eq!(dns.ptr(&target("::1")).await, Ok(Some("v6.lab.test".into())));
+    assert_eq!(
+        dns.ptr(&target("::1")).await,
+        Ok(Some("v6.lab.test".into()))
+    );
 }
 
 #[tokio::test]
@@ -135,5 +145,9 @@ async fn reverse_dns_times_out_on_a_silent_server() {
     let failure = dns.ptr(&target("127.0.0.1")).await.unwrap_err();
     assert_eq!(failure.reason, Reason::Timeout, "{failure}");
     // One attempt, bounded: not the resolver's default retries.
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }

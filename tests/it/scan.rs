@@ -12,6 +12,7 @@ use netpatrol::app::scan_and_record;
 use netpatrol::lab::Lab;
 use netpatrol::observation::RunState;
 use netpatrol::probe::ProbeKind;
+use netpatrol::rules::RuleSet;
 use netpatrol::scan::{self, ScanRequest};
 use netpatrol::scope::Limits;
 use netpatrol::store::Store;
@@ -158,8 +159,10 @@ async fn demo_network_scan_finds_exactly_its_services() {
     let store = Store::open(&config.store.path).await.unwrap();
     let limits = Limits::new(config.scan.rate, config.scan.concurrency);
 
+    let rules = RuleSet::load(&config).unwrap();
     let (obs, report) = scan_and_record(
         &config,
+        &rules,
         &store,
         &ScanRequest::all(),
         limits.clone(),
@@ -210,6 +213,7 @@ async fn demo_network_scan_finds_exactly_its_services() {
     let before = store.hosts().await.unwrap();
     let (obs2, _) = scan_and_record(
         &config,
+        &rules,
         &store,
         &ScanRequest::all(),
         limits,
@@ -263,8 +267,10 @@ async fn interrupted_scan_leaves_a_consistent_store() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         stopper.cancel();
     });
+    let rules = RuleSet::load(&config).unwrap();
     let (obs, report) = scan_and_record(
         &config,
+        &rules,
         &store,
         &ScanRequest {
             segments: vec![],

@@ -1,0 +1,369 @@
+//! Findings and their lifecycle.
+//!
+//! A finding is a rule that held for a subject. Its identity is a stable fingerprint of rule,
+//! address, port and project (plus segment or approval for those subjects), so the same problem
+//! seen again is the same finding. Lifecycle, advanced once per scan by [`advance`] (pure; the
+//! time is passed in):
+//!
+//! - **opened** the first time it is seen: `first_seen`, and `due` = that day + the rule's days;
+//! - **seen** again: `last_seen` moves on, the absence count goes back to zero;
+//! - **resolved** after it was absent from `resolve_after` consecutive scans that *covered* it
+//!   (a complete scan of its address or segment that ran every probe its rule needs);
+//! - **reopened** when it returns after that: a new due date from the day it came back.
+//!
+//! Waivers do not change the stored state: whether a finding is waived is decided when it is
+//! shown, from the config's exceptions and the date, so an expired waiver stops hiding it at once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Serialize;
+
+use crate::config::{Asset, Config, Waiver, WaiverTarget};
+use crate::facts::Subject;
+use crate::observation::{RunState, ScanObservations};
+use crate::reconcile::{self, History, SubjectFacts};
+use crate::rules::{Hit, RuleSet, Severity, Text};
+use crate::scope::Scope;
+
+/// Stored state of a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Open,
+    Resolved,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Open => "open",
+            State::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<State> {
+        match s {
+            "open" => Some(State::Open),
+            "resolved" => Some(State::Resolved),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub subject: Subject,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub segment: Option<String>,
+    pub department: Option<String>,
+    pub project: Option<String>,
+    pub approval: Option<String>,
+    pub title: Text,
+    pub evidence: Text,
+    pub basis: Vec<String>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    /// Rectification deadline (organisation's calendar).
+    pub due: NaiveDate,
+    pub state: State,
+    /// Consecutive covering scans without it.
+    pub absent_scans: u32,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub reopened_at: Option<DateTime<Utc>>,
+}
+
+/// A lifecycle event, kept as history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    Opened,
+    Resolved,
+    Reopened,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Opened => "opened",
+            Event::Resolved => "resolved",
+            Event::Reopened => "reopened",
+        }
+    }
+}
+
+/// A rule that held for a subject in this scan.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub fingerprint: String,
+    pub rule: String,
+    pub severity: Severity,
+    pub deadline_days: u32,
+    pub subject: Subject,
+    pub ip: Option<IpAddr>,
+    pub port: Option<u16>,
+    pub segment: Option<String>,
+    pub department: Option<String>,
+    pub project: Option<String>,
+    pub approval: Option<String>,
+    pub title: Text,
+    pub evidence: Text,
+    pub basis: Vec<String>,
+}
+
+/// The stable identity of a rule's finding about a subject.
+pub fn fingerprint(rule: &str, s: &SubjectFacts) -> String {
+    let ip = s.ip.map(|ip| ip.to_string()).unwrap_or_default();
+    let port = s.port.map(|p| p.to_string()).unwrap_or_default();
+    let (project, extra) = match s.subject {
+        Subject::Project => (s.project.as_deref().unwrap_or(""), ""),
+        Subject::Segment => ("", s.segment.as_deref().unwrap_or("")),
+        Subject::Approval => ("", s.approval.as_deref().unwrap_or("")),
+        Subject::Host | Subject::Service => ("", ""),
+    };
+    format!("{rule}|{ip}|{port}|{project}|{extra}")
+}
+
+impl Observed {
+    pub fn new(hit: &Hit<'_>, s: &SubjectFacts) -> Observed {
+        Observed {
+            fingerprint: fingerprint(&hit.rule.id, s),
+            rule: hit.rule.id.clone(),
+            severity: hit.rule.severity,
+            deadline_days: hit.rule.deadline_days,
+            subject: s.subject,
+            ip: s.ip,
+            port: s.port,
+            segment: s.segment.clone(),
+            department: s.department.clone(),
+            project: s.project.clone(),
+            approval: s.approval.clone(),
+            title: hit.rule.title.clone(),
+            evidence: hit.evidence.clone(),
+            basis: hit.rule.basis.clone(),
+        }
+    }
+}
+
+fn due(from: NaiveDate, days: u32) -> NaiveDate {
+    from.checked_add_days(chrono::Days::new(days.into()))
+        .unwrap_or(NaiveDate::MAX)
+}
+
+/// Advance the lifecycle by one scan.
+///
+/// `existing`: the stored findings; `observed`: what held in this scan; `covered`: whether this
+/// scan could have seen a finding's condition; `now` and `today` (organisation calendar).
+/// Returns the findings that changed and their events.
+pub fn advance(
+    existing: &[Finding],
+    observed: &[Observed],
+    covered: &dyn Fn(&Finding) -> bool,
+    now: DateTime<Utc>,
+    today: NaiveDate,
+    resolve_after: u32,
+) -> (Vec<Finding>, Vec<(String, Event)>) {
+    let by_fp: HashMap<&str, &Finding> =
+        existing.iter().map(|f| (f.fingerprint.as_str(), f)).collect();
+    let mut changed = Vec::new();
+    let mut events = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for o in observed {
+        if !seen.insert(o.fingerprint.as_str()) {
+            continue;
+        }
+        let mut f = match by_fp.get(o.fingerprint.as_str()) {
+            Some(old) => (*old).clone(),
+            None => {
+                events.push((o.fingerprint.clone(), Event::Opened));
+                Finding {
+                    fingerprint: o.fingerprint.clone(),
+                    rule: o.rule.clone(),
+                    severity: o.severity,
+                    subject: o.subject,
+                    ip: None,
+                    port: None,
+                    segment: None,
+                    department: None,
+                    project: None,
+                    approval: None,
+                    title: o.title.clone(),
+                    evidence: o.evidence.clone(),
+                    basis: o.basis.clone(),
+                    first_seen: now,
+                    last_seen: now,
+                    due: due(today, o.deadline_days),
+                    state: State::Open,
+                    absent_scans: 0,
+                    resolved_at: None,
+                    reopened_at: None,
+                }
+            }
+        };
+        if f.state == State::Resolved {
+            events.push((o.fingerprint.clone(), Event::Reopened));
+            f.state = State::Open;
+            f.resolved_at = None;
+            f.reopened_at = Some(now);
+            f.due = due(today, o.deadline_days);
+        }
+        // What the finding says follows the latest observation and rule pack.
+        f.severity = o.severity;
+        f.ip = o.ip.map(|ip| ip.to_string());
+        f.port = o.port;
+        f.segment = o.segment.clone();
+        f.department = o.department.clone();
+        f.project = o.project.clone();
+        f.approval = o.approval.clone();
+        f.title = o.title.clone();
+        f.evidence = o.evidence.clone();
+        f.basis = o.basis.clone();
+        f.last_seen = now;
+        f.absent_scans = 0;
+        changed.push(f);
+    }
+    for old in existing {
+        if old.state != State::Open || seen.contains(old.fingerprint.as_str()) || !covered(old) {
+            continue;
+        }
+        let mut f = old.clone();
+        f.absent_scans += 1;
+        if f.absent_scans >= resolve_after.max(1) {
+            f.state = State::Resolved;
+            f.resolved_at = Some(now);
+            events.push((f.fingerprint.clone(), Event::Resolved));
+        }
+        changed.push(f);
+    }
+    (changed, events)
+}
+
+/// The waiver that hides `finding` on `today`, if any. Expired waivers hide nothing.
+pub fn waiver_for<'a>(config: &'a Config, finding: &Finding, today: NaiveDate) -> Option<&'a Waiver> {
+    let ip = finding.ip.as_deref().and_then(|s| s.parse().ok());
+    let projects: Vec<String> = finding.project.iter().cloned().collect();
+    let target = WaiverTarget {
+        ip,
+        port: finding.port,
+        segment: finding.segment.as_deref(),
+        department: finding.department.as_deref(),
+        projects: &projects,
+    };
+    config
+        .exceptions
+        .iter()
+        .find(|w| w.is_active(today) && w.matches(&finding.rule, &target))
+}
+
+/// What one scan changed, and what it found.
+#[derive(Debug, Clone, Default)]
+pub struct Assessment {
+    /// Findings whose stored row changes (to be written).
+    pub changed: Vec<Finding>,
+    pub events: Vec<(String, Event)>,
+    /// Open findings this scan saw, most severe first.
+    pub current: Vec<Finding>,
+}
+
+/// Reconcile, evaluate the rules and advance the lifecycle for one scan. Pure.
+pub fn assess(
+    config: &Config,
+    rules: &RuleSet,
+    scan: &ScanObservations,
+    history: &History,
+    existing: &[Finding],
+    today: NaiveDate,
+) -> Assessment {
+    let now = scan.run.finished_at.unwrap_or(scan.run.started_at);
+    let subjects = reconcile::subjects(config, scan, history, today);
+    let observed: Vec<Observed> = subjects
+        .iter()
+        .flat_map(|s| {
+            rules
+                .evaluate(s.subject, &s.facts)
+                .into_iter()
+                .map(move |hit| Observed::new(&hit, s))
+        })
+        .collect();
+    let scope = Scope::new(
+        config
+            .segments
+            .iter()
+            .filter(|s| scan.run.segments.contains(&s.name)),
+    );
+    let complete = scan.run.state == RunState::Complete;
+    let all_segments = config
+        .segments
+        .iter()
+        .all(|s| scan.run.segments.contains(&s.name));
+    let covered = |f: &Finding| -> bool {
+        if !complete {
+            return false;
+        }
+        let probes_ran = rules
+            .get(&f.rule)
+            .is_none_or(|r| r.needs.iter().all(|k| scan.run.probe_kinds.contains(k)));
+        if !probes_ran {
+            return false;
+        }
+        let in_scope = |ip: &str| ip.parse().is_ok_and(|ip| scope.target(ip).is_some());
+        match f.subject {
+            Subject::Host => f.ip.as_deref().is_some_and(in_scope),
+            Subject::Service => {
+                f.ip.as_deref().is_some_and(in_scope)
+                    && f.port.is_some_and(|p| config.scan.ports.contains(&p))
+            }
+            Subject::Segment | Subject::Approval => f
+                .segment
+                .as_ref()
+                .is_some_and(|s| scan.run.segments.contains(s)),
+            Subject::Project => {
+                all_segments
+                    || config
+                        .projects
+                        .iter()
+                        .find(|p| Some(&p.id) == f.project.as_ref())
+                        .is_some_and(|p| {
+                            p.assets.iter().any(|a| match a {
+                                Asset::Address(net) => {
+                                    scope.target(net.network()).is_some()
+                                }
+                                Asset::Name(_) => false,
+                            })
+                        })
+            }
+        }
+    };
+    let (changed, events) = advance(
+        existing,
+        &observed,
+        &covered,
+        now,
+        today,
+        config.compliance.resolve_after_scans,
+    );
+    let seen: std::collections::HashSet<&str> =
+        observed.iter().map(|o| o.fingerprint.as_str()).collect();
+    let mut current: Vec<Finding> = changed
+        .iter()
+        .filter(|f| seen.contains(f.fingerprint.as_str()))
+        .cloned()
+        .collect();
+    current.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then_with(|| a.department.cmp(&b.department))
+            .then_with(|| a.rule.cmp(&b.rule))
+            .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+    });
+    Assessment {
+        changed,
+        events,
+        current,
+    }
+}

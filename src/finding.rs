@@ -367,3 +367,100 @@ pub fn assess(
         current,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn observed(fp: &str) -> Observed {
+        Observed {
+            fingerprint: fp.to_string(),
+            rule: "access.unapproved_host".into(),
+            severity: Severity::High,
+            deadline_days: 15,
+            subject: Subject::Host,
+            ip: Some("192.0.2.7".parse().unwrap()),
+            port: None,
+            segment: Some("a".into()),
+            department: None,
+            project: None,
+            approval: None,
+            title: Text {
+                zh: "标题".into(),
+                en: "title".into(),
+            },
+            evidence: Text {
+                zh: "证据".into(),
+                en: "evidence".into(),
+            },
+            basis: vec!["第二十一条".into()],
+        }
+    }
+
+    fn at(day: u32) -> (DateTime<Utc>, NaiveDate) {
+        let t = Utc.with_ymd_and_hms(2026, 3, day, 2, 0, 0).unwrap();
+        (t, t.date_naive())
+    }
+
+    /// Apply `changed` over `stored`, as the store does.
+    fn merge(stored: &mut Vec<Finding>, changed: Vec<Finding>) {
+        for f in changed {
+            match stored.iter_mut().find(|s| s.fingerprint == f.fingerprint) {
+                Some(s) => *s = f,
+                None => stored.push(f),
+            }
+        }
+    }
+
+    #[test]
+    fn opens_once_resolves_after_n_covered_absences_and_reopens() {
+        let mut stored = Vec::new();
+        let all = |_: &Finding| true;
+        let (t1, d1) = at(1);
+        let (changed, events) = advance(&stored, &[observed("x")], &all, t1, d1, 2);
+        assert_eq!(events, vec![("x".to_string(), Event::Opened)]);
+        assert_eq!(changed[0].due, NaiveDate::from_ymd_opt(2026, 3, 16).unwrap());
+        merge(&mut stored, changed);
+
+        // Seen again: no new event, same first_seen.
+        let (t2, d2) = at(2);
+        let (changed, events) = advance(&stored, &[observed("x")], &all, t2, d2, 2);
+        assert!(events.is_empty());
+        assert_eq!(changed[0].first_seen, t1);
+        assert_eq!(changed[0].last_seen, t2);
+        merge(&mut stored, changed);
+
+        // Absent from a scan that did not cover it: nothing counts.
+        let none = |_: &Finding| false;
+        let (changed, _) = advance(&stored, &[], &none, at(3).0, at(3).1, 2);
+        assert!(changed.is_empty());
+
+        // Absent once: still open; twice: resolved.
+        let (changed, events) = advance(&stored, &[], &all, at(4).0, at(4).1, 2);
+        assert!(events.is_empty());
+        assert_eq!(changed[0].absent_scans, 1);
+        merge(&mut stored, changed);
+        let (t5, d5) = at(5);
+        let (changed, events) = advance(&stored, &[], &all, t5, d5, 2);
+        assert_eq!(events, vec![("x".to_string(), Event::Resolved)]);
+        assert_eq!(changed[0].resolved_at, Some(t5));
+        merge(&mut stored, changed);
+
+        // Back again: reopened with a new deadline from the day it returned.
+        let (t9, d9) = at(9);
+        let (changed, events) = advance(&stored, &[observed("x")], &all, t9, d9, 2);
+        assert_eq!(events, vec![("x".to_string(), Event::Reopened)]);
+        assert_eq!(changed[0].state, State::Open);
+        assert_eq!(changed[0].first_seen, t1);
+        assert_eq!(changed[0].due, NaiveDate::from_ymd_opt(2026, 3, 24).unwrap());
+    }
+
+    #[test]
+    fn a_finding_seen_twice_in_one_scan_counts_once() {
+        let (t, d) = at(1);
+        let (changed, events) = advance(&[], &[observed("x"), observed("x")], &|_| true, t, d, 2);
+        assert_eq!(changed.len(), 1);
+        assert_eq!(events.len(), 1);
+    }
+}

@@ -193,6 +193,24 @@ impl Lab {
     }
 }
 
+/// The demo config with its store under `out_dir` and its ports moved up by `shift`.
+pub fn demo_config(out_dir: &std::path::Path, shift: u16) -> Result<Config, LabError> {
+    let mut config = config::load_str(DEMO_CONFIG, std::path::Path::new("config/demo.yaml"))?;
+    config.store.path = out_dir.join("netpatrol.db");
+    for port in &mut config.scan.ports {
+        *port += shift;
+    }
+    Ok(config)
+}
+
+/// Where each simulated service listens when the lab runs with `shift`.
+pub fn endpoints(shift: u16) -> Vec<(SocketAddr, &'static str)> {
+    SERVICES
+        .iter()
+        .map(|s| (SocketAddr::new(IpAddr::V4(s.ip), s.port + shift), s.service))
+        .collect()
+}
+
 async fn all_free(ports: &[u16], shift: u16) -> bool {
     first_taken(ports, shift).await.is_none()
 }

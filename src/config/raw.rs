@@ -404,7 +404,7 @@ pub struct SmtpConfig {
 }
 
 /// A map kept as written: its entries in order, each key with its position (a derived map
-/// would lose both, and silently keep the last of two equal keys).
+/// would lose both). serde-saphyr itself refuses a key written twice.
 #[derive(Debug)]
 pub struct Pairs<K, V>(pub Vec<(K, V)>);
 

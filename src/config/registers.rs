@@ -286,6 +286,14 @@ pub fn yaml_problem(path: &Path, err: &serde_saphyr::Error) -> Problem {
         _ => text,
     };
     let message = lowercase_first(message.trim());
+    // serde-saphyr's advice is for programmers, not for whoever edits the YAML.
+    let message = match message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable") {
+        Some(rest) => match rest.strip_prefix("duplicate mapping key: ") {
+            Some(key) => format!("duplicate key `{key}`"),
+            None => "duplicate key".to_string(),
+        },
+        None => message,
+    };
     match err.location() {
         Some(at) => Problem::at(path, at.line(), at.column(), message),
         None => Problem::new(path, message),

@@ -782,11 +782,7 @@ impl Validator {
         };
         let origin = self.config.clone();
         let mut overrides = BTreeMap::new();
-        let mut seen = HashMap::new();
         for (id, o) in raw.overrides.iter().flat_map(|p| &p.0) {
-            if !self.unique(&mut seen, &origin, id, "", "override for rule") {
-                continue;
-            }
             let severity = o.severity.as_ref().and_then(|s| match Severity::parse(&s.value) {
                 Some(severity) => Some(severity),
                 None => {

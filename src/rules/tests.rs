@@ -193,16 +193,16 @@ fn operand_and_shape_problems() {
         ["t.yaml:8:38: rule `t.rule`: `lt` on `cert.days_left` needs an integer, got `30`"]
     );
     assert_eq!(
-        p("{fact: host.approved, equals: yes}"),
-        ["t.yaml:8:35: rule `t.rule`: `equals` on `host.approved` needs a boolean, got `yes`"]
+        p("{fact: host.approved, equals: \"true\"}"),
+        ["t.yaml:8:41: rule `t.rule`: `equals` on `host.approved` needs a boolean, got `true`"]
     );
     assert_eq!(
         p("{fact: service.name, in: []}"),
-        ["t.yaml:8:30: rule `t.rule`: `in` needs at least one value"]
+        ["t.yaml:8:36: rule `t.rule`: `in` needs at least one value"]
     );
     assert_eq!(
         p("{fact: tls.versions, empty: 1}"),
-        ["t.yaml:8:33: rule `t.rule`: `empty` on `tls.versions` needs a boolean, got `1`"]
+        ["t.yaml:8:39: rule `t.rule`: `empty` on `tls.versions` needs a boolean, got `1`"]
     );
     assert_eq!(
         p("{fact: host.approved, exists: true, equals: true}"),
@@ -227,7 +227,7 @@ fn operand_and_shape_problems() {
     assert_eq!(
         p("{not: {fact: project.live, equals: true}}"),
         [
-            "t.yaml:8:18: rule `t.rule`: fact `project.live` belongs to a project and is not visible from subject `service`"
+            "t.yaml:8:24: rule `t.rule`: fact `project.live` belongs to a project and is not visible from subject `service`"
         ]
     );
 }

@@ -270,8 +270,8 @@ exceptions:
     assert_eq!(
         rule_problems(&c),
         "\
-tests/fixtures/rules/netpatrol.yaml:10:5: override of unknown rule `tls.cert_expring`
-tests/fixtures/rules/netpatrol.yaml:14:12: waiver rule `exposur.*` matches no rule"
+tests/fixtures/rules/netpatrol.yaml:9:5: override of unknown rule `tls.cert_expring`
+tests/fixtures/rules/netpatrol.yaml:13:12: waiver rule `exposur.*` matches no rule"
     );
 }
 
@@ -279,17 +279,21 @@ tests/fixtures/rules/netpatrol.yaml:14:12: waiver rule `exposur.*` matches no ru
 fn override_problems_in_the_config() {
     assert_eq!(
         config_problems(&format!(
-            "{SEGMENTS}rules:\n  overrides:\n    tls.cert_expiring: {{severity: urgent}}\n    tls.cert_expiring: {{enabled: false}}\n    http.missing_hsts: {{enabled: no, colour: red}}\n"
+            "{SEGMENTS}rules:\n  overrides:\n    tls.cert_expiring: {{severity: urgent}}\n    tls.cert_expiring: {{enabled: false}}\n"
         )),
-        "tests/fixtures/rules/netpatrol.yaml:12:41: unknown field `colour`, expected `severity` or `enabled`"
+        "tests/fixtures/rules/netpatrol.yaml:10:5: duplicate key `tls.cert_expiring`"
     );
     assert_eq!(
         config_problems(&format!(
-            "{SEGMENTS}rules:\n  overrides:\n    tls.cert_expiring: {{severity: urgent}}\n    tls.cert_expiring: {{enabled: false}}\n"
+            "{SEGMENTS}rules:\n  overrides:\n    http.missing_hsts: {{enabled: no, colour: red}}\n"
         )),
-        "\
-tests/fixtures/rules/netpatrol.yaml:10:35: unknown severity `urgent`: expected one of critical, high, medium, low, info
-tests/fixtures/rules/netpatrol.yaml:11:5: duplicate override for rule `tls.cert_expiring` (first at line 10)"
+        "tests/fixtures/rules/netpatrol.yaml:9:38: unknown field `colour`, expected one of severity, enabled"
+    );
+    assert_eq!(
+        config_problems(&format!(
+            "{SEGMENTS}rules:\n  overrides:\n    tls.cert_expiring: {{severity: urgent}}\n"
+        )),
+        "tests/fixtures/rules/netpatrol.yaml:9:35: unknown severity `urgent`: expected one of critical, high, medium, low, info"
     );
 }
 
@@ -545,18 +549,18 @@ fn waiver_problems() {
 "
         )),
         "\
-tests/fixtures/rules/netpatrol.yaml:8:11: invalid rule pattern `*`: expected a rule id such as `exposure.telnet` or a prefix ending in `*` such as `exposure.*`
-tests/fixtures/rules/netpatrol.yaml:9:11: waiver for `exposure.telnet` needs `approver`
-tests/fixtures/rules/netpatrol.yaml:9:32: address `198.51.100.7` is outside segment `extranet-a`
-tests/fixtures/rules/netpatrol.yaml:9:75: invalid port `0`: expected 1 to 65535
-tests/fixtures/rules/netpatrol.yaml:9:86: empty `reason`
-tests/fixtures/rules/netpatrol.yaml:9:103: invalid date `2026-13-01`: expected YYYY-MM-DD
-tests/fixtures/rules/netpatrol.yaml:10:11: waiver for `exposure.telnet` needs `reason`
-tests/fixtures/rules/netpatrol.yaml:10:11: waiver for `exposure.telnet` needs `expires_on`
-tests/fixtures/rules/netpatrol.yaml:10:37: unknown segment `extranet-b`
-tests/fixtures/rules/netpatrol.yaml:10:61: unknown department `jxw`
-tests/fixtures/rules/netpatrol.yaml:10:75: unknown project `XM-9`
-tests/fixtures/rules/netpatrol.yaml:10:84: invalid address `nowhere`"
+tests/fixtures/rules/netpatrol.yaml:8:12: invalid rule pattern `*`: expected a rule id such as `exposure.telnet` or a prefix ending in `*` such as `exposure.*`
+tests/fixtures/rules/netpatrol.yaml:9:12: waiver for `exposure.telnet` needs `approver`
+tests/fixtures/rules/netpatrol.yaml:9:33: address `198.51.100.7` is outside segment `extranet-a`
+tests/fixtures/rules/netpatrol.yaml:9:74: invalid port `0`: expected 1 to 65535
+tests/fixtures/rules/netpatrol.yaml:9:85: empty `reason`
+tests/fixtures/rules/netpatrol.yaml:9:102: invalid date `2026-13-01`: expected YYYY-MM-DD
+tests/fixtures/rules/netpatrol.yaml:10:12: waiver for `exposure.telnet` needs `reason`
+tests/fixtures/rules/netpatrol.yaml:10:12: waiver for `exposure.telnet` needs `expires_on`
+tests/fixtures/rules/netpatrol.yaml:10:38: unknown segment `extranet-b`
+tests/fixtures/rules/netpatrol.yaml:10:62: unknown department `jxw`
+tests/fixtures/rules/netpatrol.yaml:10:76: unknown project `XM-9`
+tests/fixtures/rules/netpatrol.yaml:10:86: invalid address `nowhere`"
     );
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use indicatif::ProgressBar;
 use netpatrol::app::scan_and_record;
-use netpatrol::lab::Lab;
+use netpatrol::lab;
 use netpatrol::observation::RunState;
 use netpatrol::probe::ProbeKind;
 use netpatrol::rules::RuleSet;
@@ -153,9 +153,9 @@ async fn rate_limit_spaces_attempts() {
 /// remembers hosts across scans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_network_scan_finds_exactly_its_services() {
-    let lab = Lab::start().await.expect("lab starts");
+    let shift = crate::support::lab();
     let dir = tempfile::tempdir().unwrap();
-    let config = lab.config(dir.path()).unwrap();
+    let config = lab::demo_config(dir.path(), shift).unwrap();
     let store = Store::open(&config.store.path).await.unwrap();
     let limits = Limits::new(config.scan.rate, config.scan.concurrency);
 
@@ -181,8 +181,7 @@ async fn demo_network_scan_finds_exactly_its_services() {
                 .map(move |s| (SocketAddr::new(h.ip, s.port), s.service.clone()))
         })
         .collect();
-    let expected: BTreeMap<SocketAddr, String> = lab
-        .endpoints()
+    let expected: BTreeMap<SocketAddr, String> = lab::endpoints(shift)
         .into_iter()
         .map(|(a, s)| (a, s.to_string()))
         .collect();
@@ -241,7 +240,6 @@ async fn demo_network_scan_finds_exactly_its_services() {
     let stored = store.report(&obs2.run.id).await.unwrap().unwrap();
     assert_eq!(stored["scan"]["id"], obs2.run.id.as_str());
     store.close().await;
-    lab.stop().await;
 }
 
 /// A scan cancelled half-way (Ctrl-C) is recorded as incomplete, with what it saw so far; a run

@@ -14,6 +14,31 @@ use netpatrol::config::{self, Config};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
+/// The demo lab, started once for the whole test binary on a runtime of its own (tests each
+/// have their own runtime, and listeners die with the runtime that spawned them). Returns the
+/// port shift the lab chose.
+pub fn lab() -> u16 {
+    static SHIFT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *SHIFT.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("lab runtime");
+            rt.block_on(async move {
+                let lab = netpatrol::lab::Lab::start().await.expect("lab starts");
+                tx.send(lab.shift).expect("report the shift");
+                // Keep the lab (and this runtime) alive until the test binary exits.
+                std::future::pending::<()>().await;
+                drop(lab);
+            });
+        });
+        rx.recv().expect("lab thread started")
+    })
+}
+
 /// A config from YAML text, as if read from `dir/netpatrol.yaml` (so its store lands in `dir`).
 pub fn config(dir: &Path, yaml: &str) -> Config {
     match config::load_str(yaml, &dir.join("netpatrol.yaml")) {

@@ -2,8 +2,9 @@
 //!
 //! Real TCP listeners on addresses of 127.20.0.0/16 (every 127/8 address reaches the local
 //! machine on Linux) speak the first bytes of real services: SSH, FTP, SMTP, POP3 and VNC
-//! greetings, a MySQL handshake, telnet option negotiation, HTTP responses; the rest accept and
-//! stay silent, as RDP, SMB or PostgreSQL do until the client speaks. The matching config is
+//! greetings, a MySQL handshake, telnet option negotiation, HTTP responses, TLS (rustls, with
+//! self-signed and expired certificates) and canned legacy-TLS and TLCP handshakes; the rest
+//! accept and stay silent, as RDP, SMB or PostgreSQL do until the client speaks. The matching config is
 //! `config/demo.yaml` (embedded in the binary): three segments, approvals that leave some hosts
 //! unapproved, a departmental segment past its consolidation date.
 //!
@@ -13,13 +14,16 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{self, Config};
+use crate::probe::tls::wire;
 
 /// The demo config, embedded so `netpatrol demo` works from any directory.
 pub const DEMO_CONFIG: &str = include_str!("../config/demo.yaml");
@@ -40,7 +44,31 @@ pub enum Behaviour {
     Silent,
     /// Reads a request, answers with this HTTP response (its `Content-Length` is added), closes.
     Http(&'static str),
+    /// Speaks TLS or TLCP.
+    Tls(TlsEndpoint),
 }
+
+/// The TLS endpoints of the lab.
+#[derive(Debug, Clone, Copy)]
+pub enum TlsEndpoint {
+    /// rustls, TLS 1.2 and 1.3, a self-signed ECDSA P-256 certificate for `names`, valid
+    /// from 2025 to 2035 or, when `expired`, for the year 2024 only.
+    Modern {
+        names: &'static [&'static str],
+        expired: bool,
+    },
+    /// TLS 1.0 and 1.1 only, 3DES first, an RSA-1024/SHA-1 certificate. Canned bytes: no TLS
+    /// library packaged here offers 3DES any more. Answers up to the ServerHelloDone.
+    Legacy,
+    /// TLCP (GB/T 38636) with ECC_SM4_CBC_SM3 and an SM2 signing/encryption certificate pair.
+    /// Canned bytes: no TLCP server is packaged for this machine.
+    Tlcp,
+}
+
+/// Certificates of the canned endpoints, made once with the openssl command line.
+const LEGACY_CERT: &[u8] = include_bytes!("lab_certs/legacy-rsa1024-sha1.der");
+const TLCP_SIGN_CERT: &[u8] = include_bytes!("lab_certs/tlcp-sign-sm2.der");
+const TLCP_ENC_CERT: &[u8] = include_bytes!("lab_certs/tlcp-enc-sm2.der");
 
 /// One simulated service.
 #[derive(Debug, Clone, Copy)]
@@ -80,20 +108,36 @@ const fn svc(ip: [u8; 4], port: u16, service: &'static str, behaviour: Behaviour
     }
 }
 
-use Behaviour::{Greeting, Http, Silent};
+use Behaviour::{Greeting, Http, Silent, Tls};
 
 /// The simulated district. Keep in step with `config/demo.yaml`.
 pub const SERVICES: &[LabService] = &[
     // extranet-a: the e-government extranet.
     svc([127, 20, 1, 10], 80, "http", Http(HTTP_REDIRECT)),
-    svc([127, 20, 1, 10], 443, "https", Silent),
+    svc(
+        [127, 20, 1, 10],
+        443,
+        "https",
+        Tls(TlsEndpoint::Modern {
+            names: &["portal.hailing.example"],
+            expired: false,
+        }),
+    ),
     svc([127, 20, 1, 11], 22, "ssh", Greeting(SSH)),
     svc([127, 20, 1, 11], 3306, "mysql", Greeting(MYSQL)),
     svc([127, 20, 1, 12], 21, "ftp", Greeting(FTP)),
     svc([127, 20, 1, 12], 23, "telnet", Greeting(TELNET)),
     svc([127, 20, 1, 13], 8080, "http", Http(HTTP_APP)),
     svc([127, 20, 1, 14], 80, "http", Http(HTTP_PORTAL)),
-    svc([127, 20, 1, 14], 443, "https", Silent),
+    svc(
+        [127, 20, 1, 14],
+        443,
+        "https",
+        Tls(TlsEndpoint::Modern {
+            names: &["xmsb.hailing.example"],
+            expired: true,
+        }),
+    ),
     svc([127, 20, 1, 20], 6379, "redis", Silent),
     svc([127, 20, 1, 20], 9200, "elasticsearch", Http(HTTP_ES)),
     // metro-core: the metropolitan network.
@@ -103,7 +147,8 @@ pub const SERVICES: &[LabService] = &[
     svc([127, 20, 2, 6], 1433, "mssql", Silent),
     svc([127, 20, 2, 7], 3389, "rdp", Silent),
     svc([127, 20, 2, 8], 80, "http", Http(HTTP_PORTAL)),
-    svc([127, 20, 2, 8], 443, "https", Silent),
+    svc([127, 20, 2, 8], 443, "https", Tls(TlsEndpoint::Legacy)),
+    svc([127, 20, 2, 4], 443, "https", Tls(TlsEndpoint::Tlcp)),
     svc([127, 20, 2, 9], 22, "ssh", Greeting(SSH_OLD)),
     svc([127, 20, 2, 9], 5900, "vnc", Greeting(VNC)),
     // legacy-wsj: a departmental network not yet merged.
@@ -116,6 +161,8 @@ pub const SERVICES: &[LabService] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    #[error("cannot make the lab's TLS certificates: {0}")]
+    Tls(String),
     #[error("demo config does not load: {0}")]
     Config(#[from] config::ConfigErrors),
     #[error("port {port} is taken on loopback even after shifting by {SHIFTED_BY}")]
@@ -182,7 +229,13 @@ impl Lab {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| LabError::Bind { addr, source })?;
-            tasks.spawn(serve(listener, s.behaviour));
+            let handler = match s.behaviour {
+                Behaviour::Tls(TlsEndpoint::Modern { names, expired }) => {
+                    Handler::Rustls(rustls_acceptor(names, expired)?)
+                }
+                other => Handler::Plain(other),
+            };
+            tasks.spawn(serve(listener, Arc::new(handler)));
         }
         Ok(Lab { tasks, shift })
     }
@@ -227,13 +280,75 @@ async fn first_taken(ports: &[u16], shift: u16) -> Option<u16> {
     None
 }
 
-async fn serve(listener: TcpListener, behaviour: Behaviour) {
+/// How a listener answers, built at start.
+enum Handler {
+    Plain(Behaviour),
+    Rustls(TlsAcceptor),
+}
+
+/// A rustls acceptor with a fresh self-signed certificate for `names`.
+fn rustls_acceptor(names: &[&str], expired: bool) -> Result<TlsAcceptor, LabError> {
+    let tls = |e: &dyn std::fmt::Display| LabError::Tls(e.to_string());
+    let mut params = rcgen::CertificateParams::new(
+        names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+    )
+    .map_err(|e| tls(&e))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "海陵区大数据管理局(演示)");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("lab"));
+    let (from, to) = if expired {
+        ((2024, 1, 1), (2024, 12, 31))
+    } else {
+        ((2025, 1, 1), (2035, 1, 1))
+    };
+    params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+    params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+    let key = rcgen::KeyPair::generate().map_err(|e| tls(&e))?;
+    let cert = params.self_signed(&key).map_err(|e| tls(&e))?;
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| tls(&e))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| tls(&e))?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key_der)
+    .map_err(|e| tls(&e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve(listener: TcpListener, handler: Arc<Handler>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    conns.spawn(handle(stream, behaviour));
+                    let handler = handler.clone();
+                    conns.spawn(async move {
+                        match &*handler {
+                            Handler::Plain(b) => handle(stream, *b).await,
+                            Handler::Rustls(acceptor) => {
+                                let accept = acceptor.accept(stream);
+                                if let Ok(Ok(mut tls)) =
+                                    tokio::time::timeout(Duration::from_secs(10), accept).await
+                                {
+                                    let mut buf = [0u8; 1024];
+                                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                                        while let Ok(n) = tls.read(&mut buf).await {
+                                            if n == 0 {
+                                                break;
+                                            }
+                                        }
+                                    })
+                                    .await;
+                                }
+                            }
+                        }
+                    });
                 }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -241,10 +356,60 @@ async fn serve(listener: TcpListener, behaviour: Behaviour) {
     }
 }
 
+/// The canned answer of a legacy or TLCP endpoint to one ClientHello record.
+fn canned_answer(endpoint: TlsEndpoint, record: &[u8]) -> Vec<u8> {
+    let Some(hello) = wire::parse_client_hello(record) else {
+        return Vec::new();
+    };
+    let (versions, suites, certs): (&[u16], &[u16], &[&[u8]]) = match endpoint {
+        // TLS_RSA_WITH_3DES_EDE_CBC_SHA first (server preference), then AES128-SHA.
+        TlsEndpoint::Legacy => (&[wire::TLS10, wire::TLS11], &[0x000a, 0x002f], &[LEGACY_CERT]),
+        // ECC_SM4_CBC_SM3.
+        TlsEndpoint::Tlcp => (&[wire::TLCP], &[0xe013], &[TLCP_SIGN_CERT, TLCP_ENC_CERT]),
+        TlsEndpoint::Modern { .. } => return Vec::new(),
+    };
+    // Like a real legacy server: take the client's version if known, else the best below it.
+    let chosen = versions
+        .iter()
+        .copied()
+        .filter(|&v| v <= hello.client_version && (v >= wire::SSL3 || v == hello.client_version))
+        .max();
+    let Some(version) = chosen else {
+        return wire::alert_record(hello.record_version, 70); // protocol_version
+    };
+    let record_version = if version == wire::TLCP { wire::TLCP } else { version };
+    let Some(&suite) = suites.iter().find(|s| hello.suites.contains(s)) else {
+        return wire::alert_record(record_version, 40); // handshake_failure
+    };
+    let mut out = wire::server_hello_record(record_version, version, suite, None);
+    out.extend(wire::certificate_record(record_version, certs));
+    out.extend(wire::server_hello_done_record(record_version));
+    out
+}
+
 async fn handle(mut stream: TcpStream, behaviour: Behaviour) {
     let mut buf = [0u8; 1024];
     let hold = Duration::from_secs(10);
     match behaviour {
+        Behaviour::Tls(endpoint) => {
+            let mut header = [0u8; 5];
+            if tokio::time::timeout(hold, stream.read_exact(&mut header)).await.is_err() {
+                return;
+            }
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            let mut record = header.to_vec();
+            record.resize(5 + len, 0);
+            if !matches!(
+                tokio::time::timeout(hold, stream.read_exact(&mut record[5..])).await,
+                Ok(Ok(_))
+            ) {
+                return;
+            }
+            let answer = canned_answer(endpoint, &record);
+            if !answer.is_empty() && stream.write_all(&answer).await.is_ok() {
+                let _ = tokio::time::timeout(hold, drain(&mut stream, &mut buf)).await;
+            }
+        }
         Behaviour::Greeting(bytes) => {
             if stream.write_all(bytes).await.is_ok() {
                 let _ = tokio::time::timeout(hold, drain(&mut stream, &mut buf)).await;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::NetworkKind;
+use crate::probe::tls::TlsFacts;
 use crate::probe::{ProbeKind, Reason};
 
 /// One scan run: what was asked and how it ended.
@@ -83,6 +84,8 @@ pub struct ServiceObservation {
     /// The greeting in printable form, when the service sent one.
     pub banner: Option<String>,
     pub connect_time: Duration,
+    /// TLS/TLCP posture, when the TLS probe ran: `Some(None)` = not TLS.
+    pub tls: Option<Option<TlsFacts>>,
 }
 
 /// Counts of probe failures by kind and bounded reason (refusals of closed ports are not errors

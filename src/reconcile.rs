@@ -18,6 +18,7 @@ use chrono::{Months, NaiveDate};
 use crate::config::{Approval, Asset, Config, ProjectStage};
 use crate::facts::{Facts, Subject};
 use crate::observation::{HostObservation, ScanObservations};
+use crate::probe::tls::TlsFacts;
 
 /// Where a host stands in the registers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -234,6 +235,12 @@ fn host_subjects(
             .collect::<Vec<_>>(),
     );
 
+    let names_known = host.ptr.is_some()
+        || config
+            .projects
+            .iter()
+            .filter(|p| placement.projects.contains(&p.id))
+            .any(|p| p.assets.iter().any(|a| matches!(a, Asset::Name(_))));
     for service in &host.services {
         let mut s = h.clone();
         s.subject = Subject::Service;
@@ -251,9 +258,47 @@ fn host_subjects(
         f.set("service.version", service.version.clone());
         f.set("service.banner", service.banner.clone());
         f.set("service.approved", approving.is_some());
+        if let Some(tls) = &service.tls {
+            tls_facts(f, tls.as_ref(), names_known);
+        }
         out.push(s);
     }
     out.push(h);
+}
+
+/// Legacy protocol versions (SSLv3, TLS 1.0, TLS 1.1).
+const LEGACY_VERSIONS: [&str; 3] = ["SSLv3", "TLSv1.0", "TLSv1.1"];
+
+/// TLS facts of a service. `names_known`: the host goes by some name (PTR, project asset
+/// name); without one, whether the certificate matches "the host name" cannot be judged and
+/// `cert.hostname_match` stays unknown.
+fn tls_facts(f: &mut Facts, tls: Option<&TlsFacts>, names_known: bool) {
+    f.set("tls.enabled", tls.is_some());
+    let Some(tls) = tls else { return };
+    f.set("tls.versions", tls.versions.clone());
+    f.set(
+        "tls.legacy_versions",
+        tls.versions
+            .iter()
+            .filter(|v| LEGACY_VERSIONS.contains(&v.as_str()))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    f.set("tls.weak_ciphers", tls.weak_ciphers.clone());
+    f.set("tls.tlcp", tls.tlcp);
+    f.set("tls.sm_suites", tls.sm_suites.clone());
+    if let Some(cert) = tls.cert.as_ref().or(tls.tlcp_certs.first()) {
+        f.set("cert.subject", cert.subject.as_str());
+        f.set("cert.days_left", cert.days_left);
+        f.set("cert.self_signed", cert.self_signed);
+        f.set("cert.trusted", cert.trusted);
+        if names_known {
+            f.set("cert.hostname_match", cert.hostname_match);
+        }
+        f.set("cert.key", cert.key.as_str());
+        f.set("cert.key_bits", i64::from(cert.key_bits));
+        f.set("cert.signature", cert.signature.as_str());
+    }
 }
 
 fn add_months(date: NaiveDate, months: u32) -> NaiveDate {
@@ -272,7 +317,7 @@ fn project_subject(
     s.department = Some(project.department.clone());
     s.project = Some(project.id.clone());
     s.projects = vec![project.id.clone()];
-    let live_assets: Vec<String> = scan
+    let assets: Vec<&HostObservation> = scan
         .hosts
         .iter()
         .filter(|h| {
@@ -284,8 +329,18 @@ fn project_subject(
                     .is_some_and(|p| p.eq_ignore_ascii_case(name)),
             })
         })
-        .map(|h| h.ip.to_string())
         .collect();
+    let live_assets: Vec<String> = assets.iter().map(|h| h.ip.to_string()).collect();
+    let tls_endpoints: Vec<&TlsFacts> = assets
+        .iter()
+        .flat_map(|h| &h.services)
+        .filter_map(|s| s.tls.as_ref().and_then(Option::as_ref))
+        .collect();
+    let sm_endpoints = tls_endpoints
+        .iter()
+        .filter(|t| t.tlcp || !t.sm_suites.is_empty())
+        .count();
+    let tls_probed = scan.run.probe_kinds.contains(&crate::probe::ProbeKind::Tls);
     let accepted = matches!(project.stage, ProjectStage::Accepted | ProjectStage::InUse);
     let level = project.mlps.as_ref().map(|m| m.level);
     let mlps_on = project.mlps.as_ref().and_then(|m| m.assessed_on);
@@ -305,6 +360,10 @@ fn project_subject(
     f.set("project.accepted", accepted);
     f.set("project.live", !live_assets.is_empty());
     f.set("project.live_assets", live_assets);
+    if tls_probed {
+        f.set("project.tls_endpoints", tls_endpoints.len() as i64);
+        f.set("project.sm_endpoints", sm_endpoints as i64);
+    }
     f.set("project.mlps_level", level.map(i64::from));
     f.set("project.mlps_required", accepted);
     f.set("project.mlps_assessed_on", mlps_on.map(|d| d.to_string()));

@@ -1,5 +1,5 @@
 //! One scan pass: scope → discovery (ICMP) → port scan (TCP, with greetings) → reverse DNS →
-//! service naming. Produces [`ScanObservations`]; recording them is the caller's job.
+//! service naming → TLS/TLCP posture of the ports that did not greet in plaintext. Produces [`ScanObservations`]; recording them is the caller's job.
 //!
 //! Every probe goes through the process-wide [`Limits`]. Workers pull (address, port) jobs from
 //! a shared counter, so memory stays flat however large the scope: only open ports are kept.
@@ -17,7 +17,7 @@ use indicatif::ProgressBar;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Asset, Config};
 use crate::observation::{
     HostObservation, Liveness, ProbeErrors, RunState, ScanObservations, ScanRun, ServiceObservation,
 };
@@ -25,7 +25,9 @@ use crate::probe::banner;
 use crate::probe::dns::ReverseDns;
 use crate::probe::icmp::Pinger;
 use crate::probe::tcp::{self, OpenPort, TcpSpec};
+use crate::probe::tls::{self, TlsSpec, Trust};
 use crate::probe::{ProbeKind, Reason};
+use crate::reconcile;
 use crate::scope::{Limits, Scope, ScopeTooLarge, Target};
 
 /// What to scan.
@@ -209,6 +211,28 @@ pub async fn run(
             }
         }
     }
+    // TLS and TLCP posture of every open port that did not greet in plaintext.
+    if wants(ProbeKind::Tls) && !cancel.is_cancelled() {
+        match Trust::load(&config.trust) {
+            Ok(trust) => {
+                tls_stage(
+                    config,
+                    &mut hosts,
+                    &by_ip,
+                    Arc::new(trust),
+                    settings.timeout,
+                    limits.clone(),
+                    tally.clone(),
+                    cancel.clone(),
+                )
+                .await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "TLS probes skipped: the trust anchors do not load");
+                tally.error(ProbeKind::Tls, Reason::Other);
+            }
+        }
+    }
     progress.finish_and_clear();
 
     let state = if cancel.is_cancelled() {
@@ -244,6 +268,86 @@ fn service_of(open: OpenPort) -> ServiceObservation {
         version: identity.version,
         banner: greeting.map(banner::printable),
         connect_time: open.connect_time,
+        tls: None,
+    }
+}
+
+/// The names a host is known by: its PTR and the host names of projects that list it.
+fn known_names(config: &Config, host: &HostObservation) -> Vec<String> {
+    let placement = reconcile::place(config, &host.segment, host.ip, host.ptr.as_deref());
+    let mut names: Vec<String> = config
+        .projects
+        .iter()
+        .filter(|p| placement.projects.contains(&p.id))
+        .flat_map(|p| &p.assets)
+        .filter_map(|a| match a {
+            Asset::Name(n) => Some(n.clone()),
+            Asset::Address(_) => None,
+        })
+        .collect();
+    names.extend(host.ptr.clone());
+    names.dedup();
+    names
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tls_stage(
+    config: &Config,
+    hosts: &mut BTreeMap<IpAddr, HostObservation>,
+    by_ip: &HashMap<IpAddr, &Target>,
+    trust: Arc<Trust>,
+    timeout: Duration,
+    limits: Arc<Limits>,
+    tally: Arc<Tally>,
+    cancel: CancellationToken,
+) {
+    let now = Utc::now();
+    let mut set = JoinSet::new();
+    for host in hosts.values() {
+        let names = known_names(config, host);
+        for service in &host.services {
+            // TLS servers never speak first: a greeting means a plaintext protocol.
+            if service.banner.is_some() {
+                continue;
+            }
+            let spec = TlsSpec {
+                timeout,
+                sni: names.first().cloned(),
+                names: names.clone(),
+                trust: trust.clone(),
+                now,
+            };
+            let (target, port) = (by_ip[&host.ip].clone(), service.port);
+            let (limits, tally, cancel) = (limits.clone(), tally.clone(), cancel.clone());
+            set.spawn(async move {
+                if cancel.is_cancelled() {
+                    return None;
+                }
+                tally.probes.fetch_add(1, Ordering::Relaxed);
+                match tls::probe(&target, port, &spec, &limits).await {
+                    Ok(facts) => Some((target.ip(), port, facts)),
+                    Err(f) => {
+                        tracing::debug!(ip = %target.ip(), port, failure = %f, "tls probe failed");
+                        // A silent plaintext service times out on a ClientHello: not an error.
+                        if f.reason != Reason::Timeout {
+                            tally.error(ProbeKind::Tls, f.reason);
+                        }
+                        Some((target.ip(), port, None))
+                    }
+                }
+            });
+        }
+    }
+    while let Some(result) = set.join_next().await {
+        let Ok(Some((ip, port, facts))) = result else {
+            continue;
+        };
+        if let Some(s) = hosts
+            .get_mut(&ip)
+            .and_then(|h| h.services.iter_mut().find(|s| s.port == port))
+        {
+            s.tls = Some(facts);
+        }
     }
 }
 

@@ -783,18 +783,21 @@ impl Validator {
         let origin = self.config.clone();
         let mut overrides = BTreeMap::new();
         for (id, o) in raw.overrides.iter().flat_map(|p| &p.0) {
-            let severity = o.severity.as_ref().and_then(|s| match Severity::parse(&s.value) {
-                Some(severity) => Some(severity),
-                None => {
-                    let message = format!(
-                        "unknown severity `{}`: expected one of {}",
-                        s.value,
-                        Severity::NAMES
-                    );
-                    self.here(s, message);
-                    None
-                }
-            });
+            let severity = o
+                .severity
+                .as_ref()
+                .and_then(|s| match Severity::parse(&s.value) {
+                    Some(severity) => Some(severity),
+                    None => {
+                        let message = format!(
+                            "unknown severity `{}`: expected one of {}",
+                            s.value,
+                            Severity::NAMES
+                        );
+                        self.here(s, message);
+                        None
+                    }
+                });
             let rule = RuleOverride {
                 severity,
                 enabled: o.enabled.unwrap_or(true),
@@ -888,7 +891,13 @@ impl Validator {
     }
 
     /// A required text of a waiver: present and not blank.
-    fn required(&mut self, origin: &Origin, w: &raw::WaiverConfig, value: Option<&Text>, key: &str) -> Option<String> {
+    fn required(
+        &mut self,
+        origin: &Origin,
+        w: &raw::WaiverConfig,
+        value: Option<&Text>,
+        key: &str,
+    ) -> Option<String> {
         match value {
             Some(text) if !text.value.trim().is_empty() => Some(text.value.trim().to_string()),
             Some(text) => {
@@ -921,15 +930,20 @@ impl Validator {
                 );
                 self.push(origin, &w.rule, "rule", message);
             }
-            let ip = w.ip.as_ref().and_then(|t| self.net(origin, t, "ip", "address"));
-            let port = w.port.as_ref().and_then(|t| match t.value.trim().parse::<u16>() {
-                Ok(port) if port > 0 => Some(port),
-                _ => {
-                    let message = format!("invalid port `{}`: expected 1 to 65535", t.value);
-                    self.push(origin, t, "port", message);
-                    None
-                }
-            });
+            let ip =
+                w.ip.as_ref()
+                    .and_then(|t| self.net(origin, t, "ip", "address"));
+            let port = w
+                .port
+                .as_ref()
+                .and_then(|t| match t.value.trim().parse::<u16>() {
+                    Ok(port) if port > 0 => Some(port),
+                    _ => {
+                        let message = format!("invalid port `{}`: expected 1 to 65535", t.value);
+                        self.push(origin, t, "port", message);
+                        None
+                    }
+                });
             // A scope key that does not parse must not widen the waiver to everything.
             ok &= w.ip.is_none() || ip.is_some();
             ok &= w.port.is_none() || port.is_some();
@@ -943,8 +957,10 @@ impl Validator {
                         if let (Some(net), Some(text)) = (ip, &w.ip)
                             && !seg.cidrs.iter().any(|c| c.contains(&net))
                         {
-                            let message =
-                                format!("address `{}` is outside segment `{}`", text.value, seg.name);
+                            let message = format!(
+                                "address `{}` is outside segment `{}`",
+                                text.value, seg.name
+                            );
                             self.push(origin, text, "ip", message);
                         }
                     }

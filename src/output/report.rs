@@ -166,7 +166,11 @@ pub fn build(
                         banner: s.banner.clone(),
                         product: s.product.clone(),
                         version: s.version.clone(),
-                        tls: None,
+                        tls: s
+                            .tls
+                            .as_ref()
+                            .and_then(|t| t.as_ref())
+                            .and_then(|t| serde_json::to_value(t).ok()),
                         http: None,
                     })
                     .collect(),

@@ -213,7 +213,8 @@ impl Compiler<'_> {
 
     /// The operators written in `c`, by name, with their operand.
     fn ops<'c>(&self, c: &'c ConditionConfig) -> Vec<(&'static str, Operand<'c>)> {
-        let one = |name, v: &'c Option<Spanned<Scalar>>| v.as_ref().map(|v| (name, Operand::One(v)));
+        let one =
+            |name, v: &'c Option<Spanned<Scalar>>| v.as_ref().map(|v| (name, Operand::One(v)));
         [
             one("equals", &c.equals),
             c.in_.as_ref().map(|v| ("in", Operand::Many(v))),
@@ -231,7 +232,11 @@ impl Compiler<'_> {
         .collect()
     }
 
-    fn leaf(&mut self, raw: &Spanned<ConditionConfig>, name: &Spanned<String>) -> Option<Condition> {
+    fn leaf(
+        &mut self,
+        raw: &Spanned<ConditionConfig>,
+        name: &Spanned<String>,
+    ) -> Option<Condition> {
         let ops = self.ops(&raw.value);
         let fact = match facts::lookup(name.value.trim()) {
             Some(fact) => Some(fact),
@@ -256,10 +261,7 @@ impl Compiler<'_> {
         let [(op_name, operand)] = ops.as_slice() else {
             self.problem(
                 raw,
-                format!(
-                    "fact `{}` needs exactly one operator: {OPS}",
-                    name.value
-                ),
+                format!("fact `{}` needs exactly one operator: {OPS}", name.value),
             );
             return None;
         };
@@ -343,7 +345,10 @@ impl Compiler<'_> {
             "equals" => Op::Equals(first.clone()),
             "in" => Op::In(values.iter().map(|v| v.value.clone()).collect()),
             "contains" => Op::Contains(text()),
-            "regex" => match regex::RegexBuilder::new(&text()).size_limit(1 << 20).build() {
+            "regex" => match regex::RegexBuilder::new(&text())
+                .size_limit(1 << 20)
+                .build()
+            {
                 Ok(re) => Op::Regex(re),
                 Err(err) => {
                     self.problem(
@@ -388,7 +393,12 @@ fn regex_message(err: &regex::Error) -> String {
         .unwrap_or(text.trim());
     let mut chars = line.chars();
     match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect::<String>().trim_end_matches('.').to_string(),
+        Some(c) => c
+            .to_lowercase()
+            .chain(chars)
+            .collect::<String>()
+            .trim_end_matches('.')
+            .to_string(),
         None => String::new(),
     }
 }

@@ -49,12 +49,21 @@ use template::Template;
 /// The built-in rule pack, one file per area, embedded at build time.
 const BUILTIN: &[(&str, &str)] = &[
     ("rules/access.yaml", include_str!("../../rules/access.yaml")),
-    ("rules/network.yaml", include_str!("../../rules/network.yaml")),
-    ("rules/project.yaml", include_str!("../../rules/project.yaml")),
+    (
+        "rules/network.yaml",
+        include_str!("../../rules/network.yaml"),
+    ),
+    (
+        "rules/project.yaml",
+        include_str!("../../rules/project.yaml"),
+    ),
     ("rules/crypto.yaml", include_str!("../../rules/crypto.yaml")),
     ("rules/tls.yaml", include_str!("../../rules/tls.yaml")),
     ("rules/http.yaml", include_str!("../../rules/http.yaml")),
-    ("rules/exposure.yaml", include_str!("../../rules/exposure.yaml")),
+    (
+        "rules/exposure.yaml",
+        include_str!("../../rules/exposure.yaml"),
+    ),
 ];
 
 /// Rectification deadline when a rule names none.
@@ -295,7 +304,10 @@ impl RuleSet {
 fn sort(mut problems: Vec<Problem>, files: &[PathBuf]) -> Vec<Problem> {
     problems.sort_by_key(|p| {
         (
-            files.iter().position(|f| *f == p.file).unwrap_or(usize::MAX),
+            files
+                .iter()
+                .position(|f| *f == p.file)
+                .unwrap_or(usize::MAX),
             p.line.unwrap_or(0),
             p.column.unwrap_or(0),
         )
@@ -354,9 +366,9 @@ impl Loader {
             .map(|e| e.path())
             .filter(|p| {
                 p.is_file()
-                    && p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+                    && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                        e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml")
+                    })
             })
             .collect();
         paths.sort();
@@ -372,10 +384,8 @@ impl Loader {
                 },
                 Err(err) => {
                     self.files.push(path.clone());
-                    let message = format!(
-                        "cannot read rule file: {}",
-                        crate::config::io_message(&err)
-                    );
+                    let message =
+                        format!("cannot read rule file: {}", crate::config::io_message(&err));
                     self.problems.push(Problem::new(&path, message));
                 }
             }
@@ -429,14 +439,19 @@ impl Loader {
                 self.problems.push(at(path, id_text, message));
             }
             None => {
-                let first = format!("{}:{}", path.display(), id_text.referenced.line());
+                let mut first = format!("{}:{}", path.display(), id_text.referenced.line());
+                // Operators have no rules/ folder: say where the first one came from.
+                if BUILTIN.iter().any(|(name, _)| Path::new(name) == path) {
+                    first.push_str(", built in");
+                }
                 self.seen.insert(id.clone(), first);
             }
         }
 
         let severity = match &r.severity {
             None => {
-                self.problems.push(at(path, id_text, say("missing `severity`")));
+                self.problems
+                    .push(at(path, id_text, say("missing `severity`")));
                 None
             }
             Some(s) => Severity::parse(&s.value).or_else(|| {
@@ -544,8 +559,11 @@ impl Loader {
         };
         let mut lang = |name: &str, value: Option<&Spanned<String>>| match value {
             None => {
-                self.problems
-                    .push(at(path, raw, format!("rule `{id}`: missing `{key}.{name}`")));
+                self.problems.push(at(
+                    path,
+                    raw,
+                    format!("rule `{id}`: missing `{key}.{name}`"),
+                ));
                 None
             }
             Some(v) if v.value.trim().is_empty() => {
@@ -574,8 +592,11 @@ impl Loader {
             Ok(template) => Some(template),
             Err(messages) => {
                 for message in messages {
-                    self.problems
-                        .push(at(path, value, format!("rule `{id}`: {message} in `{key}`")));
+                    self.problems.push(at(
+                        path,
+                        value,
+                        format!("rule `{id}`: {message} in `{key}`"),
+                    ));
                 }
                 None
             }

@@ -33,9 +33,9 @@ impl Template {
                 rest = after;
                 continue;
             }
-            if tail.starts_with('}') {
+            if let Some(after) = tail.strip_prefix('}') {
                 problems.push("unmatched `}` (write `}}` for a literal brace)".to_string());
-                rest = &tail[1..];
+                rest = after;
                 continue;
             }
             let Some(end) = tail.find('}') else {
@@ -93,8 +93,11 @@ mod tests {
 
     #[test]
     fn renders_facts_and_escaped_braces() {
-        let t = Template::parse("{host.ip}:{service.port} {{x}} {host.ptr}", Some(Subject::Service))
-            .unwrap();
+        let t = Template::parse(
+            "{host.ip}:{service.port} {{x}} {host.ptr}",
+            Some(Subject::Service),
+        )
+        .unwrap();
         let mut facts = Facts::new();
         facts.set("host.ip", "192.0.2.10");
         facts.set("service.port", 23i64);

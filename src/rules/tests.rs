@@ -47,51 +47,88 @@ fn list(items: &[&str]) -> Vec<String> {
 #[test]
 fn equals_on_each_type() {
     let when = "{fact: host.approved, equals: false}";
-    assert_eq!(verdict("host", when, |f| f.set("host.approved", false)), Some(true));
-    assert_eq!(verdict("host", when, |f| f.set("host.approved", true)), Some(false));
+    assert_eq!(
+        verdict("host", when, |f| f.set("host.approved", false)),
+        Some(true)
+    );
+    assert_eq!(
+        verdict("host", when, |f| f.set("host.approved", true)),
+        Some(false)
+    );
     assert_eq!(verdict("host", when, |_| {}), None);
 
     let when = "{fact: service.port, equals: 23}";
-    assert_eq!(verdict("service", when, |f| f.set("service.port", 23i64)), Some(true));
-    assert_eq!(verdict("service", when, |f| f.set("service.port", 22i64)), Some(false));
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.port", 23i64)),
+        Some(true)
+    );
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.port", 22i64)),
+        Some(false)
+    );
     assert_eq!(verdict("service", when, |_| {}), None);
 
     let when = "{fact: service.name, equals: telnet}";
-    assert_eq!(verdict("service", when, |f| f.set("service.name", "telnet")), Some(true));
-    assert_eq!(verdict("service", when, |f| f.set("service.name", "ssh")), Some(false));
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.name", "telnet")),
+        Some(true)
+    );
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.name", "ssh")),
+        Some(false)
+    );
     assert_eq!(verdict("service", when, |_| {}), None);
     // A value of the wrong type (an upstream bug) is unknown, never a hit.
-    assert_eq!(verdict("service", when, |f| f.set("service.name", 23i64)), None);
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.name", 23i64)),
+        None
+    );
 }
 
 #[test]
 fn in_list() {
     let when = "{fact: service.name, in: [mysql, mongodb]}";
-    assert_eq!(verdict("service", when, |f| f.set("service.name", "mongodb")), Some(true));
-    assert_eq!(verdict("service", when, |f| f.set("service.name", "redis")), Some(false));
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.name", "mongodb")),
+        Some(true)
+    );
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.name", "redis")),
+        Some(false)
+    );
     assert_eq!(verdict("service", when, |_| {}), None);
     let when = "{fact: service.port, in: [23, 2323]}";
-    assert_eq!(verdict("service", when, |f| f.set("service.port", 2323i64)), Some(true));
-    assert_eq!(verdict("service", when, |f| f.set("service.port", 22i64)), Some(false));
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.port", 2323i64)),
+        Some(true)
+    );
+    assert_eq!(
+        verdict("service", when, |f| f.set("service.port", 22i64)),
+        Some(false)
+    );
 }
 
 #[test]
 fn contains_list_and_string() {
     let when = "{fact: host.services, contains: telnet}";
-    let services = |items: &'static [&'static str]| {
-        move |f: &mut Facts| f.set("host.services", list(items))
-    };
-    assert_eq!(verdict("host", when, services(&["ssh", "telnet"])), Some(true));
+    let services =
+        |items: &'static [&'static str]| move |f: &mut Facts| f.set("host.services", list(items));
+    assert_eq!(
+        verdict("host", when, services(&["ssh", "telnet"])),
+        Some(true)
+    );
     assert_eq!(verdict("host", when, services(&["telnetd"])), Some(false));
     assert_eq!(verdict("host", when, |_| {}), None);
 
     let when = "{fact: service.banner, contains: OpenSSH}";
     assert_eq!(
-        verdict("service", when, |f| f.set("service.banner", "SSH-2.0-OpenSSH_9.6")),
+        verdict("service", when, |f| f
+            .set("service.banner", "SSH-2.0-OpenSSH_9.6")),
         Some(true)
     );
     assert_eq!(
-        verdict("service", when, |f| f.set("service.banner", "SSH-2.0-dropbear")),
+        verdict("service", when, |f| f
+            .set("service.banner", "SSH-2.0-dropbear")),
         Some(false)
     );
     assert_eq!(verdict("service", when, |_| {}), None);
@@ -101,9 +138,15 @@ fn contains_list_and_string() {
 fn regex_matches_strings() {
     let when = "{fact: cert.signature, regex: \"(?i)sha1|md5\"}";
     let sig = |s: &'static str| move |f: &mut Facts| f.set("cert.signature", s);
-    assert_eq!(verdict("service", when, sig("sha1WithRSAEncryption")), Some(true));
+    assert_eq!(
+        verdict("service", when, sig("sha1WithRSAEncryption")),
+        Some(true)
+    );
     assert_eq!(verdict("service", when, sig("ecdsa-with-SHA1")), Some(true));
-    assert_eq!(verdict("service", when, sig("sha256WithRSAEncryption")), Some(false));
+    assert_eq!(
+        verdict("service", when, sig("sha256WithRSAEncryption")),
+        Some(false)
+    );
     assert_eq!(verdict("service", when, |_| {}), None);
 }
 
@@ -117,7 +160,11 @@ fn integer_comparisons() {
         ("ge", false, true, true),
     ] {
         let when = format!("{{fact: cert.days_left, {op}: 0}}");
-        assert_eq!(verdict("service", &when, days(-1)), Some(at_minus_one), "{op}");
+        assert_eq!(
+            verdict("service", &when, days(-1)),
+            Some(at_minus_one),
+            "{op}"
+        );
         assert_eq!(verdict("service", &when, days(0)), Some(at_zero), "{op}");
         assert_eq!(verdict("service", &when, days(1)), Some(at_one), "{op}");
         assert_eq!(verdict("service", &when, |_| {}), None, "{op}");
@@ -127,10 +174,16 @@ fn integer_comparisons() {
 #[test]
 fn exists_answers_on_null() {
     let when = "{fact: host.ptr, exists: true}";
-    assert_eq!(verdict("host", when, |f| f.set("host.ptr", "a.example.gov.cn")), Some(true));
+    assert_eq!(
+        verdict("host", when, |f| f.set("host.ptr", "a.example.gov.cn")),
+        Some(true)
+    );
     assert_eq!(verdict("host", when, |_| {}), Some(false));
     let when = "{fact: host.ptr, exists: false}";
-    assert_eq!(verdict("host", when, |f| f.set("host.ptr", "a.example.gov.cn")), Some(false));
+    assert_eq!(
+        verdict("host", when, |f| f.set("host.ptr", "a.example.gov.cn")),
+        Some(false)
+    );
     assert_eq!(verdict("host", when, |_| {}), Some(true));
     assert_eq!(
         verdict("host", when, |f| f.set("host.ptr", Option::<String>::None)),
@@ -163,11 +216,17 @@ fn combinators_are_three_valued() {
     // approval status was never computed.
     let not = format!("{{not: {approved}}}");
     assert_eq!(verdict("host", &not, |_| {}), None);
-    assert_eq!(verdict("host", &not, |f| f.set("host.approved", false)), Some(true));
+    assert_eq!(
+        verdict("host", &not, |f| f.set("host.approved", false)),
+        Some(true)
+    );
 
     let all = format!("{{all: [{approved}, {ptr}]}}");
     assert_eq!(verdict("host", &all, set_ptr), None);
-    assert_eq!(verdict("host", &all, |f| f.set("host.approved", false)), Some(false));
+    assert_eq!(
+        verdict("host", &all, |f| f.set("host.approved", false)),
+        Some(false)
+    );
     assert_eq!(
         verdict("host", &all, |f| {
             f.set("host.approved", true);
@@ -180,9 +239,15 @@ fn combinators_are_three_valued() {
     assert_eq!(verdict("host", &any, set_ptr), Some(true));
     assert_eq!(verdict("host", &any, |_| {}), None);
     // `exists` is two-valued: a missing PTR is a plain "no".
-    assert_eq!(verdict("host", &any, |f| f.set("host.approved", false)), Some(false));
+    assert_eq!(
+        verdict("host", &any, |f| f.set("host.approved", false)),
+        Some(false)
+    );
     let any = format!("{{any: [{approved}, {{fact: host.segment, equals: a}}]}}");
-    assert_eq!(verdict("host", &any, |f| f.set("host.approved", false)), None);
+    assert_eq!(
+        verdict("host", &any, |f| f.set("host.approved", false)),
+        None
+    );
 }
 
 #[test]
@@ -218,7 +283,9 @@ fn operand_and_shape_problems() {
     );
     assert_eq!(
         p("{equals: true}"),
-        ["t.yaml:8:11: rule `t.rule`: a condition needs exactly one of `all`, `any`, `not` or `fact`"]
+        [
+            "t.yaml:8:11: rule `t.rule`: a condition needs exactly one of `all`, `any`, `not` or `fact`"
+        ]
     );
     assert_eq!(
         p("{all: [{fact: host.approved, equals: true}], equals: true}"),

@@ -161,7 +161,9 @@ fn every_shipped_rule_file_is_embedded() {
     }
     assert_eq!(
         areas.into_iter().collect::<Vec<_>>(),
-        ["access", "crypto", "exposure", "http", "network", "project", "tls"]
+        [
+            "access", "crypto", "exposure", "http", "network", "project", "tls"
+        ]
     );
 }
 
@@ -179,7 +181,7 @@ fn bad_rule_files_report_every_problem() {
 {f}:42:18: rule `bad.not_visible`: fact `service.name` belongs to a service and is not visible from subject `host`
 {f}:44:20: rule `bad.not_visible`: fact `{{service.port}}` belongs to a service and is not visible from subject `host` in `evidence.zh`
 {f}:44:52: rule `bad.not_visible`: unclosed `{{` (write `{{{{` for a literal brace) in `evidence.en`
-{f}:46:9: duplicate rule id `tls.cert_expired` (first at rules/tls.yaml:4)
+{f}:46:9: duplicate rule id `tls.cert_expired` (first at rules/tls.yaml:4, built in)
 {f}:48:15: rule `tls.cert_expired`: unknown severity `urgent`: expected one of critical, high, medium, low, info
 {f}:49:18: rule `tls.cert_expired`: missing `description.en`
 {f}:50:31: rule `tls.cert_expired`: empty `remediation.en`
@@ -243,7 +245,10 @@ fn overrides_change_severity_and_disable() {
     let set = rules(&config(&format!(
         "{SEGMENTS}rules:\n  overrides:\n    tls.cert_expiring: {{severity: high}}\n    http.missing_hsts: {{enabled: false}}\n"
     )));
-    assert_eq!(set.get("tls.cert_expiring").unwrap().severity, Severity::High);
+    assert_eq!(
+        set.get("tls.cert_expiring").unwrap().severity,
+        Severity::High
+    );
     assert!(set.get("http.missing_hsts").is_none());
     assert!(set.is_known("http.missing_hsts"));
     assert!(set.rules().iter().all(|r| r.id != "http.missing_hsts"));
@@ -300,7 +305,14 @@ fn override_problems_in_the_config() {
 #[test]
 fn needs_follow_the_facts_read() {
     let set = rules(&config(SEGMENTS));
-    let needs = |id: &str| set.get(id).unwrap().needs.iter().copied().collect::<Vec<_>>();
+    let needs = |id: &str| {
+        set.get(id)
+            .unwrap()
+            .needs
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+    };
     assert_eq!(needs("access.unapproved_host"), []);
     assert_eq!(needs("access.unapproved_service"), [ProbeKind::Tcp]);
     assert_eq!(needs("access.approval_unused"), [ProbeKind::Tcp]);
@@ -345,6 +357,10 @@ fn builtin_rules_fire_on_what_they_describe() {
     host.set("host.segment", "extranet-a");
     host.set("host.approved", false);
     host.set("host.approval_expired", false);
+    // A host on a departmental network is not an access finding (its segment is).
+    host.set("host.network", "departmental");
+    assert!(set.evaluate(Subject::Host, &host).is_empty());
+    host.set("host.network", "extranet");
     let hits = set.evaluate(Subject::Host, &host);
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].rule.id, "access.unapproved_host");
@@ -354,7 +370,10 @@ fn builtin_rules_fire_on_what_they_describe() {
     );
     host.set("host.approval_expired", true);
     host.set("host.approvals", vec!["HLSP-2024-017".to_string()]);
-    assert_eq!(fired(&set, Subject::Host, &host), ["access.approval_expired"]);
+    assert_eq!(
+        fired(&set, Subject::Host, &host),
+        ["access.approval_expired"]
+    );
 
     let mut redis = service("redis", 6379);
     redis.set("service.unauthenticated", true);
@@ -401,10 +420,7 @@ fn builtin_rules_fire_on_what_they_describe() {
             "tls.protocol_legacy"
         ]
     );
-    assert_eq!(
-        hits[3].evidence.en,
-        "192.0.2.10:443 still accepts TLSv1.0"
-    );
+    assert_eq!(hits[3].evidence.en, "192.0.2.10:443 still accepts TLSv1.0");
     tls.set("cert.days_left", 30i64);
     tls.set("cert.key", "EC-P256");
     tls.set("cert.key_bits", 256i64);
@@ -423,7 +439,10 @@ fn builtin_rules_fire_on_what_they_describe() {
     project.set("project.sm_endpoints", 0i64);
     let hits = set.evaluate(Subject::Project, &project);
     let ids: Vec<&str> = hits.iter().map(|h| h.rule.id.as_str()).collect();
-    assert_eq!(ids, ["project.live_before_acceptance", "crypto.no_sm_suite"]);
+    assert_eq!(
+        ids,
+        ["project.live_before_acceptance", "crypto.no_sm_suite"]
+    );
     assert_eq!(
         hits[0].evidence.zh,
         "项目“社保业务经办系统”(XM-2025-011)尚未验收(当前阶段:trial),资产 198.51.100.20 已在网运行"
@@ -447,7 +466,9 @@ fn compliance_defaults_and_settings() {
     assert_eq!(defaults, config::ComplianceSettings::default());
     assert_eq!(defaults.approval_unused_days, 30);
     assert_eq!(
-        (1..=5).map(|l| defaults.mlps_interval(l)).collect::<Vec<_>>(),
+        (1..=5)
+            .map(|l| defaults.mlps_interval(l))
+            .collect::<Vec<_>>(),
         [None, Some(24), Some(12), Some(6), Some(6)]
     );
     assert_eq!(
@@ -618,11 +639,18 @@ fn example_config_sections_load_with_the_rules() {
         Err(errors) => panic!("{errors}"),
     };
     let set = rules(&c);
-    assert_eq!(set.get("tls.cert_expiring").unwrap().severity, Severity::High);
+    assert_eq!(
+        set.get("tls.cert_expiring").unwrap().severity,
+        Severity::High
+    );
     assert!(set.get("http.missing_hsts").is_none());
     assert_eq!(c.compliance, config::ComplianceSettings::default());
     assert!(!c.exceptions.is_empty());
-    assert!(c.exceptions.iter().all(|w| set.rules().iter().any(|r| w.matches_rule(&r.id))));
+    assert!(
+        c.exceptions
+            .iter()
+            .all(|w| set.rules().iter().any(|r| w.matches_rule(&r.id)))
+    );
 }
 
 #[test]

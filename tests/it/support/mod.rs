@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod fakes;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};

@@ -40,8 +40,8 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Every access, network and project rule fires on the demo network exactly where the demo's
-/// registers say it should, on a fixed date.
+/// Every access, network, project, TLS and crypto rule fires on the demo network exactly where
+/// the demo's registers and endpoints say it should, on a fixed date.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_network_compliance_findings() {
     let shift = crate::support::lab();
@@ -86,6 +86,28 @@ async fn demo_network_compliance_findings() {
         ("project.mlps_overdue", set(&["XM-2023-007"])),
         ("project.crypto_missing", set(&["XM-2022-004"])),
         ("project.crypto_overdue", set(&["XM-2023-007"])),
+        ("tls.cert_expired", set(&[&format!("127.20.1.14:{}", port(443))])),
+        (
+            "tls.cert_self_signed",
+            set(&[
+                &format!("127.20.1.10:{}", port(443)),
+                &format!("127.20.1.14:{}", port(443)),
+                &format!("127.20.2.4:{}", port(443)),
+                &format!("127.20.2.8:{}", port(443)),
+            ]),
+        ),
+        // Only 127.20.1.10 goes by a name (its project lists xmsb.hailing.example) that its
+        // certificate (portal.hailing.example) does not cover.
+        (
+            "tls.cert_hostname_mismatch",
+            set(&[&format!("127.20.1.10:{}", port(443))]),
+        ),
+        ("tls.protocol_legacy", set(&[&format!("127.20.2.8:{}", port(443))])),
+        ("tls.weak_cipher", set(&[&format!("127.20.2.8:{}", port(443))])),
+        ("tls.weak_key", set(&[&format!("127.20.2.8:{}", port(443))])),
+        ("tls.weak_signature", set(&[&format!("127.20.2.8:{}", port(443))])),
+        // XM-2024-003 serves TLS without any SM suite; XM-2024-009 speaks TLCP.
+        ("crypto.no_sm_suite", set(&["XM-2024-003"])),
     ];
     for (rule, subjects) in expect {
         assert_eq!(
@@ -96,7 +118,9 @@ async fn demo_network_compliance_findings() {
     }
     // Every access/network/project finding is accounted for above.
     for rule in fired.keys() {
-        if rule.starts_with("access.") || rule.starts_with("network.") || rule.starts_with("project.")
+        if ["access.", "network.", "project.", "tls.", "crypto."]
+            .iter()
+            .any(|p| rule.starts_with(p))
         {
             assert!(expect.iter().any(|(r, _)| r == rule), "unexpected {rule}");
         }

@@ -13,7 +13,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, Format, Severity};
+use crate::cli::{Cli, Command, Format};
 use crate::config::{self, Config};
 use crate::lab::Lab;
 use crate::observation::{RunState, ScanObservations};
@@ -21,7 +21,7 @@ use crate::output::report::{self, Report};
 use crate::probe::ProbeKind;
 use crate::finding;
 use crate::reconcile::History;
-use crate::rules::RuleSet;
+use crate::rules::{RuleSet, Severity};
 use crate::scan::{self, ScanRequest};
 use crate::scope::Limits;
 use crate::store::Store;
@@ -244,7 +244,7 @@ async fn scan_command(
             .findings
             .iter()
             .filter(|f| f.waiver.is_none())
-            .any(|f| f.severity >= threshold.severity())
+            .any(|f| f.severity >= threshold)
     {
         return Ok(ExitCode::from(EXIT_FAIL_ON));
     }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::rules::Severity;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "netpatrol",
@@ -21,26 +23,9 @@ pub enum Format {
     Json,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Severity {
-    Info,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    /// The rules' severity of the same name.
-    pub fn severity(self) -> crate::rules::Severity {
-        match self {
-            Severity::Info => crate::rules::Severity::Info,
-            Severity::Low => crate::rules::Severity::Low,
-            Severity::Medium => crate::rules::Severity::Medium,
-            Severity::High => crate::rules::Severity::High,
-            Severity::Critical => crate::rules::Severity::Critical,
-        }
-    }
+/// `--fail-on` values: the rules' severities.
+fn parse_severity(s: &str) -> Result<Severity, String> {
+    Severity::parse(s).ok_or_else(|| format!("unknown severity {s:?} (one of {})", Severity::NAMES))
 }
 
 #[derive(Debug, Subcommand)]
@@ -66,8 +51,8 @@ pub enum Command {
         /// Write the report to this file instead of standard output.
         #[arg(long, value_name = "PATH")]
         output: Option<PathBuf>,
-        /// Exit 3 when a finding of this severity or higher is open.
-        #[arg(long, value_enum, value_name = "SEVERITY")]
+        /// Exit 3 when a finding of this severity or higher is open (waived ones do not count).
+        #[arg(long, value_name = "SEVERITY", value_parser = parse_severity)]
         fail_on: Option<Severity>,
     },
     /// Run scheduled scans and bulletins and serve HTTP (not built yet).

@@ -67,9 +67,30 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Daemon { .. } | Command::Bulletin { .. } | Command::Outbox { .. } => {
-            eprintln!("netpatrol: this command is not built yet");
-            ExitCode::FAILURE
+        Command::Daemon { config } => crate::daemon::run(&config).await,
+        Command::Bulletin {
+            config,
+            period,
+            from,
+            to,
+            out,
+            lang,
+            send,
+            force,
+        } => {
+            let args = crate::bulletin::BulletinArgs {
+                period,
+                from,
+                to,
+                out,
+                lang,
+                send,
+                force,
+            };
+            crate::bulletin::bulletin_command(&config, args).await
+        }
+        Command::Outbox { config, flush } => {
+            crate::bulletin::outbox_command(config.as_deref(), flush).await
         }
     }
 }

@@ -60,27 +60,37 @@ pub enum Command {
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
     },
-    /// Build the network security bulletin (not built yet).
+    /// Build the network security bulletin (网络安全通报) of a period from the store.
     Bulletin {
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
-        #[arg(long)]
+        /// The month to report on. Default: the previous calendar month.
+        #[arg(long, value_name = "YYYY-MM", conflicts_with_all = ["from", "to"])]
         period: Option<String>,
-        #[arg(long)]
+        /// First day of a custom period (with --to).
+        #[arg(long, value_name = "DATE", requires = "to")]
         from: Option<String>,
-        #[arg(long)]
+        /// Last day of a custom period, included (with --from).
+        #[arg(long, value_name = "DATE", requires = "from")]
         to: Option<String>,
-        #[arg(long)]
+        /// Write the files here. Default: bulletin.out_dir.
+        #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
-        #[arg(long)]
+        /// zh or en. Default: bulletin.lang.
+        #[arg(long, value_name = "LANG")]
         lang: Option<String>,
+        /// Mail the bulletin and the departments' notices (through the outbox).
         #[arg(long)]
         send: bool,
+        /// With --send: queue the period's mail again even if it was queued or sent before.
+        #[arg(long, requires = "send")]
+        force: bool,
     },
-    /// List queued mail; --flush sends what is due (not built yet).
+    /// List mail not yet sent; --flush tries every queued message now.
     Outbox {
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: Option<PathBuf>,
+        /// Send the queued mail now.
         #[arg(long)]
         flush: bool,
     },

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -42,8 +42,12 @@ pub enum Behaviour {
     Greeting(&'static [u8]),
     /// Accepts and says nothing until the client goes.
     Silent,
-    /// Reads a request, answers with this HTTP response (its `Content-Length` is added), closes.
-    Http(&'static str),
+    /// Reads HTTP requests; answers each with the response of the first route whose path
+    /// matches (`*` matches any; none: 404), its `Content-Length` added.
+    Http(&'static [Route]),
+    /// Reads commands; answers each with the reply of the first entry whose key the command
+    /// contains (ASCII case-insensitive; `*` matches any). Redis and memcached speak so.
+    Commands(&'static [(&'static str, &'static str)]),
     /// Speaks TLS or TLCP.
     Tls(TlsEndpoint),
 }
@@ -56,6 +60,8 @@ pub enum TlsEndpoint {
     Modern {
         names: &'static [&'static str],
         expired: bool,
+        /// HTTP over the TLS connection, when the endpoint is a web server.
+        web: Option<&'static [Route]>,
     },
     /// TLS 1.0 and 1.1 only, 3DES first, an RSA-1024/SHA-1 certificate. Canned bytes: no TLS
     /// library packaged here offers 3DES any more. Answers up to the ServerHelloDone.
@@ -94,10 +100,30 @@ const VNC: &[u8] = b"RFB 003.008\n";
 /// salt, capabilities, charset, status, auth plugin.
 const MYSQL: &[u8] = b"\x4a\x00\x00\x00\x0a5.7.44-log\x00\x08\x00\x00\x00\x3b\x56\x2e\x1f\x5d\x4a\x61\x2a\x00\xff\xf7\x21\x02\x00\xff\x81\x15\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x18\x4f\x62\x1e\x2f\x3e\x71\x4b\x6a\x4c\x0e\x53\x00mysql_native_password\x00";
 
-const HTTP_PORTAL: &str = "HTTP/1.1 200 OK\r\nServer: nginx/1.20.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>海陵区政务服务门户</title></head><body></body></html>";
-const HTTP_REDIRECT: &str = "HTTP/1.1 301 Moved Permanently\r\nServer: nginx\r\nLocation: https://portal.hailing.example/\r\nConnection: close\r\n\r\n";
-const HTTP_APP: &str = "HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<html><head><title>Project Trial Login</title></head></html>";
-const HTTP_ES: &str = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"cluster_name\":\"es\",\"tagline\":\"You Know, for Search\"}";
+/// An HTTP route: a path (`*` = any) and the raw response without `Content-Length`.
+pub type Route = (&'static str, &'static str);
+
+const PORTAL: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: nginx/1.20.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>海陵区政务服务门户</title></head><body><h1>海陵区政务服务门户</h1></body></html>")];
+const PORTAL_HSTS: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: nginx\r\nStrict-Transport-Security: max-age=31536000\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>项目申报管理系统</title></head><body></body></html>")];
+const REDIRECT: &[Route] = &[("*", "HTTP/1.1 301 Moved Permanently\r\nServer: nginx\r\nLocation: https://portal.hailing.example/\r\nConnection: close\r\n\r\n")];
+const TRIAL_LOGIN: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>智慧教育平台 登录</title></head><body><form method=\"post\" action=\"/login\"><input name=\"user\"><input type=\"password\" name=\"pwd\"><button>登录</button></form></body></html>")];
+const LISTING: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: Apache/2.2.15 (CentOS)\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<html><head><title>Index of /</title></head><body><h1>Index of /</h1><ul><li><a href=\"backup.sql\">backup.sql</a></li><li><a href=\"upload/\">upload/</a></li></ul></body></html>")];
+const TOMCAT: &[Route] = &[
+    ("/manager/html", "HTTP/1.1 401 Unauthorized\r\nServer: Apache-Coyote/1.1\r\nWWW-Authenticate: Basic realm=\"Tomcat Manager Application\"\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<html><head><title>401 Unauthorized</title></head><body>Tomcat Manager</body></html>"),
+    ("/", "HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>城域网运维门户</title></head><body></body></html>"),
+];
+const ELASTICSEARCH: &[Route] = &[("*", "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{\"name\":\"es-node-1\",\"cluster_name\":\"hailing-logs\",\"version\":{\"number\":\"7.10.2\"},\"tagline\":\"You Know, for Search\"}")];
+const DOCKER: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\nServer: Docker/20.10.7 (linux)\r\n\r\n{\"Platform\":{\"Name\":\"Docker Engine - Community\"},\"Version\":\"20.10.7\",\"ApiVersion\":\"1.41\",\"Os\":\"linux\",\"Arch\":\"amd64\"}")];
+const REDIS: &[(&str, &str)] = &[
+    ("ping", "+PONG\r\n"),
+    ("info", "$76\r\n# Server\r\nredis_version:6.2.6\r\nredis_mode:standalone\r\nos:Linux 3.10.0 x86_64\r\n\r\n"),
+    ("*", "-ERR unknown command\r\n"),
+];
+const MEMCACHED: &[(&str, &str)] = &[
+    ("stats", "STAT pid 1121\r\nSTAT uptime 86400\r\nSTAT version 1.4.15\r\nSTAT curr_items 42\r\nEND\r\n"),
+    ("version", "VERSION 1.4.15\r\n"),
+    ("*", "ERROR\r\n"),
+];
 
 const fn svc(ip: [u8; 4], port: u16, service: &'static str, behaviour: Behaviour) -> LabService {
     LabService {
@@ -108,12 +134,12 @@ const fn svc(ip: [u8; 4], port: u16, service: &'static str, behaviour: Behaviour
     }
 }
 
-use Behaviour::{Greeting, Http, Silent, Tls};
+use Behaviour::{Commands, Greeting, Http, Silent, Tls};
 
 /// The simulated district. Keep in step with `config/demo.yaml`.
 pub const SERVICES: &[LabService] = &[
     // extranet-a: the e-government extranet.
-    svc([127, 20, 1, 10], 80, "http", Http(HTTP_REDIRECT)),
+    svc([127, 20, 1, 10], 80, "http", Http(REDIRECT)),
     svc(
         [127, 20, 1, 10],
         443,
@@ -121,14 +147,15 @@ pub const SERVICES: &[LabService] = &[
         Tls(TlsEndpoint::Modern {
             names: &["portal.hailing.example"],
             expired: false,
+            web: Some(PORTAL),
         }),
     ),
     svc([127, 20, 1, 11], 22, "ssh", Greeting(SSH)),
     svc([127, 20, 1, 11], 3306, "mysql", Greeting(MYSQL)),
     svc([127, 20, 1, 12], 21, "ftp", Greeting(FTP)),
     svc([127, 20, 1, 12], 23, "telnet", Greeting(TELNET)),
-    svc([127, 20, 1, 13], 8080, "http", Http(HTTP_APP)),
-    svc([127, 20, 1, 14], 80, "http", Http(HTTP_PORTAL)),
+    svc([127, 20, 1, 13], 8080, "http", Http(TRIAL_LOGIN)),
+    svc([127, 20, 1, 14], 80, "http", Http(PORTAL)),
     svc(
         [127, 20, 1, 14],
         443,
@@ -136,26 +163,28 @@ pub const SERVICES: &[LabService] = &[
         Tls(TlsEndpoint::Modern {
             names: &["xmsb.hailing.example"],
             expired: true,
+            web: Some(PORTAL_HSTS),
         }),
     ),
-    svc([127, 20, 1, 20], 6379, "redis", Silent),
-    svc([127, 20, 1, 20], 9200, "elasticsearch", Http(HTTP_ES)),
+    svc([127, 20, 1, 20], 6379, "redis", Commands(REDIS)),
+    svc([127, 20, 1, 20], 9200, "elasticsearch", Http(ELASTICSEARCH)),
     // metro-core: the metropolitan network.
     svc([127, 20, 2, 5], 25, "smtp", Greeting(SMTP)),
     svc([127, 20, 2, 5], 110, "pop3", Greeting(POP3)),
     svc([127, 20, 2, 6], 5432, "postgresql", Silent),
     svc([127, 20, 2, 6], 1433, "mssql", Silent),
+    svc([127, 20, 2, 6], 2375, "docker", Http(DOCKER)),
     svc([127, 20, 2, 7], 3389, "rdp", Silent),
-    svc([127, 20, 2, 8], 80, "http", Http(HTTP_PORTAL)),
+    svc([127, 20, 2, 8], 80, "http", Http(TOMCAT)),
     svc([127, 20, 2, 8], 443, "https", Tls(TlsEndpoint::Legacy)),
     svc([127, 20, 2, 4], 443, "https", Tls(TlsEndpoint::Tlcp)),
     svc([127, 20, 2, 9], 22, "ssh", Greeting(SSH_OLD)),
     svc([127, 20, 2, 9], 5900, "vnc", Greeting(VNC)),
     // legacy-wsj: a departmental network not yet merged.
-    svc([127, 20, 3, 2], 80, "http", Http(HTTP_APP)),
+    svc([127, 20, 3, 2], 80, "http", Http(LISTING)),
     svc([127, 20, 3, 2], 445, "smb", Silent),
     svc([127, 20, 3, 3], 23, "telnet", Greeting(TELNET)),
-    svc([127, 20, 3, 3], 11211, "memcached", Silent),
+    svc([127, 20, 3, 3], 11211, "memcached", Commands(MEMCACHED)),
     svc([127, 20, 3, 4], 1521, "oracle-tns", Silent),
 ];
 
@@ -230,9 +259,11 @@ impl Lab {
                 .await
                 .map_err(|source| LabError::Bind { addr, source })?;
             let handler = match s.behaviour {
-                Behaviour::Tls(TlsEndpoint::Modern { names, expired }) => {
-                    Handler::Rustls(rustls_acceptor(names, expired)?)
-                }
+                Behaviour::Tls(TlsEndpoint::Modern {
+                    names,
+                    expired,
+                    web,
+                }) => Handler::Rustls(rustls_acceptor(names, expired)?, web),
                 other => Handler::Plain(other),
             };
             tasks.spawn(serve(listener, Arc::new(handler)));
@@ -283,7 +314,7 @@ async fn first_taken(ports: &[u16], shift: u16) -> Option<u16> {
 /// How a listener answers, built at start.
 enum Handler {
     Plain(Behaviour),
-    Rustls(TlsAcceptor),
+    Rustls(TlsAcceptor, Option<&'static [Route]>),
 }
 
 /// A rustls acceptor with a fresh self-signed certificate for `names`.
@@ -331,20 +362,15 @@ async fn serve(listener: TcpListener, handler: Arc<Handler>) {
                     conns.spawn(async move {
                         match &*handler {
                             Handler::Plain(b) => handle(stream, *b).await,
-                            Handler::Rustls(acceptor) => {
+                            Handler::Rustls(acceptor, web) => {
                                 let accept = acceptor.accept(stream);
                                 if let Ok(Ok(mut tls)) =
-                                    tokio::time::timeout(Duration::from_secs(10), accept).await
+                                    tokio::time::timeout(HOLD, accept).await
                                 {
-                                    let mut buf = [0u8; 1024];
-                                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-                                        while let Ok(n) = tls.read(&mut buf).await {
-                                            if n == 0 {
-                                                break;
-                                            }
-                                        }
-                                    })
-                                    .await;
+                                    match web {
+                                        Some(routes) => serve_http(&mut tls, routes).await,
+                                        None => drain(&mut tls).await,
+                                    }
                                 }
                             }
                         }
@@ -387,67 +413,124 @@ fn canned_answer(endpoint: TlsEndpoint, record: &[u8]) -> Vec<u8> {
     out
 }
 
+/// How long a simulated service keeps an idle connection.
+const HOLD: Duration = Duration::from_secs(10);
+
 async fn handle(mut stream: TcpStream, behaviour: Behaviour) {
-    let mut buf = [0u8; 1024];
-    let hold = Duration::from_secs(10);
     match behaviour {
         Behaviour::Tls(endpoint) => {
             let mut header = [0u8; 5];
-            if tokio::time::timeout(hold, stream.read_exact(&mut header)).await.is_err() {
+            if !matches!(
+                tokio::time::timeout(HOLD, stream.read_exact(&mut header)).await,
+                Ok(Ok(_))
+            ) {
                 return;
             }
             let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
             let mut record = header.to_vec();
             record.resize(5 + len, 0);
             if !matches!(
-                tokio::time::timeout(hold, stream.read_exact(&mut record[5..])).await,
+                tokio::time::timeout(HOLD, stream.read_exact(&mut record[5..])).await,
                 Ok(Ok(_))
             ) {
                 return;
             }
             let answer = canned_answer(endpoint, &record);
             if !answer.is_empty() && stream.write_all(&answer).await.is_ok() {
-                let _ = tokio::time::timeout(hold, drain(&mut stream, &mut buf)).await;
+                drain(&mut stream).await;
             }
         }
         Behaviour::Greeting(bytes) => {
             if stream.write_all(bytes).await.is_ok() {
-                let _ = tokio::time::timeout(hold, drain(&mut stream, &mut buf)).await;
+                drain(&mut stream).await;
             }
         }
-        Behaviour::Silent => {
-            let _ = tokio::time::timeout(hold, drain(&mut stream, &mut buf)).await;
-        }
-        Behaviour::Http(response) => {
-            let mut request = Vec::new();
-            let got_request = tokio::time::timeout(hold, async {
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
+        Behaviour::Silent => drain(&mut stream).await,
+        Behaviour::Http(routes) => serve_http(&mut stream, routes).await,
+        Behaviour::Commands(replies) => {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(HOLD, async {
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    let command = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                    let reply = replies
+                        .iter()
+                        .find(|(key, _)| *key == "*" || command.contains(key))
+                        .map_or("", |(_, reply)| *reply);
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        break;
                     }
                 }
-                true
             })
             .await;
-            if got_request == Ok(true) {
-                let _ = stream.write_all(with_length(response).as_bytes()).await;
-                let _ = stream.shutdown().await;
+        }
+    }
+}
+
+/// Answer HTTP requests on `stream` from `routes` until the client goes (keep-alive allowed).
+async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, routes: &[Route]) {
+    let mut buf = [0u8; 1024];
+    let mut request = Vec::new();
+    let _ = tokio::time::timeout(HOLD, async {
+        loop {
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                if request.len() > 16384 {
+                    return;
+                }
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let end = request
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(request.len(), |p| p + 4);
+            let head = String::from_utf8_lossy(&request[..end]).to_string();
+            request.drain(..end);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let response = routes
+                .iter()
+                .find(|(route, _)| *route == "*" || *route == path)
+                .map_or(NOT_FOUND, |(_, r)| *r);
+            let head_only = head.starts_with("HEAD ");
+            if stream
+                .write_all(&with_length(response, head_only))
+                .await
+                .is_err()
+            {
+                return;
             }
         }
-    }
+    })
+    .await;
+    let _ = stream.shutdown().await;
 }
 
-/// The response with a `Content-Length` header computed from its body.
-fn with_length(response: &str) -> String {
+const NOT_FOUND: &str = "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\n\r\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>";
+
+/// The response with a `Content-Length` header computed from its body (and without the body
+/// for a HEAD request).
+fn with_length(response: &str, head_only: bool) -> Vec<u8> {
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
-    format!("{head}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    let mut out = format!("{head}\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    if !head_only {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
 }
 
-async fn drain(stream: &mut TcpStream, buf: &mut [u8]) {
-    while let Ok(n) = stream.read(buf).await {
-        if n == 0 {
-            break;
+/// Read and discard until the peer closes or [`HOLD`] passes.
+async fn drain<S: AsyncRead + Unpin>(stream: &mut S) {
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(HOLD, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
         }
-    }
+    })
+    .await;
 }

@@ -6,8 +6,10 @@
 //! and the tests; `cli` and `app` are the command line and its wiring.
 
 pub mod app;
+pub mod bulletin;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod facts;
 pub mod finding;
 pub mod lab;

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::config::NetworkKind;
+use crate::probe::http::HttpFacts;
 use crate::probe::tls::TlsFacts;
 use crate::probe::{ProbeKind, Reason};
 
@@ -86,6 +87,12 @@ pub struct ServiceObservation {
     pub connect_time: Duration,
     /// TLS/TLCP posture, when the TLS probe ran: `Some(None)` = not TLS.
     pub tls: Option<Option<TlsFacts>>,
+    /// The web page, when the HTTP probe found one.
+    pub http: Option<HttpFacts>,
+    /// Whether the service answered data without credentials, when a safe check exists for it.
+    pub unauthenticated: Option<bool>,
+    /// What the unauthenticated check saw (e.g. `redis_version:6.2.6`).
+    pub exposure_evidence: Option<String>,
 }
 
 /// Counts of probe failures by kind and bounded reason (refusals of closed ports are not errors

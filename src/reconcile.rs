@@ -261,6 +261,17 @@ fn host_subjects(
         if let Some(tls) = &service.tls {
             tls_facts(f, tls.as_ref(), names_known);
         }
+        f.set("service.unauthenticated", service.unauthenticated);
+        if let Some(http) = &service.http {
+            f.set("http.status", i64::from(http.status));
+            f.set("http.scheme", http.scheme.as_str());
+            f.set("http.server", http.server.clone());
+            f.set("http.hsts", http.hsts);
+            f.set("http.redirects_to_https", http.redirects_to_https);
+            f.set("http.login_form", http.login_form);
+            f.set("http.directory_listing", http.directory_listing);
+            f.set("http.admin_paths", http.admin_paths.clone());
+        }
         out.push(s);
     }
     out.push(h);
@@ -306,6 +317,31 @@ fn add_months(date: NaiveDate, months: u32) -> NaiveDate {
         .unwrap_or(NaiveDate::MAX)
 }
 
+/// When a project's next assessments fall due, from its last ones and the intervals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AssessmentDue {
+    /// MLPS: `assessed_on` + the interval of its level; `None` unassessed or without interval.
+    pub mlps: Option<NaiveDate>,
+    /// 密评: `assessed_on` + `crypto_interval_months`; `None` when never assessed.
+    pub crypto: Option<NaiveDate>,
+}
+
+/// The next MLPS and 密评 due dates of `project` (shared by the rules' facts and the metrics).
+pub fn assessment_due(
+    compliance: &crate::config::ComplianceSettings,
+    project: &crate::config::Project,
+) -> AssessmentDue {
+    let mlps = project.mlps.as_ref().and_then(|m| {
+        Some(add_months(m.assessed_on?, compliance.mlps_interval(m.level)?))
+    });
+    let crypto = project
+        .crypto
+        .as_ref()
+        .and_then(|c| c.assessed_on)
+        .map(|on| add_months(on, compliance.crypto_interval_months));
+    AssessmentDue { mlps, crypto }
+}
+
 fn project_subject(
     config: &Config,
     project: &crate::config::Project,
@@ -344,13 +380,12 @@ fn project_subject(
     let accepted = matches!(project.stage, ProjectStage::Accepted | ProjectStage::InUse);
     let level = project.mlps.as_ref().map(|m| m.level);
     let mlps_on = project.mlps.as_ref().and_then(|m| m.assessed_on);
-    let mlps_due = match (mlps_on, level.and_then(|l| compliance.mlps_interval(l))) {
-        (Some(on), Some(months)) => Some(add_months(on, months)),
-        _ => None,
-    };
+    let AssessmentDue {
+        mlps: mlps_due,
+        crypto: crypto_due,
+    } = assessment_due(compliance, project);
     let crypto_required = accepted && level.is_some_and(|l| l >= compliance.crypto_min_level);
     let crypto_on = project.crypto.as_ref().and_then(|c| c.assessed_on);
-    let crypto_due = crypto_on.map(|on| add_months(on, compliance.crypto_interval_months));
 
     let f = &mut s.facts;
     f.set("project.id", project.id.as_str());

@@ -1,5 +1,7 @@
-//! One scan pass: scope → discovery (ICMP) → port scan (TCP, with greetings) → reverse DNS →
-//! service naming → TLS/TLCP posture of the ports that did not greet in plaintext. Produces [`ScanObservations`]; recording them is the caller's job.
+//! One scan pass: scope → discovery (ICMP) → port scan (raw SYN as root, else TCP connect;
+//! open ports connected for their greetings) → reverse DNS →
+//! service naming → TLS/TLCP posture of the ports that did not greet in plaintext → safe
+//! identification and unauthenticated-access checks → web pages. Produces [`ScanObservations`]; recording them is the caller's job.
 //!
 //! Every probe goes through the process-wide [`Limits`]. Workers pull (address, port) jobs from
 //! a shared counter, so memory stays flat however large the scope: only open ports are kept.
@@ -22,8 +24,11 @@ use crate::observation::{
     HostObservation, Liveness, ProbeErrors, RunState, ScanObservations, ScanRun, ServiceObservation,
 };
 use crate::probe::banner;
+use crate::probe::http::{self, HttpFacts, HttpSpec};
+use crate::probe::service::{self as service_probe, ServiceFacts};
 use crate::probe::dns::ReverseDns;
 use crate::probe::icmp::Pinger;
+use crate::probe::syn::SynScanner;
 use crate::probe::tcp::{self, OpenPort, TcpSpec};
 use crate::probe::tls::{self, TlsSpec, Trust};
 use crate::probe::{ProbeKind, Reason};
@@ -143,7 +148,7 @@ pub async fn run(
         retries: settings.retries,
         banner_wait: wants(ProbeKind::Banner).then_some(settings.banner_timeout),
     };
-    let open = port_scan(
+    let open = port_scan_auto(
         targets.clone(),
         ports,
         spec,
@@ -176,10 +181,12 @@ pub async fn run(
         h.icmp_rtt = Some(*rtt);
         h.alive_by.push(Liveness::Icmp);
     }
+    let mut greetings: HashMap<(IpAddr, u16), Vec<u8>> = HashMap::new();
     for (ip, ports) in open {
         let h = host(&mut hosts, by_ip[&ip]);
         h.alive_by.push(Liveness::OpenPort);
         for p in ports {
+            greetings.insert((ip, p.port), p.greeting.clone());
             h.services.push(service_of(p));
         }
         h.services.sort_by_key(|s| s.port);
@@ -233,6 +240,23 @@ pub async fn run(
             }
         }
     }
+    // Safe identification and unauthenticated-access checks, then the web pages.
+    if !cancel.is_cancelled()
+        && (wants(ProbeKind::Banner) || wants(ProbeKind::Http))
+    {
+        exposure_stage(
+            config,
+            &mut hosts,
+            &by_ip,
+            &greetings,
+            (wants(ProbeKind::Banner), wants(ProbeKind::Http)),
+            settings.timeout,
+            limits.clone(),
+            tally.clone(),
+            cancel.clone(),
+        )
+        .await;
+    }
     progress.finish_and_clear();
 
     let state = if cancel.is_cancelled() {
@@ -269,6 +293,9 @@ fn service_of(open: OpenPort) -> ServiceObservation {
         banner: greeting.map(banner::printable),
         connect_time: open.connect_time,
         tls: None,
+        http: None,
+        unauthenticated: None,
+        exposure_evidence: None,
     }
 }
 
@@ -351,6 +378,120 @@ async fn tls_stage(
     }
 }
 
+/// Service names worth an HTTP request (besides any port that speaks modern TLS).
+const WEB_SERVICES: [&str; 6] = ["http", "https", "elasticsearch", "docker", "kubelet", "unknown"];
+
+/// What the exposure stage learnt about one service.
+struct Exposure {
+    ip: IpAddr,
+    port: u16,
+    service: Option<ServiceFacts>,
+    http: Option<HttpFacts>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exposure_stage(
+    config: &Config,
+    hosts: &mut BTreeMap<IpAddr, HostObservation>,
+    by_ip: &HashMap<IpAddr, &Target>,
+    greetings: &HashMap<(IpAddr, u16), Vec<u8>>,
+    (identify, web): (bool, bool),
+    timeout: Duration,
+    limits: Arc<Limits>,
+    tally: Arc<Tally>,
+    cancel: CancellationToken,
+) {
+    http::install_crypto_provider();
+    let mut set = JoinSet::new();
+    for host in hosts.values() {
+        let name = known_names(config, host).into_iter().next();
+        for service in &host.services {
+            let greeting = greetings
+                .get(&(host.ip, service.port))
+                .cloned()
+                .unwrap_or_default();
+            let known = banner::Identity {
+                service: service.service.clone(),
+                product: service.product.clone(),
+                version: service.version.clone(),
+            };
+            let check = identify && service_probe::applies(&known, &greeting);
+            let modern_tls = service.tls.as_ref().and_then(Option::as_ref).is_some_and(|t| {
+                t.versions.iter().any(|v| v == "TLSv1.2" || v == "TLSv1.3")
+            });
+            let is_tls = service.tls.as_ref().is_some_and(Option::is_some);
+            let fetch = web
+                && greeting.is_empty()
+                && (modern_tls || (!is_tls && WEB_SERVICES.contains(&service.service.as_str())));
+            if !check && !fetch {
+                continue;
+            }
+            let (target, port) = (by_ip[&host.ip].clone(), service.port);
+            let (limits, tally, cancel) = (limits.clone(), tally.clone(), cancel.clone());
+            let spec = HttpSpec {
+                timeout,
+                host: name.clone(),
+                ..HttpSpec::default()
+            };
+            set.spawn(async move {
+                let mut out = Exposure {
+                    ip: target.ip(),
+                    port,
+                    service: None,
+                    http: None,
+                };
+                if cancel.is_cancelled() {
+                    return out;
+                }
+                if check {
+                    tally.probes.fetch_add(1, Ordering::Relaxed);
+                    match service_probe::probe(&target, port, &known, &greeting, timeout, &limits)
+                        .await
+                    {
+                        Ok(facts) => out.service = Some(facts),
+                        Err(f) => {
+                            tracing::debug!(ip = %target.ip(), port, failure = %f, "service check failed");
+                            tally.error(ProbeKind::Banner, f.reason);
+                        }
+                    }
+                }
+                if fetch {
+                    tally.probes.fetch_add(1, Ordering::Relaxed);
+                    match http::probe(&target, port, modern_tls, &spec, &limits).await {
+                        Ok(facts) => out.http = facts,
+                        Err(f) => {
+                            tracing::debug!(ip = %target.ip(), port, failure = %f, "http probe failed");
+                            if f.reason != Reason::Timeout {
+                                tally.error(ProbeKind::Http, f.reason);
+                            }
+                        }
+                    }
+                }
+                out
+            });
+        }
+    }
+    while let Some(result) = set.join_next().await {
+        let Ok(e) = result else { continue };
+        let Some(s) = hosts
+            .get_mut(&e.ip)
+            .and_then(|h| h.services.iter_mut().find(|s| s.port == e.port))
+        else {
+            continue;
+        };
+        if let Some(facts) = e.service {
+            if let Some(name) = facts.service {
+                s.service = name;
+            }
+            s.product = facts.product.or(s.product.take());
+            s.version = facts.version.or(s.version.take());
+            s.unauthenticated = facts.unauthenticated;
+            s.exposure_evidence = facts.evidence;
+        }
+        s.http = e.http;
+    }
+}
+
 /// Number of worker tasks for `jobs` jobs under `limits`.
 fn workers(limits: &Limits, jobs: usize) -> usize {
     limits.concurrency().min(jobs).max(1)
@@ -406,6 +547,80 @@ async fn icmp_sweep(
     out
 }
 
+/// Port scan: raw SYN scan of the IPv4 targets when raw sockets are allowed (root or
+/// CAP_NET_RAW), then a connect probe (handshake time, greeting) of only the ports found open;
+/// connect scan for IPv6 targets, and for everything when SYN scanning is unavailable.
+/// A port that answered the SYN but then refused the connection is not reported open.
+async fn port_scan_auto(
+    targets: Arc<[Target]>,
+    ports: Arc<[u16]>,
+    spec: TcpSpec,
+    limits: Arc<Limits>,
+    tally: Arc<Tally>,
+    progress: ProgressBar,
+    cancel: CancellationToken,
+) -> BTreeMap<IpAddr, Vec<OpenPort>> {
+    if ports.is_empty() {
+        return BTreeMap::new();
+    }
+    let scanner = match SynScanner::new() {
+        Ok(scanner) => scanner,
+        Err(error) => {
+            tracing::info!(%error, "SYN scan unavailable; connect scan");
+            return port_scan(targets, ports, spec, limits, tally, progress, cancel).await;
+        }
+    };
+    let (v4, v6): (Vec<Target>, Vec<Target>) =
+        targets.iter().cloned().partition(SynScanner::supports);
+    let report = |n: u64| {
+        progress.inc(n);
+        tally.probes.fetch_add(n, Ordering::Relaxed);
+    };
+    let found = match scanner
+        .scan(
+            &v4,
+            &ports,
+            spec.timeout,
+            spec.retries,
+            &limits,
+            &cancel,
+            &report,
+        )
+        .await
+    {
+        Ok(found) => found,
+        Err(f) if f.reason == Reason::PermissionDenied => {
+            tracing::warn!(failure = %f, "SYN scan refused; connect scan");
+            return port_scan(targets, ports, spec, limits, tally, progress, cancel).await;
+        }
+        Err(f) => {
+            tracing::warn!(failure = %f, "SYN scan failed");
+            tally.error(ProbeKind::Tcp, f.reason);
+            Vec::new()
+        }
+    };
+    let mut set = JoinSet::new();
+    for (i, port) in found {
+        let (target, limits) = (v4[i].clone(), limits.clone());
+        set.spawn(async move { (target.ip(), tcp::probe(&target, port, &spec, &limits).await) });
+    }
+    let mut out: BTreeMap<IpAddr, Vec<OpenPort>> = BTreeMap::new();
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok((ip, Ok(open))) => out.entry(ip).or_default().push(open),
+            Ok((ip, Err(f))) => {
+                tracing::debug!(%ip, failure = %f, "SYN-open port refused the connect")
+            }
+            Err(_) => {}
+        }
+    }
+    if !v6.is_empty() && !cancel.is_cancelled() {
+        out.extend(port_scan(v6.into(), ports, spec, limits, tally, progress, cancel).await);
+    }
+    out
+}
+
+/// Connect scan: worker tasks pull (address, port) jobs from a shared counter.
 async fn port_scan(
     targets: Arc<[Target]>,
     ports: Arc<[u16]>,

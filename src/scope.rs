@@ -160,6 +160,12 @@ impl Limits {
         })
     }
 
+    /// Whether the rate is unlimited (rate 0): [`attempt`](Limits::attempt) then returns at
+    /// once, and a sender that goes through many attempts without awaiting may skip it.
+    pub fn is_unlimited(&self) -> bool {
+        self.interval.is_none()
+    }
+
     /// Probes allowed in flight at once.
     pub fn concurrency(&self) -> usize {
         self.in_flight.available_permits()

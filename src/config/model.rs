@@ -216,6 +216,8 @@ pub struct BulletinSettings {
     pub out_dir: PathBuf,
     pub recipients: Vec<String>,
     pub notify_departments: bool,
+    /// Replacements for the built-in bulletin templates, by file name. Default none.
+    pub templates_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -377,6 +377,11 @@ pub struct BulletinConfig {
     /// Mail each department its own notice; default true.
     #[serde(default)]
     pub notify_departments: Option<bool>,
+    /// Folder whose files replace the built-in bulletin templates of the same name
+    /// (`bulletin.html`, `bulletin.txt`, `bulletin.md`, `notice.html`, `notice.txt`,
+    /// `style.css`); relative to the config's folder. Default none: the built-in templates.
+    #[serde(default)]
+    pub templates_dir: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -686,6 +686,7 @@ impl Validator {
             out_dir: None,
             recipients: Vec::new(),
             notify_departments: None,
+            templates_dir: None,
         });
         if let Some(cron) = &raw.cron {
             self.cron(cron);
@@ -698,6 +699,13 @@ impl Validator {
                 "zh".to_string()
             }
         };
+        let templates_dir = raw.templates_dir.as_ref().map(|d| {
+            let path = resolve(base, &d.value);
+            if !path.is_dir() {
+                self.here(d, format!("templates_dir `{}` is not a folder", path.display()));
+            }
+            path
+        });
         let origin = self.config.clone();
         BulletinSettings {
             cron: raw
@@ -712,6 +720,7 @@ impl Validator {
                 .map(|r| self.email(&origin, r, "recipients"))
                 .collect(),
             notify_departments: raw.notify_departments.unwrap_or(true),
+            templates_dir,
         }
     }
 

@@ -171,7 +171,7 @@ pub fn build(
                             .as_ref()
                             .and_then(|t| t.as_ref())
                             .and_then(|t| serde_json::to_value(t).ok()),
-                        http: None,
+                        http: s.http.as_ref().and_then(|h| serde_json::to_value(h).ok()),
                     })
                     .collect(),
             }

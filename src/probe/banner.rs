@@ -143,7 +143,7 @@ pub fn service_for_port(port: u16) -> Option<&'static str> {
         8009 => "ajp",
         9092 => "kafka",
         9200 => "elasticsearch",
-        10250 => "kubelet",
+        10250 | 10255 => "kubelet",
         11211 => "memcached",
         27017 => "mongodb",
         _ => return None,
@@ -774,6 +774,7 @@ mod tests {
             (8443, "https"),
             (9200, "elasticsearch"),
             (10250, "kubelet"),
+            (10255, "kubelet"),
             (11211, "memcached"),
             (27017, "mongodb"),
         ] {

@@ -66,7 +66,7 @@ pub struct HttpFacts {
     pub version_disclosed: bool,
     /// `X-Powered-By` header, printable.
     pub powered_by: Option<String>,
-    /// The encoding the page was decoded with (`UTF-8`, `GBK`, `GB18030`, ...).
+    /// The encoding the page was decoded with, by its WHATWG name (`UTF-8`, `GBK`, `gb18030`, ...).
     pub charset: Option<String>,
     /// Body bytes kept (after decompression); never more than `max_body`.
     pub body_bytes: usize,
@@ -128,13 +128,20 @@ impl Default for HttpSpec {
             timeout: Duration::from_secs(5),
             max_body: 512 * 1024,
             max_redirects: 5,
-            admin_paths: DEFAULT_ADMIN_PATHS.iter().map(|s| (*s).to_owned()).collect(),
+            admin_paths: DEFAULT_ADMIN_PATHS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             host: None,
         }
     }
 }
 
-const USER_AGENT: &str = concat!("netpatrol/", env!("CARGO_PKG_VERSION"), " (network inventory)");
+const USER_AGENT: &str = concat!(
+    "netpatrol/",
+    env!("CARGO_PKG_VERSION"),
+    " (network inventory)"
+);
 
 /// Probe the web service on `port` of `target`. `Ok(None)`: the port answered, but not in HTTP.
 pub async fn probe(
@@ -180,8 +187,10 @@ pub async fn probe(
         };
         let on_target = scope.contains(&next);
         if page.url.scheme() == "http" && next.scheme() == "https" {
-            // The HTTPS side is probed on its own port; the redirect is the fact.
-            redirects_to_https |= on_target;
+            // The HTTPS side is probed on its own port; the redirect is the fact, wherever it
+            // points (sites commonly redirect an address to their canonical HTTPS name). It is
+            // not followed, so no other host is ever contacted.
+            redirects_to_https = true;
             redirect_stopped_at = Some(printable(next.as_str().as_bytes()));
             break page;
         }
@@ -297,7 +306,11 @@ impl Origin<'_> {
         let Some(host) = url.host_str() else {
             return false;
         };
-        match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             Ok(ip) => ip == self.ip,
             Err(_) => self
                 .host
@@ -452,7 +465,12 @@ enum Fetch {
 
 /// `GET url`: the head before `deadline`, then body bytes until the end, `max_body`, the
 /// deadline or an error, whichever comes first. A cut body is kept and marked.
-async fn fetch(client: &Client, url: Url, deadline: Instant, max_body: usize) -> Result<Page, Fetch> {
+async fn fetch(
+    client: &Client,
+    url: Url,
+    deadline: Instant,
+    max_body: usize,
+) -> Result<Page, Fetch> {
     let request = client
         .get(url)
         .header(header::ACCEPT, "text/html,application/xhtml+xml,*/*;q=0.8")
@@ -503,18 +521,31 @@ fn classify(error: &reqwest::Error) -> Fetch {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            if h.is_parse() || h.is_parse_status() || h.is_incomplete_message() {
+            // "Unexpected message": the peer spoke before the request was sent, as SSH, FTP,
+            // SMTP or MySQL do. hyper has no predicate for that kind; its message is stable.
+            if h.is_parse()
+                || h.is_parse_status()
+                || h.is_incomplete_message()
+                || (std::error::Error::source(h).is_none()
+                    && h.to_string().contains("unexpected message"))
+            {
                 return Fetch::NotHttp;
             }
         }
         if let Some(t) = e.downcast_ref::<rustls::Error>() {
             return Fetch::Failed(Failure::new(Reason::Protocol, format!("tls: {t}")));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            // tokio-rustls wraps TLS alerts and bad records in an io::Error whose own source
-            // skips the rustls error.
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Fetch::Failed(Failure::new(Reason::Protocol, format!("tls: {t}")));
+        if let Some(mut io) = e.downcast_ref::<std::io::Error>() {
+            // The TLS connector wraps a rustls error in an io::Error, sometimes in two; an
+            // io::Error's `source` skips what it wraps, so unwrap by hand.
+            while let Some(inner) = io.get_ref() {
+                if let Some(t) = inner.downcast_ref::<rustls::Error>() {
+                    return Fetch::Failed(Failure::new(Reason::Protocol, format!("tls: {t}")));
+                }
+                match inner.downcast_ref::<std::io::Error>() {
+                    Some(i) => io = i,
+                    None => break,
+                }
             }
             return Fetch::Failed(Failure::io(io));
         }
@@ -600,9 +631,7 @@ fn decode(body: &[u8], content_type: Option<&header::HeaderValue>) -> (String, &
                 encoding_rs::UTF_8
             }
             Some(e) => e,
-            None if std::str::from_utf8(body).is_err() && !cut_utf8(body) => {
-                encoding_rs::GB18030
-            }
+            None if std::str::from_utf8(body).is_err() && !cut_utf8(body) => encoding_rs::GB18030,
             None => encoding_rs::UTF_8,
         },
     };
@@ -661,7 +690,7 @@ fn decode_entities(s: &str) -> String {
     while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         rest = &rest[at..];
-        let end = rest[..rest.len().min(12)].find(';');
+        let end = rest[..floor_char_boundary(rest, 12)].find(';');
         let decoded = end.and_then(|end| {
             let name = &rest[1..end];
             let c = match name {
@@ -769,8 +798,15 @@ async fn admin_paths(
     for path in jobs {
         let Ok(url) = base.join(&path) else { continue };
         let (client, gate) = (client.clone(), gate.clone());
+        // Concurrency first, then the process-wide rate, then the request.
+        let Ok(Ok(permit)) = timeout_at(deadline, gate.acquire_owned()).await else {
+            break;
+        };
+        if timeout_at(deadline, limits.attempt()).await.is_err() {
+            break;
+        }
         set.spawn(async move {
-            let _permit = gate.acquire_owned().await.ok()?;
+            let _permit = permit;
             let page = fetch(&client, url, deadline, ADMIN_BODY_MAX).await.ok()?;
             let body = decompress(&page.body, &page.headers, ADMIN_BODY_MAX);
             let (text, _) = decode(&body.bytes, page.headers.get(header::CONTENT_TYPE));
@@ -791,8 +827,6 @@ async fn admin_paths(
                 },
             ))
         });
-        // The rate limit applies per request; the permit above bounds concurrency.
-        limits.attempt().await;
     }
     let mut answers = Vec::new();
     while let Ok(Some(joined)) = timeout_at(deadline, set.join_next()).await {
@@ -829,9 +863,10 @@ fn admin_answer(path: &str, answer: &Probe, canary: Option<&Probe>) -> bool {
                 .is_some_and(|l| l.starts_with(stem) && l.len() > path.len());
             // A server that sends every path deeper into itself proves nothing.
             let canary_deeper = canary.is_some_and(|c| {
-                (300..400).contains(&c.status) && c.location.as_deref().is_some_and(|l| {
-                    l.starts_with("/netpatrol-") && l.len() > "/netpatrol-".len() + 24
-                })
+                (300..400).contains(&c.status)
+                    && c.location.as_deref().is_some_and(|l| {
+                        l.starts_with("/netpatrol-") && l.len() > "/netpatrol-".len() + 24
+                    })
             });
             deeper && !canary_deeper
         }
@@ -877,7 +912,15 @@ mod tests {
         );
         assert_eq!(title("<title></title>"), None);
         assert_eq!(title("<p>no title</p>"), None);
-        assert_eq!(title("<title>&#x4e2d;&#25991;&bogus;").as_deref(), Some("中文&bogus;"));
+        assert_eq!(
+            title("<title>&#x4e2d;&#25991;&bogus;").as_deref(),
+            Some("中文&bogus;")
+        );
+        // An ampersand before multi-byte text is not cut inside a character.
+        assert_eq!(
+            title("<title>A&中文标题很长很长</title>").as_deref(),
+            Some("A&中文标题很长很长")
+        );
         let long = format!("<title>{}", "长".repeat(10_000));
         assert_eq!(title(&long).unwrap().chars().count(), TITLE_MAX);
     }
@@ -886,12 +929,16 @@ mod tests {
     fn charsets_from_header_meta_and_guess() {
         let (gbk, _, _) = encoding_rs::GBK.encode("<title>海陵区人民政府</title>");
         let ct = header::HeaderValue::from_static("text/html; charset=GB2312");
-        assert_eq!(decode(&gbk, Some(&ct)), ("<title>海陵区人民政府</title>".into(), "GBK"));
-        let mut meta = b"<meta http-equiv=\"Content-Type\" content=\"text/html; charset=gbk\">".to_vec();
+        assert_eq!(
+            decode(&gbk, Some(&ct)),
+            ("<title>海陵区人民政府</title>".into(), "GBK")
+        );
+        let mut meta =
+            b"<meta http-equiv=\"Content-Type\" content=\"text/html; charset=gbk\">".to_vec();
         meta.extend_from_slice(&gbk);
         assert_eq!(decode(&meta, None).1, "GBK");
         assert!(decode(&meta, None).0.contains("海陵区人民政府"));
-        assert_eq!(decode(&gbk, None).1, "GB18030");
+        assert_eq!(decode(&gbk, None).1, "gb18030");
         assert_eq!(decode("<title>中文</title>".as_bytes(), None).1, "UTF-8");
         // A UTF-8 body cut inside a character is still UTF-8.
         let cut = &"中文".as_bytes()[..4];
@@ -905,7 +952,10 @@ mod tests {
         assert!(!LOGIN_FORM.is_match("<input type=text name=password>"));
         assert!(is_directory_listing("", Some("Index of /files")));
         assert!(is_directory_listing("", Some("Directory listing for /")));
-        assert!(is_directory_listing("<A HREF=\"/\">[To Parent Directory]</A>", None));
+        assert!(is_directory_listing(
+            "<A HREF=\"/\">[To Parent Directory]</A>",
+            None
+        ));
         assert!(!is_directory_listing("<title>Home</title>", Some("Home")));
     }
 
@@ -920,7 +970,10 @@ mod tests {
 
     #[test]
     fn hosts_must_be_names() {
-        assert_eq!(valid_host("portal.hailing.example."), Some("portal.hailing.example"));
+        assert_eq!(
+            valid_host("portal.hailing.example."),
+            Some("portal.hailing.example")
+        );
         assert_eq!(valid_host("192.0.2.1"), None);
         assert_eq!(valid_host("evil.example/@192.0.2.1"), None);
         assert_eq!(valid_host(""), None);

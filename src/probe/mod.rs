@@ -14,6 +14,7 @@ pub mod dns;
 pub mod http;
 pub mod icmp;
 pub mod service;
+pub mod syn;
 pub mod tcp;
 pub mod tls;
 

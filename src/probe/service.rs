@@ -296,6 +296,19 @@ async fn http_get(
 ) -> Result<Option<http::Response>, Failure> {
     let first = http::get(target, port, tls_first, path, timeout, MAX_ANSWER, limits).await;
     match first {
+        // Go's and nginx's answers to plain HTTP on a TLS port.
+        Ok(Some(r))
+            if !tls_first
+                && r.status == 400
+                && [
+                    &b"HTTP request to an HTTPS server"[..],
+                    b"plain HTTP request was sent to HTTPS port",
+                ]
+                .iter()
+                .any(|m| r.body.windows(m.len()).any(|w| w == *m)) =>
+        {
+            http::get(target, port, true, path, timeout, MAX_ANSWER, limits).await
+        }
         Ok(Some(r)) => Ok(Some(r)),
         Ok(None) => http::get(target, port, !tls_first, path, timeout, MAX_ANSWER, limits).await,
         Err(f) if f.reason == Reason::Protocol => {
@@ -336,7 +349,14 @@ async fn elasticsearch(
             let opensearch = json_str(&v, "/version/distribution").as_deref() == Some("opensearch");
             Ok(ServiceFacts {
                 service: Some("elasticsearch".to_owned()),
-                product: Some(if opensearch { "OpenSearch" } else { "Elasticsearch" }.to_owned()),
+                product: Some(
+                    if opensearch {
+                        "OpenSearch"
+                    } else {
+                        "Elasticsearch"
+                    }
+                    .to_owned(),
+                ),
                 evidence: evidence(format!(
                     "cluster_name:{cluster} version:{}",
                     version.as_deref().unwrap_or("?")
@@ -643,11 +663,8 @@ fn parse_bson(doc: &[u8]) -> Option<MongoReply> {
     None
 }
 
-/// Elements of a BSON array (or document), by walking their names; 0 when malformed.
+/// Elements of a BSON array (or document); 0 when malformed.
 fn count_elements(doc: &[u8]) -> usize {
-    // Arrays name their elements "0", "1", ...: the last index + 1 is the count. Walking would
-    // need every size again, so count the names of the form "<digits>\0" at element starts
-    // through a full parse of the embedded document.
     fn walk(doc: &[u8]) -> Option<usize> {
         let mut n = 0;
         let mut at = 4;
@@ -749,7 +766,8 @@ async fn mongodb(conn: &mut Conn) -> Result<ServiceFacts, Failure> {
 pub(crate) const RDP_CONNECTION_REQUEST: [u8; 19] = [
     0x03, 0x00, 0x00, 0x13, // TPKT: version 3, length 19
     0x0e, 0xe0, 0x00, 0x00, 0x00, 0x00, 0x00, // X.224: LI 14, CR, dst-ref, src-ref, class 0
-    0x01, 0x00, 0x08, 0x00, 0x03, 0x00, 0x00, 0x00, // RDP_NEG_REQ: PROTOCOL_SSL | PROTOCOL_HYBRID
+    0x01, 0x00, 0x08, 0x00, 0x03, 0x00, 0x00,
+    0x00, // RDP_NEG_REQ: PROTOCOL_SSL | PROTOCOL_HYBRID
 ];
 
 fn tpkt_complete(b: &[u8]) -> bool {
@@ -757,22 +775,22 @@ fn tpkt_complete(b: &[u8]) -> bool {
 }
 
 async fn rdp(conn: &mut Conn) -> Result<ServiceFacts, Failure> {
-    let reply = conn.exchange(&RDP_CONNECTION_REQUEST, tpkt_complete).await?;
+    let reply = conn
+        .exchange(&RDP_CONNECTION_REQUEST, tpkt_complete)
+        .await?;
     // TPKT version 3, then the X.224 TPDU: length indicator, code 0xD0 (Connection Confirm).
     if !(reply.len() >= 7 && reply[0] == 3 && reply[5] & 0xf0 == 0xd0) {
         return Ok(ServiceFacts::default());
     }
     let negotiation = match reply.get(11..19) {
-        Some([0x02, _, _, _, p0, p1, p2, p3]) => {
-            match u32::from_le_bytes([*p0, *p1, *p2, *p3]) {
-                0 => "selected standard RDP security".to_owned(),
-                1 => "selected TLS".to_owned(),
-                2 => "selected CredSSP (NLA)".to_owned(),
-                4 => "selected RDSTLS".to_owned(),
-                8 => "selected CredSSP with early user auth".to_owned(),
-                p => format!("selected protocol {p}"),
-            }
-        }
+        Some([0x02, _, _, _, p0, p1, p2, p3]) => match u32::from_le_bytes([*p0, *p1, *p2, *p3]) {
+            0 => "selected standard RDP security".to_owned(),
+            1 => "selected TLS".to_owned(),
+            2 => "selected CredSSP (NLA)".to_owned(),
+            4 => "selected RDSTLS".to_owned(),
+            8 => "selected CredSSP with early user auth".to_owned(),
+            p => format!("selected protocol {p}"),
+        },
         Some([0x03, _, _, _, c0, c1, c2, c3]) => {
             format!(
                 "negotiation failure {}",
@@ -825,7 +843,8 @@ pub(crate) fn smb2_negotiate() -> Vec<u8> {
 }
 
 fn netbios_complete(b: &[u8]) -> bool {
-    b.len() >= 4 && b.len() >= 4 + (usize::from(b[1]) << 16 | usize::from(b[2]) << 8 | usize::from(b[3]))
+    b.len() >= 4
+        && b.len() >= 4 + (usize::from(b[1]) << 16 | usize::from(b[2]) << 8 | usize::from(b[3]))
 }
 
 async fn smb(conn: &mut Conn) -> Result<ServiceFacts, Failure> {
@@ -948,7 +967,9 @@ async fn mssql(conn: &mut Conn) -> Result<ServiceFacts, Failure> {
     if reply.len() < 9 || reply[0] != 0x04 {
         return Ok(ServiceFacts::default());
     }
-    let payload = &reply[8..reply.len().min(be_u16(&reply, 2).map_or(0, usize::from).max(8))];
+    let payload = &reply[8..reply
+        .len()
+        .min(be_u16(&reply, 2).map_or(0, usize::from).max(8))];
     let mut version = None;
     let mut encryption = None;
     let mut at = 0;
@@ -962,7 +983,10 @@ async fn mssql(conn: &mut Conn) -> Result<ServiceFacts, Failure> {
         let value = payload.get(usize::from(offset)..usize::from(offset) + usize::from(len));
         match (token, value) {
             (0x00, Some([major, minor, b0, b1, ..])) => {
-                version = Some(format!("{major}.{minor}.{}", u16::from_be_bytes([*b0, *b1])));
+                version = Some(format!(
+                    "{major}.{minor}.{}",
+                    u16::from_be_bytes([*b0, *b1])
+                ));
             }
             (0x01, Some([e, ..])) => encryption = Some(*e),
             _ => {}
@@ -1003,7 +1027,9 @@ async fn mssql(conn: &mut Conn) -> Result<ServiceFacts, Failure> {
         product: Some("Microsoft SQL Server".to_owned()),
         evidence: evidence(format!(
             "TDS PRELOGIN: version {version}{}, {encryption}",
-            release.map(|r| format!(" (SQL Server {r})")).unwrap_or_default()
+            release
+                .map(|r| format!(" (SQL Server {r})"))
+                .unwrap_or_default()
         )),
         version: Some(version),
         ..ServiceFacts::default()
@@ -1062,7 +1088,10 @@ async fn oracle_tns(conn: &mut Conn) -> Result<ServiceFacts, Failure> {
     let text = String::from_utf8_lossy(reply.get(8..).unwrap_or_default()).into_owned();
     let number_after = |key: &str| -> Option<u64> {
         let at = text.find(key)? + key.len();
-        let digits: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+        let digits: String = text[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         digits.parse().ok()
     };
     let version = number_after("VSNNUM=").map(|v| {

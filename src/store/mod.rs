@@ -25,10 +25,19 @@ use crate::finding::{Event, Finding, State};
 use crate::observation::{RunState, ScanObservations, ScanRun};
 use crate::rules::Severity;
 
+mod bulletin_queries;
+mod outbox;
+pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
+pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
+
+mod snapshot;
+pub use snapshot::{FindingFilter, FindingGroup, FindingScope, LatestRun, PlacementCount, TlsRow};
+
 /// Embedded migrations, in order. Never edit one that has shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_foundation.sql")),
     (2, include_str!("migrations/0002_findings.sql")),
+    (3, include_str!("migrations/0003_outbox.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

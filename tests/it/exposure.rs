@@ -46,9 +46,16 @@ const STEP: Duration = Duration::from_secs(2);
 
 async fn check(addr: &str, fake: &Fake, service: &str) -> ServiceFacts {
     let limits = Limits::new(0, 8);
-    service::probe(&target(addr), fake.port(), &known(service), b"", STEP, &limits)
-        .await
-        .unwrap_or_else(|f| panic!("{service} probe failed: {f}"))
+    service::probe(
+        &target(addr),
+        fake.port(),
+        &known(service),
+        b"",
+        STEP,
+        &limits,
+    )
+    .await
+    .unwrap_or_else(|f| panic!("{service} probe failed: {f}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,7 +164,10 @@ async fn mongodb_with_auth_is_protected() {
     let facts = check("127.51.0.6", &fake, "mongodb").await;
     assert_eq!(facts.service.as_deref(), Some("mongodb"));
     assert_eq!(facts.unauthenticated, Some(false));
-    assert_eq!(facts.evidence.as_deref(), Some("listDatabases: Unauthorized"));
+    assert_eq!(
+        facts.evidence.as_deref(),
+        Some("listDatabases: Unauthorized")
+    );
 }
 
 #[tokio::test]
@@ -221,14 +231,21 @@ async fn kubelet_read_only_port_lists_pods() {
     .await
     .unwrap();
     assert_eq!(facts.unauthenticated, Some(true));
-    assert_eq!(facts.evidence.as_deref(), Some("GET /pods: PodList, 2 pods"));
+    assert_eq!(
+        facts.evidence.as_deref(),
+        Some("GET /pods: PodList, 2 pods")
+    );
 }
 
 #[tokio::test]
 async fn kubelet_over_https_with_anonymous_auth_off() {
     // Plain HTTP gets no HTTP answer from a TLS port; the check falls back to HTTPS.
     let fake = HttpFake::start_tls(ip("127.51.0.10"), |_| {
-        response("401 Unauthorized", &[("Content-Type", "text/plain")], b"Unauthorized")
+        response(
+            "401 Unauthorized",
+            &[("Content-Type", "text/plain")],
+            b"Unauthorized",
+        )
     })
     .await;
     let limits = Limits::new(0, 8);
@@ -317,9 +334,16 @@ async fn greeting_or_unknown_service_sends_nothing() {
     let t = target("127.51.0.16");
     // RDP's port, but something greeted: not RDP, no probe.
     assert!(!service::applies(&known("rdp"), b"SSH-2.0-OpenSSH_8.9\r\n"));
-    let facts = service::probe(&t, fake.port(), &known("rdp"), b"SSH-2.0-x\r\n", STEP, &limits)
-        .await
-        .unwrap();
+    let facts = service::probe(
+        &t,
+        fake.port(),
+        &known("rdp"),
+        b"SSH-2.0-x\r\n",
+        STEP,
+        &limits,
+    )
+    .await
+    .unwrap();
     assert_eq!(facts, ServiceFacts::default());
     let facts = service::probe(&t, fake.port(), &known("unknown"), b"", STEP, &limits)
         .await
@@ -358,9 +382,16 @@ async fn closed_port_fails_as_refused() {
         let l = std::net::TcpListener::bind("127.51.0.18:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let err = service::probe(&target("127.51.0.18"), port, &known("redis"), b"", STEP, &limits)
-        .await
-        .unwrap_err();
+    let err = service::probe(
+        &target("127.51.0.18"),
+        port,
+        &known("redis"),
+        b"",
+        STEP,
+        &limits,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.reason, Reason::Refused);
 }
 
@@ -370,11 +401,22 @@ async fn silent_peer_costs_one_step() {
     let limits = Limits::new(0, 8);
     let step = Duration::from_millis(500);
     let started = Instant::now();
-    let err = service::probe(&target("127.51.0.19"), fake.port(), &known("mssql"), b"", step, &limits)
-        .await
-        .unwrap_err();
+    let err = service::probe(
+        &target("127.51.0.19"),
+        fake.port(),
+        &known("mssql"),
+        b"",
+        step,
+        &limits,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.reason, Reason::Timeout);
-    assert!(started.elapsed() < step + Duration::from_millis(500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < step + Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -394,7 +436,11 @@ async fn endless_answer_is_capped() {
     .unwrap();
     // 64 KiB read, not recognised, returned long before the step ends.
     assert_eq!(facts, ServiceFacts::default());
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -436,19 +482,29 @@ async fn gbk_pages_are_decoded_from_meta_header_or_guess() {
         ),
         ("text/html", page("<meta charset=\"gbk\">"), "GBK"),
         ("text/html; charset=GB2312", page(""), "GBK"),
-        // Nothing declared, not UTF-8: read as GB18030.
-        ("text/html", page(""), "GB18030"),
+        // Nothing declared, not UTF-8: read as GB18030 (WHATWG name, lowercase).
+        ("text/html", page(""), "gb18030"),
     ]
     .into_iter()
     .enumerate()
     {
         let addr = format!("127.51.1.{}", 1 + i);
         let fake = HttpFake::start(ip(&addr), move |_| {
-            response("200 OK", &[("Content-Type", ct), ("Server", "nginx")], &body)
+            response(
+                "200 OK",
+                &[("Content-Type", ct), ("Server", "nginx")],
+                &body,
+            )
         })
         .await;
-        let facts = http_probe(&addr, fake.port(), false, &spec(3000)).await.unwrap();
-        assert_eq!(facts.title.as_deref(), Some("海陵区人民政府 - 政务公开"), "{ct}");
+        let facts = http_probe(&addr, fake.port(), false, &spec(3000))
+            .await
+            .unwrap();
+        assert_eq!(
+            facts.title.as_deref(),
+            Some("海陵区人民政府 - 政务公开"),
+            "{ct}"
+        );
         assert_eq!(facts.charset.as_deref(), Some(charset), "{ct}");
         assert_eq!(facts.server.as_deref(), Some("nginx"));
         assert!(!facts.version_disclosed);
@@ -469,7 +525,9 @@ async fn login_form_over_plain_http() {
         )
     })
     .await;
-    let facts = http_probe("127.51.1.5", fake.port(), false, &spec(3000)).await.unwrap();
+    let facts = http_probe("127.51.1.5", fake.port(), false, &spec(3000))
+        .await
+        .unwrap();
     assert_eq!(facts.status, 200);
     assert_eq!(facts.scheme, "http");
     assert!(facts.login_form);
@@ -491,7 +549,9 @@ async fn directory_listing() {
         )
     })
     .await;
-    let facts = http_probe("127.51.1.6", fake.port(), false, &spec(3000)).await.unwrap();
+    let facts = http_probe("127.51.1.6", fake.port(), false, &spec(3000))
+        .await
+        .unwrap();
     assert!(facts.directory_listing);
     assert!(!facts.login_form);
 }
@@ -501,14 +561,29 @@ async fn redirect_to_https_on_the_same_address_is_recorded_not_followed() {
     let https_side = CountingListener::bind(ip("127.51.1.7"), 0).await;
     let location = format!("https://127.51.1.7:{}/", https_side.addr.port());
     let fake = HttpFake::start(ip("127.51.1.7"), move |_| {
-        response("301 Moved Permanently", &[("Location", &location), ("Server", "nginx")], b"")
+        response(
+            "301 Moved Permanently",
+            &[("Location", &location), ("Server", "nginx")],
+            b"",
+        )
     })
     .await;
-    let facts = http_probe("127.51.1.7", fake.port(), false, &spec(3000)).await.unwrap();
+    let facts = http_probe("127.51.1.7", fake.port(), false, &spec(3000))
+        .await
+        .unwrap();
     assert_eq!(facts.status, 301);
     assert!(facts.redirects_to_https);
-    assert!(facts.redirect_stopped_at.unwrap().starts_with("https://127.51.1.7:"));
-    assert_eq!(https_side.accepted(), 0, "the HTTPS side is probed on its own");
+    assert!(
+        facts
+            .redirect_stopped_at
+            .unwrap()
+            .starts_with("https://127.51.1.7:")
+    );
+    assert_eq!(
+        https_side.accepted(),
+        0,
+        "the HTTPS side is probed on its own"
+    );
 }
 
 #[tokio::test]
@@ -520,28 +595,46 @@ async fn redirect_to_another_address_is_never_followed() {
         response("302 Found", &[("Location", &location)], b"")
     })
     .await;
-    let facts = http_probe("127.51.1.8", fake.port(), false, &spec(3000)).await.unwrap();
+    let facts = http_probe("127.51.1.8", fake.port(), false, &spec(3000))
+        .await
+        .unwrap();
     assert_eq!(facts.status, 302);
     assert!(!facts.redirects_to_https);
     assert!(facts.redirect_stopped_at.unwrap().contains("127.51.1.99"));
     assert_eq!(elsewhere.accepted(), 0);
     // A redirect to https elsewhere is not "to HTTPS" of this service.
     let fake = HttpFake::start(ip("127.51.1.8"), |_| {
-        response("302 Found", &[("Location", "https://www.hailing.example/")], b"")
+        response(
+            "302 Found",
+            &[("Location", "https://www.hailing.example/")],
+            b"",
+        )
     })
     .await;
-    let facts = http_probe("127.51.1.8", fake.port(), false, &spec(3000)).await.unwrap();
+    let facts = http_probe("127.51.1.8", fake.port(), false, &spec(3000))
+        .await
+        .unwrap();
     assert!(!facts.redirects_to_https);
 }
 
 #[tokio::test]
 async fn host_name_is_sent_and_redirects_to_it_are_followed() {
     let fake = HttpFake::start(ip("127.51.1.9"), |req| {
-        let port = req.host.as_deref().and_then(|h| h.rsplit_once(':')).map(|(_, p)| p.to_owned());
+        let port = req
+            .host
+            .as_deref()
+            .and_then(|h| h.rsplit_once(':'))
+            .map(|(_, p)| p.to_owned());
         match req.path.as_str() {
             "/" => response(
                 "302 Found",
-                &[("Location", &format!("http://portal.hailing.example:{}/index.html", port.unwrap_or_default()))],
+                &[(
+                    "Location",
+                    &format!(
+                        "http://portal.hailing.example:{}/index.html",
+                        port.unwrap_or_default()
+                    ),
+                )],
                 b"",
             ),
             "/index.html" => response(
@@ -555,12 +648,17 @@ async fn host_name_is_sent_and_redirects_to_it_are_followed() {
     .await;
     let mut s = spec(3000);
     s.host = Some("portal.hailing.example".into());
-    let facts = http_probe("127.51.1.9", fake.port(), false, &s).await.unwrap();
+    let facts = http_probe("127.51.1.9", fake.port(), false, &s)
+        .await
+        .unwrap();
     assert_eq!(facts.status, 200);
     assert_eq!(facts.title.as_deref(), Some("海陵区政务服务门户"));
     assert_eq!(
         facts.final_url,
-        Some(format!("http://portal.hailing.example:{}/index.html", fake.port()))
+        Some(format!(
+            "http://portal.hailing.example:{}/index.html",
+            fake.port()
+        ))
     );
     let hosts: Vec<Option<String>> = fake.requests().iter().map(|r| r.host.clone()).collect();
     let expected = Some(format!("portal.hailing.example:{}", fake.port()));
@@ -582,7 +680,9 @@ async fn https_with_hsts() {
         )
     })
     .await;
-    let facts = http_probe("127.51.1.10", fake.port(), true, &spec(3000)).await.unwrap();
+    let facts = http_probe("127.51.1.10", fake.port(), true, &spec(3000))
+        .await
+        .unwrap();
     assert_eq!(facts.scheme, "https");
     assert!(facts.hsts);
     assert!(facts.csp);
@@ -593,10 +693,16 @@ async fn https_with_hsts() {
 #[tokio::test]
 async fn hsts_over_plain_http_does_not_count() {
     let fake = HttpFake::start(ip("127.51.1.11"), |_| {
-        response("200 OK", &[("Strict-Transport-Security", "max-age=31536000")], b"ok")
+        response(
+            "200 OK",
+            &[("Strict-Transport-Security", "max-age=31536000")],
+            b"ok",
+        )
     })
     .await;
-    let facts = http_probe("127.51.1.11", fake.port(), false, &spec(3000)).await.unwrap();
+    let facts = http_probe("127.51.1.11", fake.port(), false, &spec(3000))
+        .await
+        .unwrap();
     assert!(!facts.hsts);
 }
 
@@ -621,9 +727,17 @@ async fn admin_consoles_are_told_from_the_catch_all_page() {
     })
     .await;
     let mut s = spec(3000);
-    s.admin_paths = http::DEFAULT_ADMIN_PATHS.iter().map(|p| p.to_string()).collect();
-    let facts = http_probe("127.51.1.12", fake.port(), false, &s).await.unwrap();
-    assert_eq!(facts.admin_paths, ["/manager/html", "/console/", "/actuator"]);
+    s.admin_paths = http::DEFAULT_ADMIN_PATHS
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let facts = http_probe("127.51.1.12", fake.port(), false, &s)
+        .await
+        .unwrap();
+    assert_eq!(
+        facts.admin_paths,
+        ["/manager/html", "/console/", "/actuator"]
+    );
     let requests = fake.requests();
     assert!(requests.iter().all(|r| r.method == "GET"));
     // The page, one not-found check, and the 12 paths.
@@ -642,24 +756,47 @@ async fn a_site_that_answers_everything_has_no_admin_paths() {
     })
     .await;
     let mut s = spec(3000);
-    s.admin_paths = http::DEFAULT_ADMIN_PATHS.iter().map(|p| p.to_string()).collect();
-    let facts = http_probe("127.51.1.13", fake.port(), false, &s).await.unwrap();
+    s.admin_paths = http::DEFAULT_ADMIN_PATHS
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let facts = http_probe("127.51.1.13", fake.port(), false, &s)
+        .await
+        .unwrap();
     assert_eq!(facts.admin_paths, Vec::<String>::new());
 }
 
 #[tokio::test]
 async fn not_http_is_none() {
-    let fake = fakes::greeting(ip("127.51.1.14"), b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.6\r\n").await;
-    assert_eq!(http_probe("127.51.1.14", fake.port(), false, &spec(3000)).await, None);
+    let fake = fakes::greeting(
+        ip("127.51.1.14"),
+        b"SSH-2.0-OpenSSH_8.9p1 Ubuntu-3ubuntu0.6\r\n",
+    )
+    .await;
+    assert_eq!(
+        http_probe("127.51.1.14", fake.port(), false, &spec(3000)).await,
+        None
+    );
 }
 
 #[tokio::test]
 async fn plain_port_probed_as_https_fails_as_protocol() {
-    let fake = HttpFake::start(ip("127.51.1.15"), |_| response("200 OK", &[], b"ok")).await;
+    // As nginx answers a TLS ClientHello sent to its plain port.
+    let fake = fakes::greeting(
+        ip("127.51.1.15"),
+        b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let limits = Limits::new(0, 8);
-    let err = http::probe(&target("127.51.1.15"), fake.port(), true, &spec(3000), &limits)
-        .await
-        .unwrap_err();
+    let err = http::probe(
+        &target("127.51.1.15"),
+        fake.port(),
+        true,
+        &spec(3000),
+        &limits,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.reason, Reason::Protocol, "{err}");
 }
 
@@ -677,8 +814,14 @@ async fn endless_body_is_cut_at_max_body() {
     let mut s = spec(3000);
     s.max_body = 256 * 1024;
     let started = Instant::now();
-    let facts = http_probe("127.51.2.1", fake.port(), false, &s).await.unwrap();
-    assert!(started.elapsed() < s.timeout + MARGIN, "{:?}", started.elapsed());
+    let facts = http_probe("127.51.2.1", fake.port(), false, &s)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < s.timeout + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(facts.body_bytes, 256 * 1024);
     assert!(facts.body_truncated);
 }
@@ -691,21 +834,24 @@ async fn endless_redirects_stop_at_the_cap() {
     })
     .await;
     let s = spec(3000);
-    let facts = http_probe("127.51.2.2", fake.port(), false, &s).await.unwrap();
+    let facts = http_probe("127.51.2.2", fake.port(), false, &s)
+        .await
+        .unwrap();
     assert_eq!(facts.status, 302);
     assert_eq!(fake.requests().len(), 1 + s.max_redirects);
-    assert_eq!(facts.final_url, Some(format!("http://127.51.2.2:{}/r/5", fake.port())));
+    assert_eq!(
+        facts.final_url,
+        Some(format!("http://127.51.2.2:{}/r/5", fake.port()))
+    );
 }
 
 #[tokio::test]
 async fn trickled_head_times_out_within_the_deadline() {
-    let fake = HttpFake::start(ip("127.51.2.3"), |_| {
-        Reply::Trickle {
-            now: Vec::new(),
-            slowly: b"HTTP/1.1 200 OK\r\nServer: slowloris\r\nContent-Length: 10\r\n\r\n0123456789"
-                .to_vec(),
-            every: Duration::from_secs(1),
-        }
+    let fake = HttpFake::start(ip("127.51.2.3"), |_| Reply::Trickle {
+        now: Vec::new(),
+        slowly: b"HTTP/1.1 200 OK\r\nServer: slowloris\r\nContent-Length: 10\r\n\r\n0123456789"
+            .to_vec(),
+        every: Duration::from_secs(1),
     })
     .await;
     let s = spec(1500);
@@ -715,7 +861,11 @@ async fn trickled_head_times_out_within_the_deadline() {
         .await
         .unwrap_err();
     assert_eq!(err.reason, Reason::Timeout);
-    assert!(started.elapsed() < s.timeout + MARGIN, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < s.timeout + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -736,8 +886,14 @@ async fn trickled_body_is_kept_as_far_as_it_came() {
     .await;
     let s = spec(1500);
     let started = Instant::now();
-    let facts = http_probe("127.51.2.4", fake.port(), false, &s).await.unwrap();
-    assert!(started.elapsed() < s.timeout + MARGIN, "{:?}", started.elapsed());
+    let facts = http_probe("127.51.2.4", fake.port(), false, &s)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < s.timeout + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(facts.title.as_deref(), Some("Slow"));
     assert!(facts.body_truncated);
 }
@@ -753,8 +909,14 @@ async fn gzip_bomb_stays_bounded() {
     .await;
     let s = spec(5000);
     let started = Instant::now();
-    let facts = http_probe("127.51.2.5", fake.port(), false, &s).await.unwrap();
-    assert!(started.elapsed() < s.timeout + MARGIN, "{:?}", started.elapsed());
+    let facts = http_probe("127.51.2.5", fake.port(), false, &s)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < s.timeout + MARGIN,
+        "{:?}",
+        started.elapsed()
+    );
     // At most max_body decompressed bytes kept, from at most max_body compressed ones.
     assert_eq!(facts.body_bytes, s.max_body);
     assert!(facts.body_truncated);
@@ -765,6 +927,11 @@ async fn gzip_bomb_stays_bounded() {
 #[tokio::test]
 async fn probe_asks_for_gzip_and_deflate_only() {
     let fake = HttpFake::start(ip("127.51.2.6"), |_| response("200 OK", &[], b"ok")).await;
-    http_probe("127.51.2.6", fake.port(), false, &spec(3000)).await.unwrap();
-    assert_eq!(fake.requests()[0].accept_encoding.as_deref(), Some("gzip, deflate"));
+    http_probe("127.51.2.6", fake.port(), false, &spec(3000))
+        .await
+        .unwrap();
+    assert_eq!(
+        fake.requests()[0].accept_encoding.as_deref(),
+        Some("gzip, deflate")
+    );
 }

@@ -40,8 +40,8 @@ fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-/// Every access, network, project, TLS and crypto rule fires on the demo network exactly where
-/// the demo's registers and endpoints say it should, on a fixed date.
+/// Every access, network, project, TLS, crypto, exposure and HTTP rule fires on the demo
+/// network exactly where the demo's registers and endpoints say it should, on a fixed date.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_network_compliance_findings() {
     let shift = crate::support::lab();
@@ -69,6 +69,7 @@ async fn demo_network_compliance_findings() {
     let assessment = finding::assess(&config, &rules, &obs, &history, &[], today);
     let fired = fired(&assessment.current);
     let port = |p: u16| p + shift;
+    let at = |ip: &str, p: u16| format!("{ip}:{}", p + shift);
     let expect: &[(&str, BTreeSet<String>)] = &[
         (
             "access.unapproved_host",
@@ -108,6 +109,45 @@ async fn demo_network_compliance_findings() {
         ("tls.weak_signature", set(&[&format!("127.20.2.8:{}", port(443))])),
         // XM-2024-003 serves TLS without any SM suite; XM-2024-009 speaks TLCP.
         ("crypto.no_sm_suite", set(&["XM-2024-003"])),
+        ("exposure.telnet", set(&[&at("127.20.1.12", 23), &at("127.20.3.3", 23)])),
+        ("exposure.ftp", set(&[&at("127.20.1.12", 21)])),
+        (
+            "exposure.database",
+            set(&[
+                &at("127.20.1.11", 3306),
+                &at("127.20.2.6", 1433),
+                &at("127.20.2.6", 5432),
+                &at("127.20.3.4", 1521),
+            ]),
+        ),
+        ("exposure.rdp", set(&[&at("127.20.2.7", 3389)])),
+        ("exposure.smb", set(&[&at("127.20.3.2", 445)])),
+        ("exposure.vnc", set(&[&at("127.20.2.9", 5900)])),
+        ("exposure.docker_api", set(&[&at("127.20.2.6", 2375)])),
+        ("exposure.redis_unauthenticated", set(&[&at("127.20.1.20", 6379)])),
+        (
+            "exposure.elasticsearch_unauthenticated",
+            set(&[&at("127.20.1.20", 9200)]),
+        ),
+        (
+            "exposure.memcached_unauthenticated",
+            set(&[&at("127.20.3.3", 11211)]),
+        ),
+        ("exposure.plaintext_login", set(&[&at("127.20.1.13", 8080)])),
+        ("exposure.directory_listing", set(&[&at("127.20.3.2", 80)])),
+        ("exposure.admin_console", set(&[&at("127.20.2.8", 80)])),
+        // Every plain-HTTP site but 127.20.1.10:80, which redirects to HTTPS.
+        (
+            "http.no_https_redirect",
+            set(&[
+                &at("127.20.1.13", 8080),
+                &at("127.20.1.14", 80),
+                &at("127.20.2.8", 80),
+                &at("127.20.3.2", 80),
+            ]),
+        ),
+        // 127.20.1.14:443 sends HSTS; 127.20.1.10:443 does not.
+        ("http.missing_hsts", set(&[&at("127.20.1.10", 443)])),
     ];
     for (rule, subjects) in expect {
         assert_eq!(
@@ -118,7 +158,7 @@ async fn demo_network_compliance_findings() {
     }
     // Every access/network/project finding is accounted for above.
     for rule in fired.keys() {
-        if ["access.", "network.", "project.", "tls.", "crypto."]
+        if ["access.", "network.", "project.", "tls.", "crypto.", "exposure.", "http."]
             .iter()
             .any(|p| rule.starts_with(p))
         {

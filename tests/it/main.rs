@@ -1,10 +1,13 @@
 //! The one integration-test binary: every test runs against real servers on loopback.
 
+mod bulletin;
 mod config;
+mod daemon;
 mod exposure;
 mod findings;
 mod probes;
 mod rules;
 mod scan;
 mod support;
+mod syn;
 mod tls;

@@ -266,13 +266,19 @@ pub async fn mongodb(ip: IpAddr, auth: bool) -> Fake {
                 ]),
                 "buildInfo" => bson(&[
                     ("version", B::Str("7.0.5")),
-                    ("gitVersion", B::Str("7809d71e84e314b497f282ea8aa06d7ded3eb205")),
+                    (
+                        "gitVersion",
+                        B::Str("7809d71e84e314b497f282ea8aa06d7ded3eb205"),
+                    ),
                     ("bits", B::Int(64)),
                     ("ok", B::Double(1.0)),
                 ]),
                 "listDatabases" if auth => bson(&[
                     ("ok", B::Double(0.0)),
-                    ("errmsg", B::Str("command listDatabases requires authentication")),
+                    (
+                        "errmsg",
+                        B::Str("command listDatabases requires authentication"),
+                    ),
                     ("code", B::Int(13)),
                     ("codeName", B::Str("Unauthorized")),
                 ]),
@@ -295,7 +301,11 @@ pub async fn mongodb(ip: IpAddr, auth: bool) -> Fake {
                     ("codeName", B::Str("CommandNotFound")),
                 ]),
             };
-            if stream.write_all(&op_msg_reply(request_id, &doc)).await.is_err() {
+            if stream
+                .write_all(&op_msg_reply(request_id, &doc))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -317,7 +327,14 @@ pub async fn rdp(ip: IpAddr) -> Fake {
             return;
         };
         let is_cr = tpkt[0] == 3 && rest.get(1) == Some(&0xe0);
-        record(&seen, if is_cr { "x224 connection request" } else { "garbage" });
+        record(
+            &seen,
+            if is_cr {
+                "x224 connection request"
+            } else {
+                "garbage"
+            },
+        );
         if is_cr {
             let cc = [
                 0x03, 0x00, 0x00, 0x13, 0x0e, 0xd0, 0x00, 0x00, 0x12, 0x34, 0x00, 0x02, 0x1f, 0x08,
@@ -341,7 +358,14 @@ pub async fn smb2(ip: IpAddr) -> Fake {
             return;
         };
         let negotiate = smb.starts_with(b"\xfeSMB") && smb.get(12..14) == Some(&[0, 0]);
-        record(&seen, if negotiate { "smb2 negotiate" } else { "garbage" });
+        record(
+            &seen,
+            if negotiate {
+                "smb2 negotiate"
+            } else {
+                "garbage"
+            },
+        );
         if !negotiate {
             return;
         }
@@ -542,7 +566,10 @@ pub fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
     for (k, v) in headers {
         r.push_str(&format!("{k}: {v}\r\n"));
     }
-    r.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    r.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
     let mut bytes = r.into_bytes();
     bytes.extend_from_slice(body);
     Reply::Raw(bytes)
@@ -667,7 +694,9 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
     let header = |name: &str| {
         text.split("\r\n").skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
     };
     let request = Request {
@@ -707,7 +736,8 @@ async fn serve_http<S: AsyncRead + AsyncWrite + Unpin>(
             if stream.write_all(&head).await.is_err() {
                 return;
             }
-            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
             let zeros = vec![0u8; 1 << 20];
             for _ in 0..1024 {
                 encoder.write_all(&zeros).unwrap();

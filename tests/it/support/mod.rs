@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod fakes;
+pub mod smtp;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};

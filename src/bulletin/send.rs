@@ -1,0 +1,220 @@
+//! Mail of a bulletin: composed, put in the outbox once per period, kind and recipient, and
+//! flushed with exponential backoff.
+//!
+//! Kinds: `bulletin` (the whole bulletin to each of `bulletin.recipients`) and `notice` (each
+//! department's own items to its register emails, when `bulletin.notify_departments`). The
+//! outbox key is `period|kind|recipient` (recipient: the address, or the department id), so
+//! building a period again never queues its mail twice unless forced.
+
+use chrono::{DateTime, Utc};
+
+use super::{Bulletin, BulletinError, Templates};
+use crate::config::Config;
+use crate::output::mail::{self, Attached, Letter, Mailer};
+use crate::store::{Enqueued, NewMail, Store};
+
+/// First retry after this long; doubled after each failure.
+const BACKOFF_FIRST_SECS: i64 = 60;
+/// Retries never wait longer than this.
+const BACKOFF_MAX_SECS: i64 = 6 * 3600;
+/// After this many attempts a message is `failed` for good.
+const MAX_ATTEMPTS: u32 = 12;
+
+/// What a flush did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlushOutcome {
+    pub sent: usize,
+    /// Failed this time, queued for a later attempt.
+    pub retry: usize,
+    /// Failed for good.
+    pub failed: usize,
+    /// Still queued after the flush (due later, or retrying).
+    pub queued: usize,
+}
+
+/// The wait before attempt `attempts + 1`, after `attempts` failures.
+pub fn backoff(attempts: u32) -> chrono::Duration {
+    let exp = attempts.saturating_sub(1).min(20);
+    let secs = BACKOFF_FIRST_SECS
+        .saturating_mul(1i64 << exp)
+        .min(BACKOFF_MAX_SECS);
+    chrono::Duration::seconds(secs)
+}
+
+/// Queue the bulletin's mail: the bulletin to each recipient, and each department with open
+/// items its notice. Returns how many messages were added (or replaced, when `force`).
+pub async fn enqueue(
+    config: &Config,
+    store: &Store,
+    bulletin: &Bulletin,
+    templates: &Templates,
+    force: bool,
+    now: DateTime<Utc>,
+) -> Result<usize, BulletinError> {
+    let smtp = config.smtp.as_ref().ok_or(BulletinError::NoSmtp)?;
+    let model = &bulletin.model;
+    let period = bulletin.period.key();
+    let csv_name = |stem: &str| format!("{stem}.csv");
+    let csv_type = "text/csv; charset=utf-8".to_string();
+    let mut queued = 0;
+    for to in &config.bulletin.recipients {
+        let subject = if model.zh {
+            format!(
+                "【{}】{}（{}）",
+                model.t["title"], model.number_label, model.period.label
+            )
+        } else {
+            format!(
+                "[{}] {} ({})",
+                model.t["title"], model.number_label, model.period.label
+            )
+        };
+        let letter = Letter {
+            from: smtp.from.clone(),
+            to: vec![to.clone()],
+            subject,
+            text: bulletin.rendered.text.clone(),
+            html: bulletin.rendered.html.clone(),
+            attachments: vec![Attached {
+                filename: csv_name(&bulletin.stem),
+                content_type: csv_type.clone(),
+                body: bulletin.rendered.csv.clone(),
+            }],
+        };
+        let key = format!("{period}|bulletin|{to}");
+        queued += put(store, &letter, key, "bulletin", &period, force, now).await?;
+    }
+    if config.bulletin.notify_departments {
+        for dept in &model.rectification {
+            if dept.emails.is_empty() {
+                if !dept.id.is_empty() {
+                    tracing::warn!(department = %dept.id, "no emails in the register: notice not mailed");
+                }
+                continue;
+            }
+            let notice = templates.render_notice(model, dept)?;
+            let subject = if model.zh {
+                format!(
+                    "【{}】{}（{}）",
+                    model.t["notice_title"], dept.name, model.period.label
+                )
+            } else {
+                format!(
+                    "[{}] {} ({})",
+                    model.t["notice_title"], dept.name, model.period.label
+                )
+            };
+            let stem = if model.zh {
+                format!("限期整改通知-{}-{}", dept.id, bulletin.period.file_key())
+            } else {
+                format!(
+                    "rectification-notice-{}-{}",
+                    dept.id,
+                    bulletin.period.file_key()
+                )
+            };
+            let letter = Letter {
+                from: smtp.from.clone(),
+                to: dept.emails.clone(),
+                subject,
+                text: notice.text,
+                html: notice.html,
+                attachments: vec![Attached {
+                    filename: csv_name(&stem),
+                    content_type: csv_type.clone(),
+                    body: notice.csv,
+                }],
+            };
+            let key = format!("{period}|notice|{}", dept.id);
+            queued += put(store, &letter, key, "notice", &period, force, now).await?;
+        }
+    }
+    Ok(queued)
+}
+
+async fn put(
+    store: &Store,
+    letter: &Letter,
+    key: String,
+    kind: &str,
+    period: &str,
+    force: bool,
+    now: DateTime<Utc>,
+) -> Result<usize, BulletinError> {
+    let composed = mail::compose(letter)?;
+    let mail = NewMail {
+        key,
+        kind: kind.to_string(),
+        period: period.to_string(),
+        sender: composed.sender,
+        recipients: composed.recipients,
+        subject: composed.subject,
+        message: composed.message,
+    };
+    Ok(match store.enqueue_mail(&mail, now, force).await? {
+        Enqueued::Added | Enqueued::Replaced => 1,
+        Enqueued::Exists => 0,
+    })
+}
+
+/// Send queued mail: what is due at `due` (every queued message when `None`). A failure
+/// keeps the message queued with a backoff, or marks it failed when the server refused it
+/// for good or it ran out of attempts.
+pub async fn flush(
+    config: &Config,
+    store: &Store,
+    due: Option<DateTime<Utc>>,
+) -> Result<FlushOutcome, BulletinError> {
+    let smtp = config.smtp.as_ref().ok_or(BulletinError::NoSmtp)?;
+    let mut outcome = FlushOutcome::default();
+    let pending = store.outbox_due(due).await?;
+    if !pending.is_empty() {
+        let mailer = Mailer::new(smtp, &config.trust)?;
+        for m in pending {
+            match mailer.send(&m.sender, &m.recipients, &m.message).await {
+                Ok(()) => {
+                    store.mail_sent(&m.key, Utc::now()).await?;
+                    tracing::info!(key = %m.key, "mail sent");
+                    outcome.sent += 1;
+                }
+                Err(error) => {
+                    let attempts = m.attempts + 1;
+                    let next = (!error.is_permanent() && attempts < MAX_ATTEMPTS)
+                        .then(|| Utc::now() + backoff(attempts));
+                    // A bounded, single-line reason: it is shown by `outbox` and kept.
+                    let reason: String = mail::header_safe(&error.to_string())
+                        .chars()
+                        .take(500)
+                        .collect();
+                    store.mail_failed(&m.key, &reason, next).await?;
+                    tracing::warn!(key = %m.key, attempts, error = %reason, "mail not sent");
+                    if next.is_some() {
+                        outcome.retry += 1;
+                    } else {
+                        outcome.failed += 1;
+                    }
+                }
+            }
+        }
+    }
+    outcome.queued = store
+        .outbox_counts()
+        .await?
+        .into_iter()
+        .find(|(s, _)| *s == crate::store::OutboxState::Queued)
+        .map_or(0, |(_, n)| usize::try_from(n).unwrap_or(usize::MAX));
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1).num_seconds(), 60);
+        assert_eq!(backoff(2).num_seconds(), 120);
+        assert_eq!(backoff(5).num_seconds(), 960);
+        assert_eq!(backoff(30).num_seconds(), 6 * 3600);
+    }
+}

@@ -1,0 +1,719 @@
+//! Daemon: `netpatrol daemon -c FILE` (CONTRACT.md §1): scheduled scans and bulletins, the HTTP
+//! server of §4, reload on SIGHUP, ordered shutdown on SIGTERM/SIGINT.
+//!
+//! Input: the config path. State: [`Daemon`], shared by the scheduler, the scan tasks and the
+//! HTTP handlers; it holds the loaded config, registers and rules ([`Loaded`], swapped whole by a
+//! reload), the store, the scans asked for (each with an id given before it runs) and the
+//! daemon's own metrics.
+//!
+//! Invariants:
+//! - every scan goes through [`crate::app::scan_and_record`], and at most one scan of a segment
+//!   runs at a time: a scan takes a lock per segment (in name order, so two scans cannot
+//!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
+//!   pending or running skips its tick;
+//! - a reload that fails (config, registers, rules, a cron, the token file) changes nothing: the
+//!   old [`Loaded`] stays, the problems are logged at ERROR and `netpatrol_config_reload_success`
+//!   reads 0; scans already running finish with the config they started with;
+//! - shutdown, within [`GRACE`]: the scheduler stops, scans in flight are cancelled (and recorded
+//!   as incomplete by `scan_and_record`), the store is flushed and closed, the HTTP server
+//!   (exporter) goes last; exit 0.
+//!
+//! Schedules are cron expressions in the organisation's timezone; missed ticks (suspend, clock
+//! jumps, a long scan) are skipped, never caught up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
+use indicatif::ProgressBar;
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{EXIT_USAGE, scan_and_record};
+use crate::config::{self, Config};
+use crate::observation::RunState;
+use crate::output::api;
+use crate::output::metrics::DaemonMetrics;
+use crate::rules::RuleSet;
+use crate::scan::ScanRequest;
+use crate::scope::Limits;
+use crate::store::Store;
+
+/// Time allowed from SIGTERM to exit: cancelled scans record what they saw, the store flushes.
+/// Below systemd's default `TimeoutStopSec` (90 s).
+pub const GRACE: Duration = Duration::from_secs(20);
+
+/// Longest nap of the scheduler: it re-reads the clock at least this often, so a wall-clock
+/// jump cannot hold a schedule back for long.
+const MAX_NAP: Duration = Duration::from_secs(60);
+
+/// Scans remembered for `GET /api/v1/scans/{id}` (the oldest finished ones are forgotten; a
+/// forgotten id is still answered from the store when it names a recorded run).
+const JOBS_KEPT: usize = 1000;
+
+/// The compiled schedules of a config.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// `daemon.scans`: cron and segments (empty = all).
+    pub scans: Vec<(Cron, Vec<String>)>,
+    /// `bulletin.cron`.
+    pub bulletin: Cron,
+}
+
+/// Config, registers, rules, schedules and API token: what a reload replaces as one.
+pub struct Loaded {
+    pub config: Config,
+    pub rules: RuleSet,
+    pub schedule: Schedule,
+    /// The API bearer token; `None` = none configured (POST is refused).
+    pub token: Option<String>,
+    pub limits: Arc<Limits>,
+}
+
+/// Load the config at `path`, its registers and rules, compile its schedules and read the
+/// API token. Every problem found, one a line.
+pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
+    let config = config::load(path).map_err(|errors| {
+        errors
+            .to_string()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    })?;
+    let mut problems = Vec::new();
+    let rules = RuleSet::load(&config)
+        .map_err(|ps| problems.extend(ps.iter().map(|p| p.to_string())))
+        .ok();
+    let mut cron = |what: &str, text: &str| match Cron::from_str(text) {
+        Ok(c) => Some(c),
+        Err(error) => {
+            problems.push(format!(
+                "{}: {what}: invalid cron `{text}`: {error}",
+                config.source.display()
+            ));
+            None
+        }
+    };
+    let scans: Vec<_> = config
+        .daemon
+        .scans
+        .iter()
+        .map(|s| cron("daemon.scans", &s.cron).map(|c| (c, s.segments.clone())))
+        .collect();
+    let bulletin = cron("bulletin.cron", &config.bulletin.cron);
+    let token = match api_token(&config.daemon.api_token_env) {
+        Ok(t) => t,
+        Err(p) => {
+            problems.push(p);
+            None
+        }
+    };
+    match (rules, bulletin, scans.into_iter().collect::<Option<Vec<_>>>()) {
+        (Some(rules), Some(bulletin), Some(scans)) if problems.is_empty() => {
+            let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+            Ok(Loaded {
+                config,
+                rules,
+                schedule: Schedule { scans, bulletin },
+                token,
+                limits,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// The API token: the variable named by `daemon.api_token_env`, else the file named by the same
+/// variable with `_FILE` appended (for systemd credentials and secret mounts). Surrounding
+/// whitespace is not part of it; an empty token counts as none.
+fn api_token(var: &str) -> Result<Option<String>, String> {
+    let clean = |t: &str| Some(t.trim().to_string()).filter(|t| !t.is_empty());
+    if let Ok(value) = std::env::var(var) {
+        return Ok(clean(&value));
+    }
+    match std::env::var(format!("{var}_FILE")) {
+        Ok(file) => std::fs::read_to_string(&file)
+            .map(|t| clean(&t))
+            .map_err(|e| format!("cannot read the API token from {file} ({var}_FILE): {e}")),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Where a scan stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a segment another scan holds.
+    Queued,
+    Running,
+    Complete,
+    /// Stopped before the end (shutdown); what it saw is recorded.
+    Incomplete,
+    /// Did not run or could not be recorded.
+    Failed,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Complete => "complete",
+            JobState::Incomplete => "incomplete",
+            JobState::Failed => "failed",
+        }
+    }
+
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            JobState::Complete | JobState::Incomplete | JobState::Failed
+        )
+    }
+}
+
+/// A scan asked for by the API or the scheduler.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: String,
+    pub state: JobState,
+    /// As asked; empty = every segment.
+    pub segments: Vec<String>,
+    /// `api` or `schedule`.
+    pub origin: &'static str,
+    pub submitted_at: DateTime<Utc>,
+    /// The store's id of the run, once it is recorded.
+    pub scan_id: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    by_id: HashMap<String, Job>,
+    order: VecDeque<String>,
+}
+
+impl Jobs {
+    fn insert(&mut self, job: Job) {
+        self.order.push_back(job.id.clone());
+        self.by_id.insert(job.id.clone(), job);
+        while self.order.len() > JOBS_KEPT {
+            // Forget the oldest finished one; never a scan still queued or running.
+            let Some(pos) = self
+                .order
+                .iter()
+                .position(|id| self.by_id.get(id).is_none_or(|j| j.state.is_done()))
+            else {
+                break;
+            };
+            if let Some(id) = self.order.remove(pos) {
+                self.by_id.remove(&id);
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("unknown segment {0:?}")]
+    UnknownSegment(String),
+    #[error("the daemon is stopping")]
+    Stopping,
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    loaded: watch::Sender<Arc<Loaded>>,
+    pub store: Store,
+    pub metrics: DaemonMetrics,
+    jobs: Mutex<Jobs>,
+    segment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Schedule entries with a scan pending or running.
+    busy_schedules: Mutex<HashSet<String>>,
+    scans: Mutex<JoinSet<()>>,
+    scan_cancel: CancellationToken,
+    scheduler_running: AtomicBool,
+    next_id: AtomicU64,
+}
+
+/// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Clears a flag when dropped (the task that set it ended, however).
+struct FlagGuard<'a>(&'a AtomicBool);
+
+impl Drop for FlagGuard<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Daemon {
+    pub fn new(loaded: Loaded, store: Store) -> Arc<Daemon> {
+        let (loaded, _) = watch::channel(Arc::new(loaded));
+        Arc::new(Daemon {
+            loaded,
+            store,
+            metrics: DaemonMetrics::default(),
+            jobs: Mutex::default(),
+            segment_locks: Mutex::default(),
+            busy_schedules: Mutex::default(),
+            scans: Mutex::new(JoinSet::new()),
+            scan_cancel: CancellationToken::new(),
+            scheduler_running: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The config, rules and token in force.
+    pub fn current(&self) -> Arc<Loaded> {
+        self.loaded.borrow().clone()
+    }
+
+    /// Whether the scheduler task is running.
+    pub fn scheduler_running(&self) -> bool {
+        self.scheduler_running.load(Ordering::SeqCst)
+    }
+
+    /// A scan asked for, by id.
+    pub fn job(&self, id: &str) -> Option<Job> {
+        lock(&self.jobs).by_id.get(id).cloned()
+    }
+
+    /// Queue a scan of `segments` (empty = all) and return its id at once; it runs as soon as
+    /// no other scan holds one of its segments.
+    pub fn submit(self: &Arc<Self>, segments: Vec<String>) -> Result<String, SubmitError> {
+        self.enqueue(segments, "api", None)
+    }
+
+    fn enqueue(
+        self: &Arc<Self>,
+        segments: Vec<String>,
+        origin: &'static str,
+        schedule_key: Option<String>,
+    ) -> Result<String, SubmitError> {
+        if self.scan_cancel.is_cancelled() {
+            return Err(SubmitError::Stopping);
+        }
+        let loaded = self.current();
+        if let Some(unknown) = segments
+            .iter()
+            .find(|s| loaded.config.segment(s).is_none())
+        {
+            return Err(SubmitError::UnknownSegment(unknown.clone()));
+        }
+        let now = Utc::now();
+        let id = format!(
+            "req-{}-{}",
+            now.format("%Y%m%dT%H%M%S%.3fZ"),
+            self.next_id.fetch_add(1, Ordering::SeqCst)
+        );
+        lock(&self.jobs).insert(Job {
+            id: id.clone(),
+            state: JobState::Queued,
+            segments: segments.clone(),
+            origin,
+            submitted_at: now,
+            scan_id: None,
+            error: None,
+        });
+        self.metrics.scan_started();
+        let mut scans = lock(&self.scans);
+        // Reap finished scan tasks so the set does not grow with the daemon's age.
+        while scans.try_join_next().is_some() {}
+        scans.spawn(
+            self.clone()
+                .run_job(id.clone(), segments, loaded, schedule_key),
+        );
+        Ok(id)
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Job)) {
+        if let Some(job) = lock(&self.jobs).by_id.get_mut(id) {
+            f(job);
+        }
+    }
+
+    async fn run_job(
+        self: Arc<Self>,
+        id: String,
+        segments: Vec<String>,
+        loaded: Arc<Loaded>,
+        schedule_key: Option<String>,
+    ) {
+        let names: Vec<String> = if segments.is_empty() {
+            loaded.config.segments.iter().map(|s| s.name.clone()).collect()
+        } else {
+            segments.clone()
+        };
+        let locks: Vec<Arc<tokio::sync::Mutex<()>>> = {
+            let mut map = lock(&self.segment_locks);
+            let mut sorted = names.clone();
+            sorted.sort();
+            sorted.dedup();
+            sorted
+                .into_iter()
+                .map(|n| map.entry(n).or_default().clone())
+                .collect()
+        };
+        let acquire = async {
+            let mut guards = Vec::with_capacity(locks.len());
+            for l in locks {
+                guards.push(l.lock_owned().await);
+            }
+            guards
+        };
+        let guards = tokio::select! {
+            _ = self.scan_cancel.cancelled() => None,
+            g = acquire => Some(g),
+        };
+        let Some(_guards) = guards else {
+            self.update(&id, |j| {
+                j.state = JobState::Failed;
+                j.error = Some("the daemon stopped before the scan started".to_string());
+            });
+            self.metrics.scan_abandoned();
+            self.release_schedule(schedule_key);
+            return;
+        };
+        self.update(&id, |j| j.state = JobState::Running);
+        tracing::info!(id = %id, segments = ?names, "scan started");
+        let request = ScanRequest {
+            segments,
+            ..ScanRequest::all()
+        };
+        let started = Instant::now();
+        // `scan_and_record`'s future is not `Send` (the store's department lookup is a
+        // `&dyn Fn` without `Sync`), so it runs on a blocking thread of this runtime rather
+        // than as a task of its own.
+        let (store, cancel, runtime) = (
+            self.store.clone(),
+            self.scan_cancel.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let scan_config = loaded.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            runtime.block_on(async move {
+                scan_and_record(
+                    &scan_config.config,
+                    &scan_config.rules,
+                    &store,
+                    &request,
+                    scan_config.limits.clone(),
+                    ProgressBar::hidden(),
+                    cancel,
+                )
+                .await
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(anyhow::anyhow!("the scan task failed: {e}")));
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.scan_finished(elapsed);
+        match result {
+            Ok((observations, report)) => {
+                let state = match observations.run.state {
+                    RunState::Complete => JobState::Complete,
+                    _ => JobState::Incomplete,
+                };
+                tracing::info!(
+                    id = %id,
+                    scan_id = %observations.run.id,
+                    state = state.as_str(),
+                    hosts = report.hosts.len(),
+                    findings = report.findings.len(),
+                    seconds = elapsed,
+                    "scan finished"
+                );
+                self.update(&id, |j| {
+                    j.state = state;
+                    j.scan_id = Some(observations.run.id.clone());
+                });
+            }
+            Err(error) => {
+                tracing::error!(id = %id, error = %format!("{error:#}"), "scan failed");
+                self.update(&id, |j| {
+                    j.state = JobState::Failed;
+                    j.error = Some(format!("{error:#}"));
+                });
+            }
+        }
+        self.release_schedule(schedule_key);
+    }
+
+    fn release_schedule(&self, key: Option<String>) {
+        if let Some(key) = key {
+            lock(&self.busy_schedules).remove(&key);
+        }
+    }
+
+    /// Apply the config at `path` if it loads; keep the one in force otherwise.
+    pub fn reload(&self, path: &Path) -> bool {
+        let now = Utc::now();
+        match load(path) {
+            Ok(new) => {
+                let old = self.current();
+                if new.config.store.path != old.config.store.path {
+                    tracing::warn!(
+                        store = %old.config.store.path.display(),
+                        "store.path changed; the daemon keeps its open store until restarted"
+                    );
+                }
+                if new.config.daemon.listen != old.config.daemon.listen {
+                    tracing::warn!("daemon.listen changed; it takes effect at the next restart");
+                }
+                // Keep the process-wide limits (and the scans using them) unless they changed.
+                let new = if new.config.scan.rate == old.config.scan.rate
+                    && new.config.scan.concurrency == old.config.scan.concurrency
+                {
+                    Loaded {
+                        limits: old.limits.clone(),
+                        ..new
+                    }
+                } else {
+                    new
+                };
+                self.loaded.send_replace(Arc::new(new));
+                self.metrics.reloaded(true, now);
+                tracing::info!(config = %path.display(), "configuration reloaded");
+                true
+            }
+            Err(problems) => {
+                self.metrics.reloaded(false, now);
+                tracing::error!(
+                    config = %path.display(),
+                    problems = %problems.join("; "),
+                    "reload rejected; the previous configuration stays in force"
+                );
+                false
+            }
+        }
+    }
+
+    /// Cron-driven scans and bulletins until `stop`; rebuilt at each reload.
+    async fn scheduler(self: Arc<Self>, stop: CancellationToken) {
+        self.scheduler_running.store(true, Ordering::SeqCst);
+        let _flag = FlagGuard(&self.scheduler_running);
+        let mut changes = self.loaded.subscribe();
+        'reload: loop {
+            let loaded = changes.borrow_and_update().clone();
+            let tz = loaded.config.organisation.timezone;
+            let mut entries: Vec<(String, &Cron, Option<&Vec<String>>)> = loaded
+                .schedule
+                .scans
+                .iter()
+                .map(|(cron, segments)| {
+                    (
+                        format!("scan {} {}", cron.pattern, segments.join(",")),
+                        cron,
+                        Some(segments),
+                    )
+                })
+                .collect();
+            entries.push((
+                "bulletin".to_string(),
+                &loaded.schedule.bulletin,
+                None,
+            ));
+            let start = Utc::now();
+            let mut next: Vec<Option<DateTime<Utc>>> = entries
+                .iter()
+                .map(|(_, cron, _)| next_after(cron, start, tz))
+                .collect();
+            loop {
+                let now = Utc::now();
+                let nap = next
+                    .iter()
+                    .flatten()
+                    .min()
+                    .map(|t| (*t - now).to_std().unwrap_or(Duration::ZERO))
+                    .unwrap_or(MAX_NAP)
+                    .min(MAX_NAP);
+                tokio::select! {
+                    _ = stop.cancelled() => break 'reload,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break 'reload;
+                        }
+                        continue 'reload;
+                    }
+                    _ = tokio::time::sleep(nap) => {}
+                }
+                let now = Utc::now();
+                for (i, (key, cron, segments)) in entries.iter().enumerate() {
+                    let Some(at) = next[i].filter(|at| *at <= now) else {
+                        continue;
+                    };
+                    match segments {
+                        Some(segments) => self.scheduled_scan(key, segments),
+                        None => self.scheduled_bulletin(&loaded),
+                    }
+                    // From now, not from `at`: ticks missed while busy are skipped.
+                    next[i] = next_after(cron, now.max(at), tz);
+                }
+            }
+        }
+    }
+
+    fn scheduled_scan(self: &Arc<Self>, key: &str, segments: &[String]) {
+        if !lock(&self.busy_schedules).insert(key.to_string()) {
+            tracing::info!(schedule = key, "previous scheduled scan still running; tick skipped");
+            return;
+        }
+        match self.enqueue(segments.to_vec(), "schedule", Some(key.to_string())) {
+            Ok(id) => tracing::info!(schedule = key, id = %id, "scheduled scan queued"),
+            Err(error) => {
+                lock(&self.busy_schedules).remove(key);
+                tracing::warn!(schedule = key, %error, "scheduled scan not started");
+            }
+        }
+    }
+
+    fn scheduled_bulletin(self: &Arc<Self>, loaded: &Arc<Loaded>) {
+        // HOOK(bulletin): call `crate::bulletin::scheduled(&config, &store)` here once the
+        // bulletin module provides it (it builds the period's bulletin and queues the mail).
+        // Until then the tick is only logged.
+        let _ = (&loaded.config, &self.store);
+        tracing::warn!("bulletin due by bulletin.cron, but bulletins are not built by the daemon yet");
+    }
+
+    /// Stop taking scans and cancel the ones queued or running; wait for them until
+    /// `deadline`.
+    async fn stop_scans(&self, deadline: Instant) {
+        self.scan_cancel.cancel();
+        let mut scans = std::mem::take(&mut *lock(&self.scans));
+        loop {
+            match tokio::time::timeout_at(deadline, scans.join_next()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::error!(
+                        left = scans.len(),
+                        "scans did not stop within the grace period; abandoned"
+                    );
+                    scans.abort_all();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The first tick of `cron` after `t`, reading the cron in `tz`.
+fn next_after(cron: &Cron, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&t.with_timezone(&tz), false)
+        .ok()
+        .map(|at| at.with_timezone(&Utc))
+}
+
+/// `netpatrol daemon -c FILE`: run until SIGTERM/SIGINT; exit 0 on a clean stop, 64 when the
+/// config does not load at start, 1 when the store or the listen address cannot be opened.
+pub async fn run(config_path: &Path) -> ExitCode {
+    let loaded = match load(config_path) {
+        Ok(l) => l,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let store = match Store::open(&loaded.config.store.path).await {
+        Ok(s) => s,
+        Err(error) => {
+            eprintln!("netpatrol: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listen = loaded.config.daemon.listen;
+    let token_configured = loaded.token.is_some();
+    let token_env = loaded.config.daemon.api_token_env.clone();
+    let daemon = Daemon::new(loaded, store.clone());
+    daemon.metrics.reloaded(true, Utc::now());
+
+    // Signal handlers before anything runs, so an early SIGTERM is not the default (death).
+    let (mut hup, mut term) = match (signal(SignalKind::hangup()), signal(SignalKind::terminate()))
+    {
+        (Ok(h), Ok(t)) => (h, t),
+        (Err(error), _) | (_, Err(error)) => {
+            eprintln!("netpatrol: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let mut tasks = JoinSet::new();
+    let scheduler_stop = CancellationToken::new();
+    let exporter_stop = CancellationToken::new();
+    if let Some(addr) = listen {
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(error) => {
+                eprintln!("netpatrol: cannot listen on {addr}: {error}");
+                store.close().await;
+                return ExitCode::FAILURE;
+            }
+        };
+        if !token_configured {
+            tracing::warn!(
+                var = %token_env,
+                "no API token configured: POST /api/v1/scans is refused"
+            );
+        }
+        tracing::info!(%addr, "serving /metrics, /healthz and /api/v1");
+        let (daemon, stop) = (daemon.clone(), exporter_stop.clone());
+        tasks.spawn(async move {
+            if let Err(error) = api::serve(listener, daemon, stop).await {
+                tracing::error!(%error, "HTTP server failed");
+            }
+        });
+    }
+    tasks.spawn(daemon.clone().scheduler(scheduler_stop.clone()));
+    tracing::info!(config = %config_path.display(), "daemon started");
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                daemon.reload(config_path);
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            ended = tasks.join_next() => {
+                // A long-lived task ended on its own: carry on without it (health says so).
+                if let Some(Err(error)) = ended {
+                    tracing::error!(%error, "daemon task ended");
+                }
+                if tasks.is_empty() {
+                    tracing::error!("no daemon task left; stopping");
+                    break;
+                }
+            }
+        }
+    }
+
+    tracing::info!("stopping");
+    let deadline = Instant::now() + GRACE;
+    scheduler_stop.cancel();
+    daemon.stop_scans(deadline).await;
+    if tokio::time::timeout_at(deadline, store.close()).await.is_err() {
+        tracing::error!("the store did not close within the grace period");
+    }
+    exporter_stop.cancel();
+    // The exporter gets a last second even when the grace period is spent.
+    let exporter_deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+    while let Ok(Some(_)) = tokio::time::timeout_at(exporter_deadline, tasks.join_next()).await {}
+    tasks.abort_all();
+    ExitCode::SUCCESS
+}

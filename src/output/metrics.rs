@@ -1,0 +1,685 @@
+//! Metrics: every series netpatrol exports, in one place (CONTRACT.md §5 and extensions).
+//!
+//! Input: the store (read at scrape time), the loaded config (registers, timezone) and the few
+//! values only the running daemon knows ([`DaemonMetrics`]). Output: the Prometheus/OpenMetrics
+//! text of `GET /metrics`.
+//!
+//! Invariants: the store-derived families are rebuilt from scratch at every scrape, so a host,
+//! finding or segment that went away leaves no stale series; label values come only from
+//! bounded sets (config ids, rule ids, severities, probe kinds and reasons, TLS version names,
+//! addresses inside declared segments), never from error text. A label that has no value
+//! (a host no register places) reads `none`.
+//!
+//! | name | type | labels | what |
+//! |---|---|---|---|
+//! | `netpatrol_build_info` | gauge (1) | `version` | |
+//! | `netpatrol_hosts` | gauge | `segment`, `network`, `department` | live hosts in the latest complete scan of each segment |
+//! | `netpatrol_services` | gauge | `segment`, `network`, `department` | open ports in that scan |
+//! | `netpatrol_findings` | gauge | `severity`, `rule`, `department` | open findings, waived ones excluded |
+//! | `netpatrol_findings_waived` | gauge | `severity`, `rule`, `department` | open findings an active waiver covers |
+//! | `netpatrol_findings_overdue` | gauge | `severity`, `department` | open, not waived, `due` before today (organisation calendar) |
+//! | `netpatrol_unapproved_hosts` | gauge | `segment`, `department` | open, not waived `access.unapproved_host` findings |
+//! | `netpatrol_tls_cert_not_after_seconds` | gauge | `ip`, `port`, `segment`, `department` | certificate expiry, Unix time |
+//! | `netpatrol_tls_protocol_accepted` | gauge (0/1) | `ip`, `port`, `version` | one series per TLS endpoint and version `SSLv3`…`TLSv1.3` |
+//! | `netpatrol_tls_sm_supported` | gauge (0/1) | `ip`, `port`, `department` | TLCP or an SM suite (RFC 8998) accepted |
+//! | `netpatrol_project_assessment_due_seconds` | gauge | `project`, `department`, `kind` | next MLPS (`mlps`) or 密评 (`crypto`) assessment, Unix time of that day's start |
+//! | `netpatrol_scan_duration_seconds` | histogram | | scans this daemon ran (complete or cut short) |
+//! | `netpatrol_scans_running` | gauge | | scans in flight in this daemon |
+//! | `netpatrol_scan_last_success_timestamp_seconds` | gauge | `segment` | end of the latest complete scan covering it |
+//! | `netpatrol_probe_errors_total` | counter | `probe`, `reason` | summed over every recorded scan |
+//! | `netpatrol_outbox_messages` | gauge | `state` | mail by outbox state (`queued` always present) |
+//! | `netpatrol_config_reload_success` | gauge (0/1) | | whether the last (re)load was applied |
+//! | `netpatrol_config_last_reload_timestamp_seconds` | gauge | | when the last (re)load was attempted |
+//! | `process_resident_memory_bytes`, `process_start_time_seconds`, `process_cpu_seconds_total` | | | from `/proc/self` |
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
+
+use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::config::{Config, WaiverTarget};
+use crate::probe::{ProbeKind, Reason};
+use crate::reconcile;
+use crate::store::{Store, StoreError};
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// TLS versions `netpatrol_tls_protocol_accepted` has a series for, oldest first.
+pub const TLS_VERSIONS: [&str; 5] = ["SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"];
+
+/// Upper bounds of the scan duration buckets, seconds: from a loopback demo to a night's /16.
+const SCAN_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+];
+
+/// Every probe failure reason (the match below fails to compile when one is added).
+const REASONS: [Reason; 8] = [
+    Reason::Timeout,
+    Reason::Refused,
+    Reason::Unreachable,
+    Reason::PermissionDenied,
+    Reason::Reset,
+    Reason::Protocol,
+    Reason::Cancelled,
+    Reason::Other,
+];
+
+#[allow(dead_code)]
+fn reasons_exhaustive(r: Reason) {
+    match r {
+        Reason::Timeout
+        | Reason::Refused
+        | Reason::Unreachable
+        | Reason::PermissionDenied
+        | Reason::Reset
+        | Reason::Protocol
+        | Reason::Cancelled
+        | Reason::Other => {}
+    }
+}
+
+/// The value of a label that has none.
+const NONE: &str = "none";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("cannot read the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot encode metrics: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
+/// What only the running daemon knows; cheap to clone (the metrics share their values).
+#[derive(Debug, Clone)]
+pub struct DaemonMetrics {
+    scan_duration: Histogram,
+    scans_running: Gauge,
+    reload_success: Gauge,
+    reload_timestamp: Gauge<f64, AtomicU64>,
+}
+
+impl Default for DaemonMetrics {
+    fn default() -> Self {
+        DaemonMetrics {
+            scan_duration: Histogram::new(SCAN_BUCKETS),
+            scans_running: Gauge::default(),
+            reload_success: Gauge::default(),
+            reload_timestamp: Gauge::default(),
+        }
+    }
+}
+
+impl DaemonMetrics {
+    pub fn scan_started(&self) {
+        self.scans_running.inc();
+    }
+
+    /// A scan ended after `seconds` (complete, incomplete or failed).
+    pub fn scan_finished(&self, seconds: f64) {
+        self.scans_running.dec();
+        self.scan_duration.observe(seconds);
+    }
+
+    /// A scan ended before it ran (cancelled while it waited).
+    pub fn scan_abandoned(&self) {
+        self.scans_running.dec();
+    }
+
+    /// A (re)load of config, registers and rules was attempted at `at`.
+    pub fn reloaded(&self, ok: bool, at: DateTime<Utc>) {
+        self.reload_success.set(i64::from(ok));
+        self.reload_timestamp.set(unix(at));
+    }
+
+    /// Whether the last (re)load was applied.
+    pub fn reload_ok(&self) -> bool {
+        self.reload_success.get() == 1
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlaceLabels {
+    segment: String,
+    network: String,
+    department: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct FindingLabels {
+    severity: String,
+    rule: String,
+    department: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct OverdueLabels {
+    severity: String,
+    department: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct UnapprovedLabels {
+    segment: String,
+    department: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    ip: String,
+    port: String,
+    segment: String,
+    department: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    ip: String,
+    port: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SmLabels {
+    ip: String,
+    port: String,
+    department: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectLabels {
+    project: String,
+    department: String,
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SegmentLabels {
+    segment: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeErrorLabels {
+    probe: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutboxLabels {
+    state: String,
+}
+
+/// The parts of a recorded service observation the TLS families read.
+#[derive(Deserialize)]
+struct ServiceData {
+    tls: Option<TlsData>,
+}
+
+#[derive(Deserialize)]
+struct TlsData {
+    #[serde(default)]
+    versions: Vec<String>,
+    #[serde(default)]
+    tlcp: bool,
+    #[serde(default)]
+    sm_suites: Vec<String>,
+    cert: Option<CertData>,
+}
+
+#[derive(Deserialize)]
+struct CertData {
+    not_after: String,
+}
+
+fn unix(t: DateTime<Utc>) -> f64 {
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn label(value: Option<&str>) -> String {
+    value.filter(|v| !v.is_empty()).unwrap_or(NONE).to_string()
+}
+
+/// Unix time of the start of `day` in `tz`.
+fn day_start(day: NaiveDate, tz: Tz) -> Option<f64> {
+    let midnight = day.and_hms_opt(0, 0, 0)?;
+    let t = tz.from_local_datetime(&midnight).earliest()?;
+    Some(t.timestamp() as f64)
+}
+
+/// The whole exposition at `now`: store-derived families, the daemon's own, process metrics.
+pub async fn render(
+    store: &Store,
+    config: &Config,
+    daemon: &DaemonMetrics,
+    now: DateTime<Utc>,
+) -> Result<String, MetricsError> {
+    let mut registry = Registry::default();
+    let tz = config.organisation.timezone;
+    let today = now.with_timezone(&tz).date_naive();
+
+    let build = Family::<VersionLabels, Gauge>::default();
+    build
+        .get_or_create(&VersionLabels {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .set(1);
+    registry.register("netpatrol_build_info", "Build of the running netpatrol", build);
+
+    inventory(&mut registry, store, config).await?;
+    findings(&mut registry, store, config, today).await?;
+    projects(&mut registry, config);
+
+    let errors = Family::<ProbeErrorLabels, Counter>::default();
+    // Every (probe, reason) pair from the start, so rate() and increase() see the first error.
+    for probe in ProbeKind::ALL {
+        for reason in REASONS {
+            errors.get_or_create(&ProbeErrorLabels {
+                probe: probe.as_str().to_string(),
+                reason: reason.as_str().to_string(),
+            });
+        }
+    }
+    for (probe, reason, n) in store.probe_error_totals().await? {
+        errors
+            .get_or_create(&ProbeErrorLabels { probe, reason })
+            .inc_by(u64::try_from(n).unwrap_or(0));
+    }
+    registry.register(
+        "netpatrol_probe_errors",
+        "Probe failures over every recorded scan, by probe kind and bounded reason",
+        errors,
+    );
+
+    let outbox = Family::<OutboxLabels, Gauge>::default();
+    for state in ["queued", "sent", "failed"] {
+        outbox
+            .get_or_create(&OutboxLabels {
+                state: state.to_string(),
+            })
+            .set(0);
+    }
+    // The outbox table may hold another shape while mail is being built: a failed count is
+    // shown as nothing queued rather than failing the whole scrape.
+    match store.outbox_by_state().await {
+        Ok(Some(counts)) => {
+            for (state, n) in counts {
+                outbox.get_or_create(&OutboxLabels { state }).set(n);
+            }
+        }
+        Ok(None) => {}
+        Err(error) => tracing::debug!(%error, "outbox not counted"),
+    }
+    registry.register("netpatrol_outbox_messages", "Mail in the outbox, by state", outbox);
+
+    registry.register(
+        "netpatrol_scan_duration_seconds",
+        "Duration of the scans this daemon ran",
+        daemon.scan_duration.clone(),
+    );
+    registry.register(
+        "netpatrol_scans_running",
+        "Scans in flight in this daemon",
+        daemon.scans_running.clone(),
+    );
+    registry.register(
+        "netpatrol_config_reload_success",
+        "Whether the last load of config, registers and rules was applied (1) or rejected (0)",
+        daemon.reload_success.clone(),
+    );
+    registry.register(
+        "netpatrol_config_last_reload_timestamp_seconds",
+        "When config, registers and rules were last (re)loaded, successfully or not",
+        daemon.reload_timestamp.clone(),
+    );
+    process(&mut registry);
+
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+/// Hosts, services, TLS facts and last success, from the latest complete scan of each segment.
+async fn inventory(
+    registry: &mut Registry,
+    store: &Store,
+    config: &Config,
+) -> Result<(), MetricsError> {
+    let names: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
+    let latest = store.latest_complete_runs(&names).await?;
+    let hosts = Family::<PlaceLabels, Gauge>::default();
+    let services = Family::<PlaceLabels, Gauge>::default();
+    let last_success = Family::<SegmentLabels, Gauge<f64, AtomicU64>>::default();
+    let not_after = Family::<CertLabels, Gauge<f64, AtomicU64>>::default();
+    let protocol = Family::<ProtocolLabels, Gauge>::default();
+    let sm = Family::<SmLabels, Gauge>::default();
+
+    // Segments whose latest complete scan is each run: one query per run, not per segment.
+    let mut by_run: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (segment, run) in &latest {
+        by_run.entry(run.id.as_str()).or_default().push(segment.as_str());
+        if let Some(at) = run.finished_at {
+            last_success
+                .get_or_create(&SegmentLabels {
+                    segment: segment.clone(),
+                })
+                .set(unix(at));
+        }
+    }
+    for (run, segments) in by_run {
+        let mine = |s: &str| segments.contains(&s);
+        let mut seen: HashSet<(&str, String)> = HashSet::new();
+        for (kind, family) in [("host", &hosts), ("service", &services)] {
+            for c in store.observation_counts(run, kind).await? {
+                if mine(&c.segment) {
+                    seen.insert((kind, c.segment.clone()));
+                    family
+                        .get_or_create(&PlaceLabels {
+                            segment: c.segment,
+                            network: c.network,
+                            department: label(c.department.as_deref()),
+                        })
+                        .inc_by(c.count);
+                }
+            }
+        }
+        // A segment scanned with nothing alive still shows, as 0.
+        for s in segments.iter().filter_map(|name| config.segment(name)) {
+            let labels = PlaceLabels {
+                segment: s.name.clone(),
+                network: s.network.as_str().to_string(),
+                department: label(s.department.as_deref()),
+            };
+            for (kind, family) in [("host", &hosts), ("service", &services)] {
+                if !seen.contains(&(kind, s.name.clone())) {
+                    family.get_or_create(&labels).set(0);
+                }
+            }
+        }
+        for row in store.tls_observations(run).await? {
+            if !mine(&row.segment) {
+                continue;
+            }
+            let Ok(ServiceData { tls: Some(tls) }) = serde_json::from_str(&row.data) else {
+                continue;
+            };
+            let port = row.port.to_string();
+            let department = label(row.department.as_deref());
+            if let Some(at) = tls
+                .cert
+                .as_ref()
+                .and_then(|c| DateTime::parse_from_rfc3339(&c.not_after).ok())
+            {
+                not_after
+                    .get_or_create(&CertLabels {
+                        ip: row.ip.clone(),
+                        port: port.clone(),
+                        segment: row.segment.clone(),
+                        department: department.clone(),
+                    })
+                    .set(at.timestamp() as f64);
+            }
+            for version in TLS_VERSIONS {
+                protocol
+                    .get_or_create(&ProtocolLabels {
+                        ip: row.ip.clone(),
+                        port: port.clone(),
+                        version: version.to_string(),
+                    })
+                    .set(i64::from(tls.versions.iter().any(|v| v == version)));
+            }
+            sm.get_or_create(&SmLabels {
+                ip: row.ip,
+                port,
+                department,
+            })
+            .set(i64::from(tls.tlcp || !tls.sm_suites.is_empty()));
+        }
+    }
+    registry.register(
+        "netpatrol_hosts",
+        "Live hosts in the latest complete scan of each segment",
+        hosts,
+    );
+    registry.register(
+        "netpatrol_services",
+        "Open ports in the latest complete scan of each segment",
+        services,
+    );
+    registry.register(
+        "netpatrol_scan_last_success_timestamp_seconds",
+        "End of the latest complete scan covering the segment",
+        last_success,
+    );
+    registry.register(
+        "netpatrol_tls_cert_not_after_seconds",
+        "Expiry of the certificate a TLS or TLCP endpoint presents",
+        not_after,
+    );
+    registry.register(
+        "netpatrol_tls_protocol_accepted",
+        "Whether a TLS endpoint accepts a protocol version (1) or not (0)",
+        protocol,
+    );
+    registry.register(
+        "netpatrol_tls_sm_supported",
+        "Whether a TLS endpoint speaks TLCP or accepts an SM suite (1) or not (0)",
+        sm,
+    );
+    Ok(())
+}
+
+/// Open findings (waived ones apart), overdue ones and unapproved hosts.
+async fn findings(
+    registry: &mut Registry,
+    store: &Store,
+    config: &Config,
+    today: NaiveDate,
+) -> Result<(), MetricsError> {
+    let groups = store.open_finding_groups(today).await?;
+    let active: Vec<_> = config
+        .exceptions
+        .iter()
+        .filter(|w| w.is_active(today))
+        .collect();
+    // Counts keyed by (severity, rule, department, segment, overdue).
+    type Key = (String, String, String, String, bool);
+    let mut open: HashMap<Key, i64> = HashMap::new();
+    let mut waived: HashMap<Key, i64> = HashMap::new();
+    for g in &groups {
+        *open
+            .entry((
+                g.severity.clone(),
+                g.rule.clone(),
+                label(g.department.as_deref()),
+                label(g.segment.as_deref()),
+                g.overdue,
+            ))
+            .or_default() += g.count;
+    }
+    // Only rules some active waiver names need a look at each finding.
+    let mut rules: Vec<&str> = groups
+        .iter()
+        .map(|g| g.rule.as_str())
+        .filter(|rule| active.iter().any(|w| w.matches_rule(rule)))
+        .collect();
+    rules.sort_unstable();
+    rules.dedup();
+    let today_text = today.to_string();
+    for rule in rules {
+        for f in store.open_finding_scopes(rule).await? {
+            let projects: Vec<String> = f.project.iter().cloned().collect();
+            let target = WaiverTarget {
+                ip: f.ip.as_deref().and_then(|ip| ip.parse().ok()),
+                port: f.port,
+                segment: f.segment.as_deref(),
+                department: f.department.as_deref(),
+                projects: &projects,
+            };
+            if !active.iter().any(|w| w.matches(&f.rule, &target)) {
+                continue;
+            }
+            let key = (
+                f.severity.clone(),
+                f.rule.clone(),
+                label(f.department.as_deref()),
+                label(f.segment.as_deref()),
+                f.due < today_text,
+            );
+            *waived.entry(key.clone()).or_default() += 1;
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+            }
+        }
+    }
+
+    let findings = Family::<FindingLabels, Gauge>::default();
+    let waived_family = Family::<FindingLabels, Gauge>::default();
+    let overdue = Family::<OverdueLabels, Gauge>::default();
+    let unapproved = Family::<UnapprovedLabels, Gauge>::default();
+    for ((severity, rule, department, segment, late), n) in &open {
+        findings
+            .get_or_create(&FindingLabels {
+                severity: severity.clone(),
+                rule: rule.clone(),
+                department: department.clone(),
+            })
+            .inc_by(*n);
+        if *late {
+            overdue
+                .get_or_create(&OverdueLabels {
+                    severity: severity.clone(),
+                    department: department.clone(),
+                })
+                .inc_by(*n);
+        }
+        if rule == "access.unapproved_host" {
+            unapproved
+                .get_or_create(&UnapprovedLabels {
+                    segment: segment.clone(),
+                    department: department.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+    for ((severity, rule, department, _, _), n) in &waived {
+        waived_family
+            .get_or_create(&FindingLabels {
+                severity: severity.clone(),
+                rule: rule.clone(),
+                department: department.clone(),
+            })
+            .inc_by(*n);
+    }
+    registry.register(
+        "netpatrol_findings",
+        "Open findings, waived ones excluded",
+        findings,
+    );
+    registry.register(
+        "netpatrol_findings_waived",
+        "Open findings an active waiver (exception) covers",
+        waived_family,
+    );
+    registry.register(
+        "netpatrol_findings_overdue",
+        "Open findings, not waived, past their rectification deadline",
+        overdue,
+    );
+    registry.register(
+        "netpatrol_unapproved_hosts",
+        "Hosts answering without a valid network access approval (open access.unapproved_host)",
+        unapproved,
+    );
+    Ok(())
+}
+
+/// Next MLPS and 密评 assessment of each project, from the register.
+fn projects(registry: &mut Registry, config: &Config) {
+    let tz = config.organisation.timezone;
+    let due = Family::<ProjectLabels, Gauge<f64, AtomicU64>>::default();
+    for project in &config.projects {
+        let next = reconcile::assessment_due(&config.compliance, project);
+        for (kind, day) in [("mlps", next.mlps), ("crypto", next.crypto)] {
+            if let Some(at) = day.and_then(|d| day_start(d, tz)) {
+                due.get_or_create(&ProjectLabels {
+                    project: project.id.clone(),
+                    department: project.department.clone(),
+                    kind: kind.to_string(),
+                })
+                .set(at);
+            }
+        }
+    }
+    registry.register(
+        "netpatrol_project_assessment_due_seconds",
+        "Next MLPS (kind=mlps) or commercial cryptography (kind=crypto) assessment due, Unix time",
+        due,
+    );
+}
+
+/// Process metrics from /proc/self (Linux); absent elsewhere.
+fn process(registry: &mut Registry) {
+    // Linux reports CPU time in clock ticks of 1/100 s (USER_HZ) on every platform it runs on.
+    const TICKS: f64 = 100.0;
+    if let Some(kib) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+    {
+        let rss = Gauge::<f64, AtomicU64>::default();
+        rss.set(kib * 1024.0);
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            rss,
+        );
+    }
+    let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else {
+        return;
+    };
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let fields: Vec<&str> = match stat.rfind(')') {
+        Some(i) => stat[i + 1..].split_whitespace().collect(),
+        None => return,
+    };
+    let num = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    if let (Some(utime), Some(stime)) = (num(11), num(12)) {
+        let cpu = Counter::<f64, AtomicU64>::default();
+        cpu.inc_by((utime + stime) / TICKS);
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            cpu,
+        );
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(boot), Some(start)) = (boot, num(19)) {
+        let started = Gauge::<f64, AtomicU64>::default();
+        started.set(boot + start / TICKS);
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            started,
+        );
+    }
+}

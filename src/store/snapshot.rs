@@ -1,0 +1,305 @@
+//! Read queries for the daemon: the latest state that `/metrics` and the JSON API show.
+//!
+//! Input: the tables written by [`Store::record`]. Output: small aggregates (counts grouped by
+//! bounded labels), the rows the API lists, and the state of one run. Nothing here writes.
+//! Aggregation happens in SQL where it can, so a scrape stays cheap however many findings the
+//! store holds; the SQL stays portable (no SQLite-only functions; `LIKE` is only a pre-filter).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use sqlx::Row;
+
+use super::{Store, StoreError, StoredRun, finding_from_row, parse_time};
+use crate::finding::Finding;
+
+/// The latest complete scan that covered a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LatestRun {
+    pub id: String,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Hosts or services of one scan, counted by where they sit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementCount {
+    pub segment: String,
+    pub network: String,
+    pub department: Option<String>,
+    pub count: i64,
+}
+
+/// One service observation of a scan that holds TLS facts (its `data` is the JSON the scan
+/// recorded, a serialised `ServiceObservation`).
+#[derive(Debug, Clone)]
+pub struct TlsRow {
+    pub ip: String,
+    pub port: u16,
+    pub segment: String,
+    pub department: Option<String>,
+    pub data: String,
+}
+
+/// Open findings counted by rule, severity, department, segment and whether they are overdue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindingGroup {
+    pub rule: String,
+    pub severity: String,
+    pub department: Option<String>,
+    pub segment: Option<String>,
+    pub overdue: bool,
+    pub count: i64,
+}
+
+/// What a waiver's scope looks at in one open finding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FindingScope {
+    pub rule: String,
+    pub severity: String,
+    pub department: Option<String>,
+    pub segment: Option<String>,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub project: Option<String>,
+    pub due: String,
+}
+
+/// Filters of `GET /api/v1/findings`; `None` = any.
+#[derive(Debug, Clone, Default)]
+pub struct FindingFilter {
+    pub department: Option<String>,
+    pub severity: Option<String>,
+    pub rule: Option<String>,
+}
+
+/// Rows read per page when looking for the latest run of each segment.
+const RUN_PAGE: i64 = 100;
+
+impl Store {
+    /// Whether the store answers (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// One run's row, if the store has it.
+    pub async fn run(&self, id: &str) -> Result<Option<StoredRun>, StoreError> {
+        let row = sqlx::query("SELECT id, state, started_at, finished_at FROM scan_runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| StoredRun {
+            id: r.get("id"),
+            state: r.get("state"),
+            started_at: r.get("started_at"),
+            finished_at: r.get("finished_at"),
+        }))
+    }
+
+    /// For each segment named, the latest complete scan that covered it. Segments never
+    /// scanned completely are absent. Reads runs newest first, a page at a time, and stops as
+    /// soon as every segment is placed.
+    pub async fn latest_complete_runs(
+        &self,
+        segments: &[&str],
+    ) -> Result<BTreeMap<String, LatestRun>, StoreError> {
+        let mut wanted: BTreeSet<&str> = segments.iter().copied().collect();
+        let mut out = BTreeMap::new();
+        let mut offset = 0i64;
+        while !wanted.is_empty() {
+            let rows = sqlx::query(
+                "SELECT id, segments, finished_at FROM scan_runs WHERE state = 'complete'
+                 ORDER BY started_at DESC, id DESC LIMIT $1 OFFSET $2",
+            )
+            .bind(RUN_PAGE)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            offset += rows.len() as i64;
+            for r in rows {
+                let covered: Vec<String> = serde_json::from_str(&r.get::<String, _>("segments"))?;
+                let run = LatestRun {
+                    id: r.get("id"),
+                    finished_at: r
+                        .get::<Option<String>, _>("finished_at")
+                        .and_then(|t| parse_time(&t)),
+                };
+                for name in covered {
+                    if wanted.remove(name.as_str()) {
+                        out.insert(name, run.clone());
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hosts (`kind` = "host") or services (`kind` = "service") that scan `scan_id` saw,
+    /// counted by segment, network and department.
+    pub async fn observation_counts(
+        &self,
+        scan_id: &str,
+        kind: &str,
+    ) -> Result<Vec<PlacementCount>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT h.segment AS segment, h.network AS network, h.department AS department,
+                    COUNT(*) AS n
+             FROM observations o JOIN hosts h ON h.ip = o.ip
+             WHERE o.scan_id = $1 AND o.kind = $2
+             GROUP BY h.segment, h.network, h.department",
+        )
+        .bind(scan_id)
+        .bind(kind)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| PlacementCount {
+                segment: r.get("segment"),
+                network: r.get("network"),
+                department: r.get("department"),
+                count: r.get("n"),
+            })
+            .collect())
+    }
+
+    /// Service observations of scan `scan_id` that hold TLS facts.
+    pub async fn tls_observations(&self, scan_id: &str) -> Result<Vec<TlsRow>, StoreError> {
+        // The NOT LIKE skips plaintext services without parsing their JSON; a row it lets
+        // through with no TLS facts is skipped by the caller.
+        let rows = sqlx::query(
+            "SELECT o.ip AS ip, o.port AS port, o.data AS data, h.segment AS segment,
+                    h.department AS department
+             FROM observations o JOIN hosts h ON h.ip = o.ip
+             WHERE o.scan_id = $1 AND o.kind = 'service' AND o.data NOT LIKE '%\"tls\":null%'",
+        )
+        .bind(scan_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(TlsRow {
+                    ip: r.get("ip"),
+                    port: u16::try_from(r.get::<Option<i64>, _>("port")?).ok()?,
+                    segment: r.get("segment"),
+                    department: r.get("department"),
+                    data: r.get("data"),
+                })
+            })
+            .collect())
+    }
+
+    /// Open findings grouped by rule, severity, department, segment and overdue (`due` before
+    /// `today`, the organisation's calendar day).
+    pub async fn open_finding_groups(
+        &self,
+        today: NaiveDate,
+    ) -> Result<Vec<FindingGroup>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rule, severity, department, segment,
+                    CASE WHEN due < $1 THEN 1 ELSE 0 END AS overdue, COUNT(*) AS n
+             FROM findings WHERE state = 'open'
+             GROUP BY rule, severity, department, segment, CASE WHEN due < $1 THEN 1 ELSE 0 END",
+        )
+        .bind(today.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FindingGroup {
+                rule: r.get("rule"),
+                severity: r.get("severity"),
+                department: r.get("department"),
+                segment: r.get("segment"),
+                overdue: r.get::<i64, _>("overdue") != 0,
+                count: r.get("n"),
+            })
+            .collect())
+    }
+
+    /// The scope (what waivers look at) of each open finding of `rule`.
+    pub async fn open_finding_scopes(&self, rule: &str) -> Result<Vec<FindingScope>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rule, severity, department, segment, ip, port, project, due
+             FROM findings WHERE state = 'open' AND rule = $1",
+        )
+        .bind(rule)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FindingScope {
+                rule: r.get("rule"),
+                severity: r.get("severity"),
+                department: r.get("department"),
+                segment: r.get("segment"),
+                ip: r.get("ip"),
+                port: r
+                    .get::<Option<i64>, _>("port")
+                    .and_then(|p| u16::try_from(p).ok()),
+                project: r.get("project"),
+                due: r.get("due"),
+            })
+            .collect())
+    }
+
+    /// Open findings matching `filter`, most severe first, then oldest first.
+    pub async fn open_findings(&self, filter: &FindingFilter) -> Result<Vec<Finding>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM findings
+             WHERE state = 'open'
+               AND ($1 IS NULL OR department = $1)
+               AND ($2 IS NULL OR severity = $2)
+               AND ($3 IS NULL OR rule = $3)
+             ORDER BY first_seen, fingerprint",
+        )
+        .bind(&filter.department)
+        .bind(&filter.severity)
+        .bind(&filter.rule)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut findings = rows
+            .iter()
+            .map(finding_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+        Ok(findings)
+    }
+
+    /// Probe errors over every recorded scan, summed by probe and reason.
+    pub async fn probe_error_totals(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT probe, reason, SUM(count) AS n FROM probe_errors GROUP BY probe, reason",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("probe"), r.get("reason"), r.get("n")))
+            .collect())
+    }
+
+    /// Outbox messages counted by state; `None` while the store has no outbox table.
+    pub async fn outbox_by_state(&self) -> Result<Option<Vec<(String, i64)>>, StoreError> {
+        let exists: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Some(
+            rows.into_iter()
+                .map(|r| (r.get("state"), r.get("n")))
+                .collect(),
+        ))
+    }
+}

@@ -1,0 +1,733 @@
+//! The daemon as operators run it: the real binary on the demo network (loopback), its HTTP API,
+//! its metrics scraped by a real Prometheus that then runs every dashboard and alert query,
+//! promtool on the alert rules, SIGHUP and SIGTERM.
+//!
+//! Prometheus and promtool come from Debian's `prometheus` package, which `.ci/run` installs;
+//! when they are missing these tests fail (they never skip). Grafana cannot be installed here,
+//! so the dashboards are checked structurally (unique uids, the datasource variable, a PromQL
+//! `expr` on every panel target) and every expression is run by Prometheus.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support;
+
+const TOKEN: &str = "s3cret-test-token";
+const TOKEN_ENV: &str = "NETPATROL_TEST_API_TOKEN";
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Where a Debian-packaged tool lives; a clear failure when it is missing.
+fn tool(name: &str) -> PathBuf {
+    let path = PathBuf::from("/usr/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: install Debian's `prometheus` package (apt-get install prometheus), as .ci/run does",
+        path.display()
+    );
+    path
+}
+
+/// A response: status and body.
+struct Reply {
+    status: u16,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 exchange over a fresh connection (loopback only).
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    assert!(addr.ip().is_loopback());
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    // The server may answer (413) before reading the whole body and close: ignore a reset here.
+    let _ = stream.write_all(body);
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response to {method} {path}: {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    Reply { status, body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn get(addr: SocketAddr, path: &str) -> Reply {
+    http(addr, "GET", path, &[], b"")
+}
+
+fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a.as_str()));
+    }
+    http(addr, "POST", path, &headers, body.as_bytes())
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill -{name} failed");
+}
+
+/// The demo network's config (ports moved by the lab's shift) plus daemon settings, written to
+/// `dir/netpatrol.yaml` (the store lands beside it).
+fn demo_yaml(dir: &Path, shift: u16, listen: SocketAddr, extra: &str) -> String {
+    let ports = netpatrol::lab::demo_config(dir, shift)
+        .expect("demo config")
+        .scan
+        .ports;
+    let text = netpatrol::lab::DEMO_CONFIG;
+    let start = text.find("  ports: [").expect("demo ports");
+    let end = start + text[start..].find(']').expect("end of ports") + 1;
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "{}  ports: [{}]{}\ndaemon:\n  listen: {listen}\n  api_token_env: {TOKEN_ENV}\n  scans:\n    - {{cron: \"0 3 * * *\"}}\n    - {{cron: \"30 */4 * * *\", segments: [extranet-a]}}\n{extra}",
+        &text[..start],
+        list.join(", "),
+        &text[end..],
+    )
+}
+
+/// A running `netpatrol daemon`, killed when dropped.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(yaml: impl Fn(&Path, SocketAddr) -> String, token: Option<&str>) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        std::fs::write(dir.path().join("netpatrol.yaml"), yaml(dir.path(), addr)).unwrap();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_netpatrol"));
+        cmd.arg("daemon")
+            .arg("-c")
+            .arg(dir.path().join("netpatrol.yaml"))
+            .env("RUST_LOG", "netpatrol=info")
+            .env_remove(format!("{TOKEN_ENV}_FILE"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        match token {
+            Some(t) => cmd.env(TOKEN_ENV, t),
+            None => cmd.env_remove(TOKEN_ENV),
+        };
+        let child = cmd.spawn().expect("start the daemon");
+        let mut d = Daemon { child, addr, dir };
+        wait_for("the daemon's /healthz", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daemon exited early ({status}):\n{}", d.log());
+            }
+            TcpStream::connect(addr)
+                .ok()
+                .map(|_| get(addr, "/healthz"))
+                .filter(|r| r.status == 200)
+        });
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("netpatrol.yaml")
+    }
+
+    /// Submit a scan and wait until it is done; its final state document.
+    fn scan(&self, body: &str) -> Value {
+        let r = post(self.addr, "/api/v1/scans", Some(TOKEN), body);
+        assert_eq!(r.status, 202, "{}", r.body);
+        let id = r.json()["id"].as_str().expect("scan id").to_string();
+        self.wait_scan(&id)
+    }
+
+    fn wait_scan(&self, id: &str) -> Value {
+        wait_for("the scan to finish", Duration::from_secs(180), || {
+            let v = get(self.addr, &format!("/api/v1/scans/{id}")).json();
+            let state = v["state"].as_str().unwrap_or("").to_string();
+            ["complete", "incomplete", "failed"]
+                .contains(&state.as_str())
+                .then_some(v)
+        })
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        get(self.addr, "/metrics").body.lines().find_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let value = rest.strip_prefix(' ')?;
+            value.trim().parse().ok()
+        })
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Prometheus server scraping `target` every second, killed when dropped.
+struct Prometheus {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Prometheus {
+        let bin = tool("prometheus");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(repo("dashboards/alerts.yml"), dir.path().join("alerts.yml")).unwrap();
+        std::fs::write(
+            dir.path().join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: [alerts.yml]\n\
+                 scrape_configs:\n  - job_name: netpatrol\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        let p = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        wait_for("Prometheus to be ready", Duration::from_secs(60), || {
+            TcpStream::connect(addr)
+                .ok()
+                .map(|_| get(addr, "/-/ready"))
+                .filter(|r| r.status == 200)
+        });
+        p
+    }
+
+    /// An instant query; panics when it does not parse or fails.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let r = get(self.addr, &format!("/api/v1/query?query={}", encode(expr)));
+        let v = r.json();
+        assert_eq!(v["status"], "success", "query {expr:?} failed: {}", r.body);
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn label_values(&self, label: &str, matcher: &str) -> Vec<String> {
+        let r = get(
+            self.addr,
+            &format!("/api/v1/label/{label}/values?match[]={}", encode(matcher)),
+        );
+        r.json()["data"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The dashboards: (file, parsed JSON).
+fn dashboards() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(repo("dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let json: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
+            out.push((path.file_name().unwrap().to_string_lossy().to_string(), json));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Every panel `expr` of a dashboard, with the panel's title.
+fn panel_exprs(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            out.push((
+                panel["title"].as_str().unwrap().to_string(),
+                target["expr"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    out
+}
+
+/// Structure Grafana's provisioning relies on (Grafana itself is not installable here).
+#[test]
+fn dashboards_are_provisioning_ready() {
+    let boards = dashboards();
+    let names: BTreeSet<&str> = boards.iter().map(|(f, _)| f.as_str()).collect();
+    for want in ["overview.json", "department.json", "tls.json", "projects.json", "scanner.json"] {
+        assert!(names.contains(want), "dashboards/{want} missing");
+    }
+    let mut uids = BTreeSet::new();
+    for (file, d) in &boards {
+        let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{file}: no uid"));
+        assert!(uids.insert(uid.to_string()), "{file}: uid {uid} used twice");
+        assert!(d["id"].is_null(), "{file}: provisioned dashboards carry no numeric id");
+        assert!(d["schemaVersion"].as_u64().unwrap() >= 36, "{file}: schemaVersion");
+        let vars = d["templating"]["list"].as_array().unwrap();
+        assert!(
+            vars.iter()
+                .any(|v| v["type"] == "datasource" && v["query"] == "prometheus" && v["name"] == "datasource"),
+            "{file}: no `datasource` variable of type datasource/prometheus"
+        );
+        let panels = d["panels"].as_array().unwrap();
+        assert!(!panels.is_empty(), "{file}: no panels");
+        let mut ids = BTreeSet::new();
+        for p in panels {
+            let title = p["title"].as_str().unwrap_or_else(|| panic!("{file}: panel without title"));
+            assert!(ids.insert(p["id"].as_u64().unwrap()), "{file}: panel id twice");
+            assert!(
+                title.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)),
+                "{file}: panel {title:?} has no Chinese title"
+            );
+            assert!(
+                !p["description"].as_str().unwrap_or("").is_empty(),
+                "{file}: panel {title:?} has no English description"
+            );
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{file}: {title}");
+            let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{file}: {title}: no targets"));
+            assert!(!targets.is_empty(), "{file}: {title}: no targets");
+            for t in targets {
+                assert!(
+                    !t["expr"].as_str().unwrap_or("").is_empty(),
+                    "{file}: {title}: a target without expr"
+                );
+            }
+        }
+    }
+    let dept = boards.iter().find(|(f, _)| f == "department.json").unwrap();
+    assert!(
+        dept.1["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "department"
+                && v["query"]["query"].as_str().unwrap_or("").starts_with("label_values(")),
+        "department.json: no department variable from label_values"
+    );
+    for f in ["provisioning/dashboards.yaml", "provisioning/datasources.yaml"] {
+        assert!(repo("dashboards").join(f).exists(), "dashboards/{f} missing");
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let promtool = tool("promtool");
+    for args in [
+        ["check", "rules", "dashboards/alerts.yml"],
+        ["test", "rules", "dashboards/alerts_test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("run promtool");
+        assert!(
+            out.status.success(),
+            "promtool {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The metric names and labels of CONTRACT.md §5.
+const CONTRACT_METRICS: &[(&str, &[&str])] = &[
+    ("netpatrol_build_info", &["version"]),
+    ("netpatrol_hosts", &["segment", "network", "department"]),
+    ("netpatrol_services", &["segment", "network", "department"]),
+    ("netpatrol_findings", &["severity", "rule", "department"]),
+    ("netpatrol_findings_overdue", &["severity", "department"]),
+    ("netpatrol_unapproved_hosts", &["segment", "department"]),
+    ("netpatrol_tls_cert_not_after_seconds", &["ip", "port", "segment", "department"]),
+    ("netpatrol_tls_protocol_accepted", &["ip", "port", "version"]),
+    ("netpatrol_project_assessment_due_seconds", &["project", "department", "kind"]),
+    ("netpatrol_scan_duration_seconds_bucket", &["le"]),
+    ("netpatrol_scan_last_success_timestamp_seconds", &["segment"]),
+    ("netpatrol_probe_errors_total", &["probe", "reason"]),
+    ("netpatrol_outbox_messages", &["state"]),
+];
+
+#[test]
+fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
+    let prometheus_bin = tool("prometheus");
+    let shift = support::lab();
+    // Waive the legacy endpoint's weak-crypto findings, to see them marked in the API.
+    let waiver = "exceptions:\n  - {rule: \"tls.weak_*\", ip: 127.20.2.8, reason: 改造中, approver: 张伟, expires_on: 2099-12-31}\n";
+    let daemon = Daemon::start(|dir, addr| demo_yaml(dir, shift, addr, waiver), Some(TOKEN));
+    let addr = daemon.addr;
+
+    // Authentication and request checks, before anything runs.
+    let r = post(addr, "/api/v1/scans", None, "{}");
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert!(r.json()["error"].is_string());
+    let r = post(addr, "/api/v1/scans", Some("wrong-token"), "{}");
+    assert_eq!(r.status, 401);
+    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": [\"nowhere\"]}");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("nowhere"));
+    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": ");
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains("JSON"));
+    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segmentz\": []}");
+    assert_eq!(r.status, 400, "unknown keys are refused");
+    let big = format!("{{\"segments\": [\"{}\"]}}", "x".repeat(20 * 1024));
+    let r = post(addr, "/api/v1/scans", Some(TOKEN), &big);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.json()["error"].is_string());
+    let r = get(addr, "/api/v1/scans/no-such-scan");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+    let r = get(addr, "/nowhere");
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+
+    // Prometheus starts scraping before the scan, so the histogram has a before and after.
+    let prometheus = Prometheus::start(addr);
+    let _ = prometheus_bin;
+
+    // Two scans at once over a common segment: the second waits for the first.
+    let first = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
+    assert_eq!(first.status, 202, "{}", first.body);
+    let first_id = first.json()["id"].as_str().unwrap().to_string();
+    let second = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": [\"extranet-a\"]}");
+    assert_eq!(second.status, 202);
+    let second_id = second.json()["id"].as_str().unwrap().to_string();
+    assert_ne!(first_id, second_id);
+    let early = get(addr, &format!("/api/v1/scans/{second_id}")).json();
+    assert!(
+        ["queued", "running", "complete"].contains(&early["state"].as_str().unwrap()),
+        "{early}"
+    );
+    let a = daemon.wait_scan(&first_id);
+    let b = daemon.wait_scan(&second_id);
+    assert_eq!(a["state"], "complete", "{a}\n{}", daemon.log());
+    assert_eq!(b["state"], "complete", "{b}");
+    let report = &a["report"];
+    assert_eq!(report["scan"]["id"], a["scan_id"]);
+    assert!(!report["hosts"].as_array().unwrap().is_empty());
+    assert!(!report["findings"].as_array().unwrap().is_empty());
+    let finished = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["finished_at"].as_str().unwrap()).unwrap()
+    };
+    let started = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["started_at"].as_str().unwrap()).unwrap()
+    };
+    // Report times have whole seconds: the second began no earlier than the first ended.
+    assert!(
+        started(&b) >= finished(&a) - chrono::Duration::seconds(1),
+        "scans of extranet-a overlapped: {} vs {}",
+        started(&b),
+        finished(&a)
+    );
+    // A run id the store recorded is answered too.
+    let by_run = get(addr, &format!("/api/v1/scans/{}", a["scan_id"].as_str().unwrap()));
+    assert_eq!(by_run.status, 200);
+    assert_eq!(by_run.json()["state"], "complete");
+
+    // Findings and their filters.
+    let all = get(addr, "/api/v1/findings").json();
+    let list = all["findings"].as_array().unwrap();
+    assert!(!list.is_empty());
+    assert_eq!(all["count"].as_u64().unwrap() as usize, list.len());
+    for (query, key, want) in [
+        ("severity=high", "severity", "high"),
+        ("department=fgw", "department", "fgw"),
+        ("rule=access.unapproved_host", "rule", "access.unapproved_host"),
+    ] {
+        let got = get(addr, &format!("/api/v1/findings?{query}")).json();
+        let got = got["findings"].as_array().unwrap();
+        assert!(!got.is_empty(), "{query}: nothing");
+        assert!(got.len() < list.len(), "{query}: no filtering");
+        assert!(got.iter().all(|f| f[key] == want), "{query}: {got:?}");
+    }
+    let weak = get(addr, "/api/v1/findings?rule=tls.weak_key").json();
+    let weak = &weak["findings"][0];
+    assert_eq!(weak["state"], "waived", "{weak}");
+    assert_eq!(weak["waiver"]["approver"], "张伟");
+    let r = get(addr, "/api/v1/findings?severity=bogus");
+    assert_eq!(r.status, 400);
+
+    // Every contract metric, with its labels, in the exposition.
+    let text = get(addr, "/metrics").body;
+    for (name, labels) in CONTRACT_METRICS {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")))
+            .unwrap_or_else(|| panic!("no {name} series in /metrics:\n{text}"));
+        for label in *labels {
+            assert!(line.contains(&format!("{label}=\"")), "{name} lacks {label}: {line}");
+        }
+    }
+    for name in [
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_cpu_seconds_total",
+        "netpatrol_config_reload_success",
+        "netpatrol_config_last_reload_timestamp_seconds",
+        "netpatrol_scan_duration_seconds_count",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "no {name}");
+    }
+    assert!(text.contains("netpatrol_findings_waived{"), "waived findings not counted");
+
+    // Prometheus has scraped the scan's results.
+    wait_for("Prometheus to scrape the scan", Duration::from_secs(60), || {
+        let up = prometheus.query("up{job=\"netpatrol\"} == 1");
+        let done = prometheus.query("netpatrol_scan_last_success_timestamp_seconds");
+        let counted = prometheus.query("netpatrol_scan_duration_seconds_count >= 2");
+        (!up.is_empty() && done.len() == 3 && !counted.is_empty()).then_some(())
+    });
+    // rate() needs two samples after the scans; give it a few scrapes.
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Every dashboard expression parses and returns data. `$department` is tried with every
+    // department Prometheus knows: the expression must return data for at least one.
+    let departments = prometheus.label_values("department", "netpatrol_findings");
+    assert!(departments.len() > 1, "departments: {departments:?}");
+    let mut checked = 0;
+    for (file, board) in dashboards() {
+        for (title, expr) in panel_exprs(&board) {
+            let expr = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+                .replace("$__interval", "15s");
+            let values: Vec<&str> = if expr.contains("$department") {
+                departments.iter().map(String::as_str).collect()
+            } else {
+                vec![""]
+            };
+            let found = values.iter().any(|d| {
+                let e = expr.replace("$department", d);
+                !prometheus.query(&e).is_empty()
+            });
+            assert!(found, "{file}: panel {title:?}: {expr:?} returned no data");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} expressions");
+
+    // Alert expressions parse; they may be empty (nothing to alert on is the normal state, e.g.
+    // an outbox with nothing stuck), so only their validity is asserted here; promtool's unit
+    // tests (alert_rules_pass_promtool) check what they fire on.
+    let rules: Value = {
+        let r = get(prometheus.addr, "/api/v1/rules");
+        r.json()
+    };
+    let groups = rules["data"]["groups"].as_array().unwrap();
+    let mut alerts = 0;
+    for g in groups {
+        for rule in g["rules"].as_array().unwrap() {
+            assert_eq!(rule["health"].as_str().unwrap_or("ok"), "ok", "{rule}");
+            let _ = prometheus.query(rule["query"].as_str().unwrap());
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 6, "Prometheus loaded {alerts} alert rules");
+    // The demo network has an expired certificate: once Prometheus evaluated the rule, the
+    // expired-certificate expression (without its `for`) holds.
+    assert!(!prometheus
+        .query("time() - netpatrol_tls_cert_not_after_seconds > 0")
+        .is_empty());
+
+    // Health while all is well.
+    let h = get(addr, "/healthz");
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+}
+
+#[test]
+fn reload_keeps_the_old_config_on_error_and_sigterm_stops_cleanly() {
+    let shift = support::lab();
+    let mut daemon = Daemon::start(|dir, addr| demo_yaml(dir, shift, addr, ""), Some(TOKEN));
+    let addr = daemon.addr;
+    assert_eq!(daemon.metric("netpatrol_config_reload_success"), Some(1.0));
+    let before = daemon
+        .metric("netpatrol_config_last_reload_timestamp_seconds")
+        .unwrap();
+    let good = std::fs::read_to_string(daemon.config_path()).unwrap();
+
+    // A broken config: the daemon keeps the old one, says why, and the metric shows it.
+    std::fs::write(
+        daemon.config_path(),
+        good.replacen(
+            "\nsegments:\n",
+            "\nsegments:\n  - {name: broken, network: nowhere, cidrs: [not-an-address]}\n",
+            1,
+        ),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    signal(&daemon.child, "HUP");
+    wait_for("the reload metric to say 0", Duration::from_secs(20), || {
+        (daemon.metric("netpatrol_config_reload_success") == Some(0.0)).then_some(())
+    });
+    assert!(daemon.metric("netpatrol_config_last_reload_timestamp_seconds").unwrap() > before);
+    let log = daemon.log();
+    assert!(log.contains("ERROR") && log.contains("reload rejected"), "{log}");
+    assert!(log.contains("not-an-address") || log.contains("nowhere"), "the reason is logged:\n{log}");
+    // Still serving with the old config: its segments and token.
+    assert_eq!(get(addr, "/healthz").status, 200);
+    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": [\"broken\"]}");
+    assert_eq!(r.status, 400, "the broken config was applied: {}", r.body);
+    let done = daemon.scan("{\"segments\": [\"legacy-wsj\"]}");
+    assert_eq!(done["state"], "complete", "{done}");
+
+    // Fixed: the reload applies.
+    std::fs::write(daemon.config_path(), &good).unwrap();
+    signal(&daemon.child, "HUP");
+    wait_for("the reload metric to say 1", Duration::from_secs(20), || {
+        (daemon.metric("netpatrol_config_reload_success") == Some(1.0)).then_some(())
+    });
+
+    // SIGTERM in the middle of a scan: exit 0 within the grace period.
+    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
+    assert_eq!(r.status, 202);
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    signal(&daemon.child, "TERM");
+    let status = wait_for("the daemon to exit", Duration::from_secs(30), || {
+        daemon.child.try_wait().unwrap()
+    });
+    assert!(
+        asked.elapsed() < netpatrol::daemon::GRACE + Duration::from_secs(3),
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert!(status.success(), "exit {status}:\n{}", daemon.log());
+    // The store is consistent: no run is left `running` (read without Store::open, which
+    // would mark such a run incomplete itself).
+    let db = daemon.dir.path().join("netpatrol.db");
+    let states: BTreeMap<String, usize> = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}?mode=ro", db.display()))
+            .await
+            .unwrap();
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT state FROM scan_runs")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        rows.into_iter().fold(BTreeMap::new(), |mut m, (s,)| {
+            *m.entry(s).or_default() += 1;
+            m
+        })
+    });
+    assert!(states.values().sum::<usize>() >= 2, "{states:?}");
+    assert!(!states.contains_key("running"), "{states:?}");
+}
+
+#[test]
+fn post_without_a_configured_token_is_forbidden() {
+    let shift = support::lab();
+    let daemon = Daemon::start(|dir, addr| demo_yaml(dir, shift, addr, ""), None);
+    let r = post(daemon.addr, "/api/v1/scans", Some("anything"), "{}");
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.json()["error"], "no API token configured");
+    // Reads stay open.
+    assert_eq!(get(daemon.addr, "/api/v1/findings").status, 200);
+    assert_eq!(get(daemon.addr, "/metrics").status, 200);
+}

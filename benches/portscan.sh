@@ -42,12 +42,12 @@ while [ ! -e "$work/ready" ]; do sleep 0.1; done
 
 cat > "$work/one.yaml" <<YAML
 store: {path: $work/one.db}
-scan: {icmp: false, ports: all, rate: 0, concurrency: 512, timeout_ms: 1000, retries: 0, dns: {enabled: false}}
+scan: {icmp: false, ports: all, rate: 0, concurrency: 512, timeout_ms: 250, retries: 0, dns: {enabled: false}}
 segments: [{name: lo, network: other, cidrs: [127.0.0.1/32]}]
 YAML
 cat > "$work/many.yaml" <<YAML
 store: {path: $work/many.db}
-scan: {icmp: false, ports: ["1-1024"], rate: 0, concurrency: 512, timeout_ms: 1000, retries: 0, dns: {enabled: false}}
+scan: {icmp: false, ports: ["1-1024"], rate: 0, concurrency: 512, timeout_ms: 250, retries: 0, dns: {enabled: false}}
 segments: [{name: lo, network: other, cidrs: [127.0.1.0/24]}]
 YAML
 

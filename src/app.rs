@@ -15,11 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, Format};
 use crate::config::{self, Config};
+use crate::finding;
 use crate::lab::Lab;
 use crate::observation::{RunState, ScanObservations};
 use crate::output::report::{self, Report};
 use crate::probe::ProbeKind;
-use crate::finding;
 use crate::reconcile::History;
 use crate::rules::{RuleSet, Severity};
 use crate::scan::{self, ScanRequest};
@@ -52,7 +52,16 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Err(code) => return code,
             };
             let request = ScanRequest { segments, probes };
-            match scan_command(&config, &rules, &request, format, output.as_deref(), fail_on).await {
+            match scan_command(
+                &config,
+                &rules,
+                &request,
+                format,
+                output.as_deref(),
+                fail_on,
+            )
+            .await
+            {
                 Ok(code) => code,
                 Err(error) => {
                     eprintln!("netpatrol: {error:#}");
@@ -287,7 +296,11 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
     let rules = RuleSet::load(&config).map_err(|problems| {
         anyhow::anyhow!(
             "the built-in rules do not load:\n{}",
-            problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })?;
     let store = Store::open(&config.store.path).await?;
@@ -317,6 +330,10 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         let path: PathBuf = out.join("last-scan.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("netpatrol demo: report written to {}", path.display());
+        let written = crate::bulletin::demo(&config, &rules, &store, out).await?;
+        for file in written {
+            eprintln!("netpatrol demo: bulletin written to {}", file.display());
+        }
         if once || cancel.is_cancelled() {
             break;
         }

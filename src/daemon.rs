@@ -91,46 +91,51 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
             .map(str::to_string)
             .collect::<Vec<_>>()
     })?;
-    let mut problems = Vec::new();
-    let rules = RuleSet::load(&config)
-        .map_err(|ps| problems.extend(ps.iter().map(|p| p.to_string())))
-        .ok();
-    let mut cron = |what: &str, text: &str| match Cron::from_str(text) {
-        Ok(c) => Some(c),
-        Err(error) => {
-            problems.push(format!(
-                "{}: {what}: invalid cron `{text}`: {error}",
-                config.source.display()
-            ));
-            None
-        }
-    };
-    let scans: Vec<_> = config
-        .daemon
-        .scans
-        .iter()
-        .map(|s| cron("daemon.scans", &s.cron).map(|c| (c, s.segments.clone())))
-        .collect();
-    let bulletin = cron("bulletin.cron", &config.bulletin.cron);
-    let token = match api_token(&config.daemon.api_token_env) {
-        Ok(t) => t,
-        Err(p) => {
+    match RuleSet::load(&config) {
+        Ok(rules) => Loaded::new(config, rules),
+        Err(problems) => Err(problems.iter().map(|p| p.to_string()).collect()),
+    }
+}
+
+impl Loaded {
+    /// Compile the schedules of a loaded config and read its API token (what `demo` uses to
+    /// serve the API over its own config).
+    pub fn new(config: Config, rules: RuleSet) -> Result<Loaded, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut cron = |what: &str, text: &str| match Cron::from_str(text) {
+            Ok(c) => Some(c),
+            Err(error) => {
+                problems.push(format!(
+                    "{}: {what}: invalid cron `{text}`: {error}",
+                    config.source.display()
+                ));
+                None
+            }
+        };
+        let scans: Option<Vec<_>> = config
+            .daemon
+            .scans
+            .iter()
+            .map(|s| cron("daemon.scans", &s.cron).map(|c| (c, s.segments.clone())))
+            .collect();
+        let bulletin = cron("bulletin.cron", &config.bulletin.cron);
+        let token = api_token(&config.daemon.api_token_env).unwrap_or_else(|p| {
             problems.push(p);
             None
+        });
+        match (scans, bulletin) {
+            (Some(scans), Some(bulletin)) if problems.is_empty() => {
+                let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+                Ok(Loaded {
+                    config,
+                    rules,
+                    schedule: Schedule { scans, bulletin },
+                    token,
+                    limits,
+                })
+            }
+            _ => Err(problems),
         }
-    };
-    match (rules, bulletin, scans.into_iter().collect::<Option<Vec<_>>>()) {
-        (Some(rules), Some(bulletin), Some(scans)) if problems.is_empty() => {
-            let limits = Limits::new(config.scan.rate, config.scan.concurrency);
-            Ok(Loaded {
-                config,
-                rules,
-                schedule: Schedule { scans, bulletin },
-                token,
-                limits,
-            })
-        }
-        _ => Err(problems),
     }
 }
 
@@ -309,10 +314,7 @@ impl Daemon {
             return Err(SubmitError::Stopping);
         }
         let loaded = self.current();
-        if let Some(unknown) = segments
-            .iter()
-            .find(|s| loaded.config.segment(s).is_none())
-        {
+        if let Some(unknown) = segments.iter().find(|s| loaded.config.segment(s).is_none()) {
             return Err(SubmitError::UnknownSegment(unknown.clone()));
         }
         let now = Utc::now();
@@ -355,7 +357,12 @@ impl Daemon {
         schedule_key: Option<String>,
     ) {
         let names: Vec<String> = if segments.is_empty() {
-            loaded.config.segments.iter().map(|s| s.name.clone()).collect()
+            loaded
+                .config
+                .segments
+                .iter()
+                .map(|s| s.name.clone())
+                .collect()
         } else {
             segments.clone()
         };
@@ -504,7 +511,7 @@ impl Daemon {
     }
 
     /// Cron-driven scans and bulletins until `stop`; rebuilt at each reload.
-    async fn scheduler(self: Arc<Self>, stop: CancellationToken) {
+    pub async fn scheduler(self: Arc<Self>, stop: CancellationToken) {
         self.scheduler_running.store(true, Ordering::SeqCst);
         let _flag = FlagGuard(&self.scheduler_running);
         let mut changes = self.loaded.subscribe();
@@ -523,11 +530,7 @@ impl Daemon {
                     )
                 })
                 .collect();
-            entries.push((
-                "bulletin".to_string(),
-                &loaded.schedule.bulletin,
-                None,
-            ));
+            entries.push(("bulletin".to_string(), &loaded.schedule.bulletin, None));
             let start = Utc::now();
             let mut next: Vec<Option<DateTime<Utc>>> = entries
                 .iter()
@@ -570,7 +573,10 @@ impl Daemon {
 
     fn scheduled_scan(self: &Arc<Self>, key: &str, segments: &[String]) {
         if !lock(&self.busy_schedules).insert(key.to_string()) {
-            tracing::info!(schedule = key, "previous scheduled scan still running; tick skipped");
+            tracing::info!(
+                schedule = key,
+                "previous scheduled scan still running; tick skipped"
+            );
             return;
         }
         match self.enqueue(segments.to_vec(), "schedule", Some(key.to_string())) {
@@ -582,17 +588,37 @@ impl Daemon {
         }
     }
 
+    /// Build the period's bulletin and queue its mail (`crate::bulletin::scheduled`), as a task
+    /// awaited at shutdown like the scans.
     fn scheduled_bulletin(self: &Arc<Self>, loaded: &Arc<Loaded>) {
-        // HOOK(bulletin): call `crate::bulletin::scheduled(&config, &store)` here once the
-        // bulletin module provides it (it builds the period's bulletin and queues the mail).
-        // Until then the tick is only logged.
-        let _ = (&loaded.config, &self.store);
-        tracing::warn!("bulletin due by bulletin.cron, but bulletins are not built by the daemon yet");
+        if self.scan_cancel.is_cancelled() {
+            return;
+        }
+        let (loaded, store) = (loaded.clone(), self.store.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let mut tasks = lock(&self.scans);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            tracing::info!("bulletin due by bulletin.cron");
+            // On a blocking thread, like the scans: the bulletin's future need not be `Send`.
+            let result = tokio::task::spawn_blocking(move || {
+                runtime.block_on(crate::bulletin::scheduled(
+                    &loaded.config,
+                    &loaded.rules,
+                    &store,
+                ))
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the bulletin task failed: {e}")));
+            if let Err(error) = result {
+                tracing::error!(error = %format!("{error:#}"), "scheduled bulletin failed");
+            }
+        });
     }
 
     /// Stop taking scans and cancel the ones queued or running; wait for them until
     /// `deadline`.
-    async fn stop_scans(&self, deadline: Instant) {
+    pub async fn stop_scans(&self, deadline: Instant) {
         self.scan_cancel.cancel();
         let mut scans = std::mem::take(&mut *lock(&self.scans));
         loop {
@@ -645,8 +671,10 @@ pub async fn run(config_path: &Path) -> ExitCode {
     daemon.metrics.reloaded(true, Utc::now());
 
     // Signal handlers before anything runs, so an early SIGTERM is not the default (death).
-    let (mut hup, mut term) = match (signal(SignalKind::hangup()), signal(SignalKind::terminate()))
-    {
+    let (mut hup, mut term) = match (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(h), Ok(t)) => (h, t),
         (Err(error), _) | (_, Err(error)) => {
             eprintln!("netpatrol: cannot install signal handlers: {error}");
@@ -707,7 +735,10 @@ pub async fn run(config_path: &Path) -> ExitCode {
     let deadline = Instant::now() + GRACE;
     scheduler_stop.cancel();
     daemon.stop_scans(deadline).await;
-    if tokio::time::timeout_at(deadline, store.close()).await.is_err() {
+    if tokio::time::timeout_at(deadline, store.close())
+        .await
+        .is_err()
+    {
         tracing::error!("the store did not close within the grace period");
     }
     exporter_stop.cancel();

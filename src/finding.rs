@@ -168,8 +168,10 @@ pub fn advance(
     today: NaiveDate,
     resolve_after: u32,
 ) -> (Vec<Finding>, Vec<(String, Event)>) {
-    let by_fp: HashMap<&str, &Finding> =
-        existing.iter().map(|f| (f.fingerprint.as_str(), f)).collect();
+    let by_fp: HashMap<&str, &Finding> = existing
+        .iter()
+        .map(|f| (f.fingerprint.as_str(), f))
+        .collect();
     let mut changed = Vec::new();
     let mut events = Vec::new();
     let mut seen = std::collections::HashSet::new();
@@ -244,7 +246,11 @@ pub fn advance(
 }
 
 /// The waiver that hides `finding` on `today`, if any. Expired waivers hide nothing.
-pub fn waiver_for<'a>(config: &'a Config, finding: &Finding, today: NaiveDate) -> Option<&'a Waiver> {
+pub fn waiver_for<'a>(
+    config: &'a Config,
+    finding: &Finding,
+    today: NaiveDate,
+) -> Option<&'a Waiver> {
     let ip = finding.ip.as_deref().and_then(|s| s.parse().ok());
     let projects: Vec<String> = finding.project.iter().cloned().collect();
     let target = WaiverTarget {
@@ -330,9 +336,7 @@ pub fn assess(
                         .find(|p| Some(&p.id) == f.project.as_ref())
                         .is_some_and(|p| {
                             p.assets.iter().any(|a| match a {
-                                Asset::Address(net) => {
-                                    scope.target(net.network()).is_some()
-                                }
+                                Asset::Address(net) => scope.target(net.network()).is_some(),
                                 Asset::Name(_) => false,
                             })
                         })
@@ -420,7 +424,10 @@ mod tests {
         let (t1, d1) = at(1);
         let (changed, events) = advance(&stored, &[observed("x")], &all, t1, d1, 2);
         assert_eq!(events, vec![("x".to_string(), Event::Opened)]);
-        assert_eq!(changed[0].due, NaiveDate::from_ymd_opt(2026, 3, 16).unwrap());
+        assert_eq!(
+            changed[0].due,
+            NaiveDate::from_ymd_opt(2026, 3, 16).unwrap()
+        );
         merge(&mut stored, changed);
 
         // Seen again: no new event, same first_seen.
@@ -453,7 +460,10 @@ mod tests {
         assert_eq!(events, vec![("x".to_string(), Event::Reopened)]);
         assert_eq!(changed[0].state, State::Open);
         assert_eq!(changed[0].first_seen, t1);
-        assert_eq!(changed[0].due, NaiveDate::from_ymd_opt(2026, 3, 24).unwrap());
+        assert_eq!(
+            changed[0].due,
+            NaiveDate::from_ymd_opt(2026, 3, 24).unwrap()
+        );
     }
 
     #[test]

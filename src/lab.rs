@@ -103,24 +103,57 @@ const MYSQL: &[u8] = b"\x4a\x00\x00\x00\x0a5.7.44-log\x00\x08\x00\x00\x00\x3b\x5
 /// An HTTP route: a path (`*` = any) and the raw response without `Content-Length`.
 pub type Route = (&'static str, &'static str);
 
-const PORTAL: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: nginx/1.20.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>海陵区政务服务门户</title></head><body><h1>海陵区政务服务门户</h1></body></html>")];
-const PORTAL_HSTS: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: nginx\r\nStrict-Transport-Security: max-age=31536000\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>项目申报管理系统</title></head><body></body></html>")];
-const REDIRECT: &[Route] = &[("*", "HTTP/1.1 301 Moved Permanently\r\nServer: nginx\r\nLocation: https://portal.hailing.example/\r\nConnection: close\r\n\r\n")];
-const TRIAL_LOGIN: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>智慧教育平台 登录</title></head><body><form method=\"post\" action=\"/login\"><input name=\"user\"><input type=\"password\" name=\"pwd\"><button>登录</button></form></body></html>")];
-const LISTING: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nServer: Apache/2.2.15 (CentOS)\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<html><head><title>Index of /</title></head><body><h1>Index of /</h1><ul><li><a href=\"backup.sql\">backup.sql</a></li><li><a href=\"upload/\">upload/</a></li></ul></body></html>")];
+const PORTAL: &[Route] = &[(
+    "*",
+    "HTTP/1.1 200 OK\r\nServer: nginx/1.20.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>海陵区政务服务门户</title></head><body><h1>海陵区政务服务门户</h1></body></html>",
+)];
+const PORTAL_HSTS: &[Route] = &[(
+    "*",
+    "HTTP/1.1 200 OK\r\nServer: nginx\r\nStrict-Transport-Security: max-age=31536000\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>项目申报管理系统</title></head><body></body></html>",
+)];
+const REDIRECT: &[Route] = &[(
+    "*",
+    "HTTP/1.1 301 Moved Permanently\r\nServer: nginx\r\nLocation: https://portal.hailing.example/\r\nConnection: close\r\n\r\n",
+)];
+const TRIAL_LOGIN: &[Route] = &[(
+    "*",
+    "HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>智慧教育平台 登录</title></head><body><form method=\"post\" action=\"/login\"><input name=\"user\"><input type=\"password\" name=\"pwd\"><button>登录</button></form></body></html>",
+)];
+const LISTING: &[Route] = &[(
+    "*",
+    "HTTP/1.1 200 OK\r\nServer: Apache/2.2.15 (CentOS)\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<html><head><title>Index of /</title></head><body><h1>Index of /</h1><ul><li><a href=\"backup.sql\">backup.sql</a></li><li><a href=\"upload/\">upload/</a></li></ul></body></html>",
+)];
 const TOMCAT: &[Route] = &[
-    ("/manager/html", "HTTP/1.1 401 Unauthorized\r\nServer: Apache-Coyote/1.1\r\nWWW-Authenticate: Basic realm=\"Tomcat Manager Application\"\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<html><head><title>401 Unauthorized</title></head><body>Tomcat Manager</body></html>"),
-    ("/", "HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>城域网运维门户</title></head><body></body></html>"),
+    (
+        "/manager/html",
+        "HTTP/1.1 401 Unauthorized\r\nServer: Apache-Coyote/1.1\r\nWWW-Authenticate: Basic realm=\"Tomcat Manager Application\"\r\nContent-Type: text/html\r\nConnection: close\r\n\r\n<html><head><title>401 Unauthorized</title></head><body>Tomcat Manager</body></html>",
+    ),
+    (
+        "/",
+        "HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nContent-Type: text/html; charset=utf-8\r\nConnection: close\r\n\r\n<html><head><title>城域网运维门户</title></head><body></body></html>",
+    ),
 ];
-const ELASTICSEARCH: &[Route] = &[("*", "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{\"name\":\"es-node-1\",\"cluster_name\":\"hailing-logs\",\"version\":{\"number\":\"7.10.2\"},\"tagline\":\"You Know, for Search\"}")];
-const DOCKER: &[Route] = &[("*", "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\nServer: Docker/20.10.7 (linux)\r\n\r\n{\"Platform\":{\"Name\":\"Docker Engine - Community\"},\"Version\":\"20.10.7\",\"ApiVersion\":\"1.41\",\"Os\":\"linux\",\"Arch\":\"amd64\"}")];
+const ELASTICSEARCH: &[Route] = &[(
+    "*",
+    "HTTP/1.1 200 OK\r\ncontent-type: application/json; charset=UTF-8\r\n\r\n{\"name\":\"es-node-1\",\"cluster_name\":\"hailing-logs\",\"version\":{\"number\":\"7.10.2\"},\"tagline\":\"You Know, for Search\"}",
+)];
+const DOCKER: &[Route] = &[(
+    "*",
+    "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\nServer: Docker/20.10.7 (linux)\r\n\r\n{\"Platform\":{\"Name\":\"Docker Engine - Community\"},\"Version\":\"20.10.7\",\"ApiVersion\":\"1.41\",\"Os\":\"linux\",\"Arch\":\"amd64\"}",
+)];
 const REDIS: &[(&str, &str)] = &[
     ("ping", "+PONG\r\n"),
-    ("info", "$76\r\n# Server\r\nredis_version:6.2.6\r\nredis_mode:standalone\r\nos:Linux 3.10.0 x86_64\r\n\r\n"),
+    (
+        "info",
+        "$76\r\n# Server\r\nredis_version:6.2.6\r\nredis_mode:standalone\r\nos:Linux 3.10.0 x86_64\r\n\r\n",
+    ),
     ("*", "-ERR unknown command\r\n"),
 ];
 const MEMCACHED: &[(&str, &str)] = &[
-    ("stats", "STAT pid 1121\r\nSTAT uptime 86400\r\nSTAT version 1.4.15\r\nSTAT curr_items 42\r\nEND\r\n"),
+    (
+        "stats",
+        "STAT pid 1121\r\nSTAT uptime 86400\r\nSTAT version 1.4.15\r\nSTAT curr_items 42\r\nEND\r\n",
+    ),
     ("version", "VERSION 1.4.15\r\n"),
     ("*", "ERROR\r\n"),
 ];
@@ -320,16 +353,16 @@ enum Handler {
 /// A rustls acceptor with a fresh self-signed certificate for `names`.
 fn rustls_acceptor(names: &[&str], expired: bool) -> Result<TlsAcceptor, LabError> {
     let tls = |e: &dyn std::fmt::Display| LabError::Tls(e.to_string());
-    let mut params = rcgen::CertificateParams::new(
-        names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-    )
-    .map_err(|e| tls(&e))?;
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .map_err(|e| tls(&e))?;
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "海陵区大数据管理局(演示)");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("lab"));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("lab"),
+    );
     let (from, to) = if expired {
         ((2024, 1, 1), (2024, 12, 31))
     } else {
@@ -339,8 +372,8 @@ fn rustls_acceptor(names: &[&str], expired: bool) -> Result<TlsAcceptor, LabErro
     params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
     let key = rcgen::KeyPair::generate().map_err(|e| tls(&e))?;
     let cert = params.self_signed(&key).map_err(|e| tls(&e))?;
-    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|e| tls(&e))?;
+    let key_der =
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| tls(&e))?;
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -389,7 +422,11 @@ fn canned_answer(endpoint: TlsEndpoint, record: &[u8]) -> Vec<u8> {
     };
     let (versions, suites, certs): (&[u16], &[u16], &[&[u8]]) = match endpoint {
         // TLS_RSA_WITH_3DES_EDE_CBC_SHA first (server preference), then AES128-SHA.
-        TlsEndpoint::Legacy => (&[wire::TLS10, wire::TLS11], &[0x000a, 0x002f], &[LEGACY_CERT]),
+        TlsEndpoint::Legacy => (
+            &[wire::TLS10, wire::TLS11],
+            &[0x000a, 0x002f],
+            &[LEGACY_CERT],
+        ),
         // ECC_SM4_CBC_SM3.
         TlsEndpoint::Tlcp => (&[wire::TLCP], &[0xe013], &[TLCP_SIGN_CERT, TLCP_ENC_CERT]),
         TlsEndpoint::Modern { .. } => return Vec::new(),
@@ -403,7 +440,11 @@ fn canned_answer(endpoint: TlsEndpoint, record: &[u8]) -> Vec<u8> {
     let Some(version) = chosen else {
         return wire::alert_record(hello.record_version, 70); // protocol_version
     };
-    let record_version = if version == wire::TLCP { wire::TLCP } else { version };
+    let record_version = if version == wire::TLCP {
+        wire::TLCP
+    } else {
+        version
+    };
     let Some(&suite) = suites.iter().find(|s| hello.suites.contains(s)) else {
         return wire::alert_record(record_version, 40); // handshake_failure
     };

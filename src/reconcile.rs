@@ -129,7 +129,11 @@ pub fn subjects(
         host_subjects(config, host, today, &mut out);
     }
     let scanned: BTreeSet<&str> = scan.run.segments.iter().map(String::as_str).collect();
-    for segment in config.segments.iter().filter(|s| scanned.contains(s.name.as_str())) {
+    for segment in config
+        .segments
+        .iter()
+        .filter(|s| scanned.contains(s.name.as_str()))
+    {
         let mut s = SubjectFacts::new(Subject::Segment);
         s.segment = Some(segment.name.clone());
         s.department = segment.department.clone();
@@ -137,7 +141,11 @@ pub fn subjects(
         f.set("segment.name", segment.name.as_str());
         f.set("segment.network", segment.network.as_str());
         f.set("segment.department", segment.department.clone());
-        let live = scan.hosts.iter().filter(|h| h.segment == segment.name).count();
+        let live = scan
+            .hosts
+            .iter()
+            .filter(|h| h.segment == segment.name)
+            .count();
         f.set("segment.live_hosts", live as i64);
         f.set(
             "segment.consolidate_by",
@@ -332,7 +340,10 @@ pub fn assessment_due(
     project: &crate::config::Project,
 ) -> AssessmentDue {
     let mlps = project.mlps.as_ref().and_then(|m| {
-        Some(add_months(m.assessed_on?, compliance.mlps_interval(m.level)?))
+        Some(add_months(
+            m.assessed_on?,
+            compliance.mlps_interval(m.level)?,
+        ))
     });
     let crypto = project
         .crypto
@@ -409,9 +420,15 @@ fn project_subject(
         accepted && mlps_due.is_some_and(|d| d < today),
     );
     f.set("project.crypto_required", crypto_required);
-    f.set("project.crypto_assessed_on", crypto_on.map(|d| d.to_string()));
+    f.set(
+        "project.crypto_assessed_on",
+        crypto_on.map(|d| d.to_string()),
+    );
     f.set("project.crypto_due", crypto_due.map(|d| d.to_string()));
-    f.set("project.crypto_missing", crypto_required && crypto_on.is_none());
+    f.set(
+        "project.crypto_missing",
+        crypto_required && crypto_on.is_none(),
+    );
     f.set(
         "project.crypto_overdue",
         crypto_required && crypto_due.is_some_and(|d| d < today),

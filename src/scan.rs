@@ -24,10 +24,10 @@ use crate::observation::{
     HostObservation, Liveness, ProbeErrors, RunState, ScanObservations, ScanRun, ServiceObservation,
 };
 use crate::probe::banner;
-use crate::probe::http::{self, HttpFacts, HttpSpec};
-use crate::probe::service::{self as service_probe, ServiceFacts};
 use crate::probe::dns::ReverseDns;
+use crate::probe::http::{self, HttpFacts, HttpSpec};
 use crate::probe::icmp::Pinger;
+use crate::probe::service::{self as service_probe, ServiceFacts};
 use crate::probe::syn::SynScanner;
 use crate::probe::tcp::{self, OpenPort, TcpSpec};
 use crate::probe::tls::{self, TlsSpec, Trust};
@@ -241,9 +241,7 @@ pub async fn run(
         }
     }
     // Safe identification and unauthenticated-access checks, then the web pages.
-    if !cancel.is_cancelled()
-        && (wants(ProbeKind::Banner) || wants(ProbeKind::Http))
-    {
+    if !cancel.is_cancelled() && (wants(ProbeKind::Banner) || wants(ProbeKind::Http)) {
         exposure_stage(
             config,
             &mut hosts,
@@ -379,7 +377,14 @@ async fn tls_stage(
 }
 
 /// Service names worth an HTTP request (besides any port that speaks modern TLS).
-const WEB_SERVICES: [&str; 6] = ["http", "https", "elasticsearch", "docker", "kubelet", "unknown"];
+const WEB_SERVICES: [&str; 6] = [
+    "http",
+    "https",
+    "elasticsearch",
+    "docker",
+    "kubelet",
+    "unknown",
+];
 
 /// What the exposure stage learnt about one service.
 struct Exposure {
@@ -416,9 +421,11 @@ async fn exposure_stage(
                 version: service.version.clone(),
             };
             let check = identify && service_probe::applies(&known, &greeting);
-            let modern_tls = service.tls.as_ref().and_then(Option::as_ref).is_some_and(|t| {
-                t.versions.iter().any(|v| v == "TLSv1.2" || v == "TLSv1.3")
-            });
+            let modern_tls = service
+                .tls
+                .as_ref()
+                .and_then(Option::as_ref)
+                .is_some_and(|t| t.versions.iter().any(|v| v == "TLSv1.2" || v == "TLSv1.3"));
             let is_tls = service.tls.as_ref().is_some_and(Option::is_some);
             let fetch = web
                 && greeting.is_empty()

@@ -702,7 +702,10 @@ impl Validator {
         let templates_dir = raw.templates_dir.as_ref().map(|d| {
             let path = resolve(base, &d.value);
             if !path.is_dir() {
-                self.here(d, format!("templates_dir `{}` is not a folder", path.display()));
+                self.here(
+                    d,
+                    format!("templates_dir `{}` is not a folder", path.display()),
+                );
             }
             path
         });

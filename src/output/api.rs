@@ -47,7 +47,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/scans/{id}", get(scan_state))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this route")
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(daemon)
@@ -73,7 +76,10 @@ async fn metrics_text(State(daemon): State<Shared>) -> Response {
     let loaded = daemon.current();
     match metrics::render(&daemon.store, &loaded.config, &daemon.metrics, Utc::now()).await {
         Ok(text) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::CONTENT_TYPE),
+            )],
             text,
         )
             .into_response(),

@@ -20,7 +20,7 @@
 //! | `netpatrol_findings_overdue` | gauge | `severity`, `department` | open, not waived, `due` before today (organisation calendar) |
 //! | `netpatrol_unapproved_hosts` | gauge | `segment`, `department` | open, not waived `access.unapproved_host` findings |
 //! | `netpatrol_tls_cert_not_after_seconds` | gauge | `ip`, `port`, `segment`, `department` | certificate expiry, Unix time |
-//! | `netpatrol_tls_protocol_accepted` | gauge (0/1) | `ip`, `port`, `version` | one series per TLS endpoint and version `SSLv3`…`TLSv1.3` |
+//! | `netpatrol_tls_protocol_accepted` | gauge (1) | `ip`, `port`, `version` | one series per TLS endpoint and version it accepts (`SSLv3`…`TLSv1.3`) |
 //! | `netpatrol_tls_sm_supported` | gauge (0/1) | `ip`, `port`, `department` | TLCP or an SM suite (RFC 8998) accepted |
 //! | `netpatrol_project_assessment_due_seconds` | gauge | `project`, `department`, `kind` | next MLPS (`mlps`) or 密评 (`crypto`) assessment, Unix time of that day's start |
 //! | `netpatrol_scan_duration_seconds` | histogram | | scans this daemon ran (complete or cut short) |
@@ -48,7 +48,7 @@ use serde::Deserialize;
 use crate::config::{Config, WaiverTarget};
 use crate::probe::{ProbeKind, Reason};
 use crate::reconcile;
-use crate::store::{Store, StoreError};
+use crate::store::{LatestRun, Store, StoreError};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -276,20 +276,28 @@ pub async fn render(
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
         .set(1);
-    registry.register("netpatrol_build_info", "Build of the running netpatrol", build);
+    registry.register(
+        "netpatrol_build_info",
+        "Build of the running netpatrol",
+        build,
+    );
 
-    inventory(&mut registry, store, config).await?;
-    findings(&mut registry, store, config, today).await?;
+    let names: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
+    let latest = store.latest_complete_runs(&names).await?;
+    inventory(&mut registry, store, config, &latest).await?;
+    findings(&mut registry, store, config, &latest, today).await?;
     projects(&mut registry, config);
 
     let errors = Family::<ProbeErrorLabels, Counter>::default();
     // Every (probe, reason) pair from the start, so rate() and increase() see the first error.
     for probe in ProbeKind::ALL {
         for reason in REASONS {
-            errors.get_or_create(&ProbeErrorLabels {
-                probe: probe.as_str().to_string(),
-                reason: reason.as_str().to_string(),
-            });
+            errors
+                .get_or_create(&ProbeErrorLabels {
+                    probe: probe.as_str().to_string(),
+                    reason: reason.as_str().to_string(),
+                })
+                .inc_by(0);
         }
     }
     for (probe, reason, n) in store.probe_error_totals().await? {
@@ -322,7 +330,11 @@ pub async fn render(
         Ok(None) => {}
         Err(error) => tracing::debug!(%error, "outbox not counted"),
     }
-    registry.register("netpatrol_outbox_messages", "Mail in the outbox, by state", outbox);
+    registry.register(
+        "netpatrol_outbox_messages",
+        "Mail in the outbox, by state",
+        outbox,
+    );
 
     registry.register(
         "netpatrol_scan_duration_seconds",
@@ -356,9 +368,8 @@ async fn inventory(
     registry: &mut Registry,
     store: &Store,
     config: &Config,
+    latest: &BTreeMap<String, LatestRun>,
 ) -> Result<(), MetricsError> {
-    let names: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
-    let latest = store.latest_complete_runs(&names).await?;
     let hosts = Family::<PlaceLabels, Gauge>::default();
     let services = Family::<PlaceLabels, Gauge>::default();
     let last_success = Family::<SegmentLabels, Gauge<f64, AtomicU64>>::default();
@@ -368,8 +379,11 @@ async fn inventory(
 
     // Segments whose latest complete scan is each run: one query per run, not per segment.
     let mut by_run: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (segment, run) in &latest {
-        by_run.entry(run.id.as_str()).or_default().push(segment.as_str());
+    for (segment, run) in latest {
+        by_run
+            .entry(run.id.as_str())
+            .or_default()
+            .push(segment.as_str());
         if let Some(at) = run.finished_at {
             last_success
                 .get_or_create(&SegmentLabels {
@@ -380,20 +394,19 @@ async fn inventory(
     }
     for (run, segments) in by_run {
         let mine = |s: &str| segments.contains(&s);
-        let mut seen: HashSet<(&str, String)> = HashSet::new();
-        for (kind, family) in [("host", &hosts), ("service", &services)] {
-            for c in store.observation_counts(run, kind).await? {
-                if mine(&c.segment) {
-                    seen.insert((kind, c.segment.clone()));
-                    family
-                        .get_or_create(&PlaceLabels {
-                            segment: c.segment,
-                            network: c.network,
-                            department: label(c.department.as_deref()),
-                        })
-                        .inc_by(c.count);
-                }
+        let mut seen: HashSet<String> = HashSet::new();
+        for c in store.placement_counts(run).await? {
+            if !mine(&c.segment) {
+                continue;
             }
+            seen.insert(c.segment.clone());
+            let labels = PlaceLabels {
+                segment: c.segment,
+                network: c.network,
+                department: label(c.department.as_deref()),
+            };
+            hosts.get_or_create(&labels).inc_by(c.hosts);
+            services.get_or_create(&labels).inc_by(c.services);
         }
         // A segment scanned with nothing alive still shows, as 0.
         for s in segments.iter().filter_map(|name| config.segment(name)) {
@@ -402,10 +415,9 @@ async fn inventory(
                 network: s.network.as_str().to_string(),
                 department: label(s.department.as_deref()),
             };
-            for (kind, family) in [("host", &hosts), ("service", &services)] {
-                if !seen.contains(&(kind, s.name.clone())) {
-                    family.get_or_create(&labels).set(0);
-                }
+            if !seen.contains(&s.name) {
+                hosts.get_or_create(&labels).set(0);
+                services.get_or_create(&labels).set(0);
             }
         }
         for row in store.tls_observations(run).await? {
@@ -431,14 +443,18 @@ async fn inventory(
                     })
                     .set(at.timestamp() as f64);
             }
+            // Accepted versions only (value 1): a series per version refused would double the
+            // exposition for nothing the dashboards need.
             for version in TLS_VERSIONS {
-                protocol
-                    .get_or_create(&ProtocolLabels {
-                        ip: row.ip.clone(),
-                        port: port.clone(),
-                        version: version.to_string(),
-                    })
-                    .set(i64::from(tls.versions.iter().any(|v| v == version)));
+                if tls.versions.iter().any(|v| v == version) {
+                    protocol
+                        .get_or_create(&ProtocolLabels {
+                            ip: row.ip.clone(),
+                            port: port.clone(),
+                            version: version.to_string(),
+                        })
+                        .set(1);
+                }
             }
             sm.get_or_create(&SmLabels {
                 ip: row.ip,
@@ -481,38 +497,54 @@ async fn inventory(
     Ok(())
 }
 
+/// The rule whose open findings are the unapproved hosts.
+const UNAPPROVED: &str = "access.unapproved_host";
+
 /// Open findings (waived ones apart), overdue ones and unapproved hosts.
 async fn findings(
     registry: &mut Registry,
     store: &Store,
     config: &Config,
+    latest: &BTreeMap<String, LatestRun>,
     today: NaiveDate,
 ) -> Result<(), MetricsError> {
-    let groups = store.open_finding_groups(today).await?;
+    let counts = store.open_finding_counts(today).await?;
     let active: Vec<_> = config
         .exceptions
         .iter()
         .filter(|w| w.is_active(today))
         .collect();
-    // Counts keyed by (severity, rule, department, segment, overdue).
-    type Key = (String, String, String, String, bool);
-    let mut open: HashMap<Key, i64> = HashMap::new();
-    let mut waived: HashMap<Key, i64> = HashMap::new();
-    for g in &groups {
-        *open
+    // (severity, rule, department) -> (open, overdue), and (segment, department) -> unapproved.
+    let mut open: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
+    let mut waived: HashMap<(String, String, String), i64> = HashMap::new();
+    let mut unapproved: HashMap<(String, String), i64> = HashMap::new();
+    for c in &counts {
+        let e = open
             .entry((
-                g.severity.clone(),
-                g.rule.clone(),
-                label(g.department.as_deref()),
-                label(g.segment.as_deref()),
-                g.overdue,
+                c.severity.clone(),
+                c.rule.clone(),
+                label(c.department.as_deref()),
             ))
-            .or_default() += g.count;
+            .or_default();
+        e.0 += c.count;
+        e.1 += c.overdue;
+    }
+    // Every segment scanned completely has a series, 0 when nothing unapproved answers there:
+    // a baseline for "new unapproved host" alerts.
+    for name in latest.keys() {
+        if let Some(s) = config.segment(name) {
+            unapproved.insert((s.name.clone(), label(s.department.as_deref())), 0);
+        }
+    }
+    for (segment, department, n) in store.open_findings_by_segment(UNAPPROVED).await? {
+        *unapproved
+            .entry((label(segment.as_deref()), label(department.as_deref())))
+            .or_default() += n;
     }
     // Only rules some active waiver names need a look at each finding.
-    let mut rules: Vec<&str> = groups
+    let mut rules: Vec<&str> = counts
         .iter()
-        .map(|g| g.rule.as_str())
+        .map(|c| c.rule.as_str())
         .filter(|rule| active.iter().any(|w| w.matches_rule(rule)))
         .collect();
     rules.sort_unstable();
@@ -535,53 +567,57 @@ async fn findings(
                 f.severity.clone(),
                 f.rule.clone(),
                 label(f.department.as_deref()),
-                label(f.segment.as_deref()),
-                f.due < today_text,
             );
-            *waived.entry(key.clone()).or_default() += 1;
-            if let Some(n) = open.get_mut(&key) {
+            if let Some((n, late)) = open.get_mut(&key) {
+                *n -= 1;
+                *late -= i64::from(f.due < today_text);
+            }
+            if f.rule == UNAPPROVED
+                && let Some(n) = unapproved
+                    .get_mut(&(label(f.segment.as_deref()), label(f.department.as_deref())))
+            {
                 *n -= 1;
             }
+            *waived.entry(key).or_default() += 1;
         }
     }
 
     let findings = Family::<FindingLabels, Gauge>::default();
     let waived_family = Family::<FindingLabels, Gauge>::default();
     let overdue = Family::<OverdueLabels, Gauge>::default();
-    let unapproved = Family::<UnapprovedLabels, Gauge>::default();
-    for ((severity, rule, department, segment, late), n) in &open {
+    let unapproved_family = Family::<UnapprovedLabels, Gauge>::default();
+    for ((severity, rule, department), (n, late)) in open {
+        // Every (severity, department) with open findings has a series, 0 when none is late.
+        overdue
+            .get_or_create(&OverdueLabels {
+                severity: severity.clone(),
+                department: department.clone(),
+            })
+            .inc_by(late);
         findings
             .get_or_create(&FindingLabels {
-                severity: severity.clone(),
-                rule: rule.clone(),
-                department: department.clone(),
+                severity,
+                rule,
+                department,
             })
-            .inc_by(*n);
-        if *late {
-            overdue
-                .get_or_create(&OverdueLabels {
-                    severity: severity.clone(),
-                    department: department.clone(),
-                })
-                .inc_by(*n);
-        }
-        if rule == "access.unapproved_host" {
-            unapproved
-                .get_or_create(&UnapprovedLabels {
-                    segment: segment.clone(),
-                    department: department.clone(),
-                })
-                .inc_by(*n);
-        }
+            .inc_by(n);
     }
-    for ((severity, rule, department, _, _), n) in &waived {
+    for ((severity, rule, department), n) in waived {
         waived_family
             .get_or_create(&FindingLabels {
-                severity: severity.clone(),
-                rule: rule.clone(),
-                department: department.clone(),
+                severity,
+                rule,
+                department,
             })
-            .inc_by(*n);
+            .inc_by(n);
+    }
+    for ((segment, department), n) in unapproved {
+        unapproved_family
+            .get_or_create(&UnapprovedLabels {
+                segment,
+                department,
+            })
+            .set(n);
     }
     registry.register(
         "netpatrol_findings",
@@ -601,7 +637,7 @@ async fn findings(
     registry.register(
         "netpatrol_unapproved_hosts",
         "Hosts answering without a valid network access approval (open access.unapproved_host)",
-        unapproved,
+        unapproved_family,
     );
     Ok(())
 }

@@ -233,7 +233,11 @@ fn colour(severity: Severity) -> &'static str {
 /// adds ANSI severity colours (for a terminal).
 pub fn findings_table(config: &Config, report: &Report, colours: bool) -> String {
     let mut out = String::new();
-    let open = report.findings.iter().filter(|f| f.waiver.is_none()).count();
+    let open = report
+        .findings
+        .iter()
+        .filter(|f| f.waiver.is_none())
+        .count();
     let _ = writeln!(
         out,
         "\n问题 findings: {} open, {} waived",
@@ -287,7 +291,12 @@ pub fn findings_table(config: &Config, report: &Report, colours: bool) -> String
                 f.title,
                 f.due
             );
-            let _ = writeln!(out, "  {} {}", " ".repeat(8 + 32 + 21 + 2), clip(&f.evidence, 80));
+            let _ = writeln!(
+                out,
+                "  {} {}",
+                " ".repeat(8 + 32 + 21 + 2),
+                clip(&f.evidence, 80)
+            );
         }
     }
     out

@@ -43,7 +43,8 @@ pub struct HttpFacts {
     pub server: Option<String>,
     /// `Strict-Transport-Security` was sent over HTTPS.
     pub hsts: bool,
-    /// Plain HTTP answered with a redirect to `https://` on the same address or host name.
+    /// Plain HTTP answered with a redirect to an `https://` URL (on this host or a canonical
+    /// name elsewhere; recorded in `redirect_stopped_at`, never followed).
     pub redirects_to_https: bool,
     /// `http` or `https`.
     pub scheme: String,

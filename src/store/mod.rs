@@ -31,13 +31,14 @@ pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
 
 mod snapshot;
-pub use snapshot::{FindingFilter, FindingGroup, FindingScope, LatestRun, PlacementCount, TlsRow};
+pub use snapshot::{FindingCount, FindingFilter, FindingScope, LatestRun, PlacementCount, TlsRow};
 
 /// Embedded migrations, in order. Never edit one that has shipped: add the next.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_foundation.sql")),
     (2, include_str!("migrations/0002_findings.sql")),
     (3, include_str!("migrations/0003_outbox.sql")),
+    (4, include_str!("migrations/0004_daemon.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -407,14 +408,20 @@ impl Store {
     }
 
     /// Lifecycle events of one finding, oldest first: (at, event).
-    pub async fn finding_events(&self, fingerprint: &str) -> Result<Vec<(String, String)>, StoreError> {
+    pub async fn finding_events(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT at, event FROM finding_events WHERE fingerprint = $1 ORDER BY at, event",
         )
         .bind(fingerprint)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|r| (r.get("at"), r.get("event"))).collect())
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("at"), r.get("event")))
+            .collect())
     }
 
     /// When each address last answered, over every scan recorded.
@@ -461,7 +468,12 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
 }
 
 fn finding_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Finding, StoreError> {
-    let bad = |what: &str| StoreError::Corrupt(format!("finding {}: bad {what}", r.get::<String, _>("fingerprint")));
+    let bad = |what: &str| {
+        StoreError::Corrupt(format!(
+            "finding {}: bad {what}",
+            r.get::<String, _>("fingerprint")
+        ))
+    };
     let time = |col: &str| -> Result<DateTime<Utc>, StoreError> {
         parse_time(&r.get::<String, _>(col)).ok_or_else(|| bad(col))
     };
@@ -474,10 +486,13 @@ fn finding_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Finding, StoreError> 
     Ok(Finding {
         fingerprint: r.get("fingerprint"),
         rule: r.get("rule"),
-        severity: Severity::parse(&r.get::<String, _>("severity")).ok_or_else(|| bad("severity"))?,
+        severity: Severity::parse(&r.get::<String, _>("severity"))
+            .ok_or_else(|| bad("severity"))?,
         subject: Subject::parse(&r.get::<String, _>("subject")).ok_or_else(|| bad("subject"))?,
         ip: r.get("ip"),
-        port: r.get::<Option<i64>, _>("port").and_then(|p| u16::try_from(p).ok()),
+        port: r
+            .get::<Option<i64>, _>("port")
+            .and_then(|p| u16::try_from(p).ok()),
         segment: r.get("segment"),
         department: r.get("department"),
         project: r.get("project"),

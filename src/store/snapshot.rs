@@ -20,13 +20,14 @@ pub struct LatestRun {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// Hosts or services of one scan, counted by where they sit.
+/// Hosts and services of one scan, counted by where they sit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlacementCount {
     pub segment: String,
     pub network: String,
     pub department: Option<String>,
-    pub count: i64,
+    pub hosts: i64,
+    pub services: i64,
 }
 
 /// One service observation of a scan that holds TLS facts (its `data` is the JSON the scan
@@ -40,15 +41,15 @@ pub struct TlsRow {
     pub data: String,
 }
 
-/// Open findings counted by rule, severity, department, segment and whether they are overdue.
+/// Open findings of one rule, severity and department.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FindingGroup {
+pub struct FindingCount {
     pub rule: String,
     pub severity: String,
     pub department: Option<String>,
-    pub segment: Option<String>,
-    pub overdue: bool,
     pub count: i64,
+    /// Of which `due` is before the day asked about.
+    pub overdue: i64,
 }
 
 /// What a waiver's scope looks at in one open finding.
@@ -84,10 +85,11 @@ impl Store {
 
     /// One run's row, if the store has it.
     pub async fn run(&self, id: &str) -> Result<Option<StoredRun>, StoreError> {
-        let row = sqlx::query("SELECT id, state, started_at, finished_at FROM scan_runs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, state, started_at, finished_at FROM scan_runs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.map(|r| StoredRun {
             id: r.get("id"),
             state: r.get("state"),
@@ -137,22 +139,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Hosts (`kind` = "host") or services (`kind` = "service") that scan `scan_id` saw,
-    /// counted by segment, network and department.
-    pub async fn observation_counts(
-        &self,
-        scan_id: &str,
-        kind: &str,
-    ) -> Result<Vec<PlacementCount>, StoreError> {
+    /// Hosts and services that scan `scan_id` saw, counted by segment, network and department
+    /// (one pass over the scan's observations).
+    pub async fn placement_counts(&self, scan_id: &str) -> Result<Vec<PlacementCount>, StoreError> {
         let rows = sqlx::query(
             "SELECT h.segment AS segment, h.network AS network, h.department AS department,
-                    COUNT(*) AS n
+                    SUM(CASE WHEN o.kind = 'host' THEN 1 ELSE 0 END) AS hosts,
+                    SUM(CASE WHEN o.kind = 'service' THEN 1 ELSE 0 END) AS services
              FROM observations o JOIN hosts h ON h.ip = o.ip
-             WHERE o.scan_id = $1 AND o.kind = $2
+             WHERE o.scan_id = $1
              GROUP BY h.segment, h.network, h.department",
         )
         .bind(scan_id)
-        .bind(kind)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
@@ -161,7 +159,8 @@ impl Store {
                 segment: r.get("segment"),
                 network: r.get("network"),
                 department: r.get("department"),
-                count: r.get("n"),
+                hosts: r.get("hosts"),
+                services: r.get("services"),
             })
             .collect())
     }
@@ -193,31 +192,50 @@ impl Store {
             .collect())
     }
 
-    /// Open findings grouped by rule, severity, department, segment and overdue (`due` before
-    /// `today`, the organisation's calendar day).
-    pub async fn open_finding_groups(
+    /// Open findings counted by rule, severity and department, with how many are overdue
+    /// (`due` before `today`, the organisation's calendar day). Reads the
+    /// `findings_open_by_rule` index only.
+    pub async fn open_finding_counts(
         &self,
         today: NaiveDate,
-    ) -> Result<Vec<FindingGroup>, StoreError> {
+    ) -> Result<Vec<FindingCount>, StoreError> {
         let rows = sqlx::query(
-            "SELECT rule, severity, department, segment,
-                    CASE WHEN due < $1 THEN 1 ELSE 0 END AS overdue, COUNT(*) AS n
+            "SELECT rule, severity, department, COUNT(*) AS n,
+                    SUM(CASE WHEN due < $1 THEN 1 ELSE 0 END) AS overdue
              FROM findings WHERE state = 'open'
-             GROUP BY rule, severity, department, segment, CASE WHEN due < $1 THEN 1 ELSE 0 END",
+             GROUP BY rule, severity, department",
         )
         .bind(today.to_string())
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| FindingGroup {
+            .map(|r| FindingCount {
                 rule: r.get("rule"),
                 severity: r.get("severity"),
                 department: r.get("department"),
-                segment: r.get("segment"),
-                overdue: r.get::<i64, _>("overdue") != 0,
                 count: r.get("n"),
+                overdue: r.get("overdue"),
             })
+            .collect())
+    }
+
+    /// Open findings of `rule` counted by segment and department.
+    pub async fn open_findings_by_segment(
+        &self,
+        rule: &str,
+    ) -> Result<Vec<(Option<String>, Option<String>, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT segment, department, COUNT(*) AS n FROM findings
+             WHERE state = 'open' AND rule = $1
+             GROUP BY segment, department",
+        )
+        .bind(rule)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("segment"), r.get("department"), r.get("n")))
             .collect())
     }
 
@@ -266,7 +284,7 @@ impl Store {
             .iter()
             .map(finding_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
         Ok(findings)
     }
 

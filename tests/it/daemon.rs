@@ -58,10 +58,18 @@ impl Reply {
 }
 
 /// One HTTP/1.1 exchange over a fresh connection (loopback only).
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     assert!(addr.ip().is_loopback());
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
@@ -87,7 +95,11 @@ fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(rest) } else { rest.to_string() };
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
     Reply { status, body }
 }
 
@@ -274,8 +286,14 @@ impl Prometheus {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
         let child = Command::new(bin)
-            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -311,7 +329,11 @@ impl Prometheus {
         );
         r.json()["data"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -332,7 +354,10 @@ fn dashboards() -> Vec<(String, Value)> {
             let text = std::fs::read_to_string(&path).unwrap();
             let json: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{}: not JSON: {e}", path.display()));
-            out.push((path.file_name().unwrap().to_string_lossy().to_string(), json));
+            out.push((
+                path.file_name().unwrap().to_string_lossy().to_string(),
+                json,
+            ));
         }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -358,29 +383,51 @@ fn panel_exprs(dashboard: &Value) -> Vec<(String, String)> {
 fn dashboards_are_provisioning_ready() {
     let boards = dashboards();
     let names: BTreeSet<&str> = boards.iter().map(|(f, _)| f.as_str()).collect();
-    for want in ["overview.json", "department.json", "tls.json", "projects.json", "scanner.json"] {
+    for want in [
+        "overview.json",
+        "department.json",
+        "tls.json",
+        "projects.json",
+        "scanner.json",
+    ] {
         assert!(names.contains(want), "dashboards/{want} missing");
     }
     let mut uids = BTreeSet::new();
     for (file, d) in &boards {
-        let uid = d["uid"].as_str().unwrap_or_else(|| panic!("{file}: no uid"));
+        let uid = d["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: no uid"));
         assert!(uids.insert(uid.to_string()), "{file}: uid {uid} used twice");
-        assert!(d["id"].is_null(), "{file}: provisioned dashboards carry no numeric id");
-        assert!(d["schemaVersion"].as_u64().unwrap() >= 36, "{file}: schemaVersion");
+        assert!(
+            d["id"].is_null(),
+            "{file}: provisioned dashboards carry no numeric id"
+        );
+        assert!(
+            d["schemaVersion"].as_u64().unwrap() >= 36,
+            "{file}: schemaVersion"
+        );
         let vars = d["templating"]["list"].as_array().unwrap();
         assert!(
-            vars.iter()
-                .any(|v| v["type"] == "datasource" && v["query"] == "prometheus" && v["name"] == "datasource"),
+            vars.iter().any(|v| v["type"] == "datasource"
+                && v["query"] == "prometheus"
+                && v["name"] == "datasource"),
             "{file}: no `datasource` variable of type datasource/prometheus"
         );
         let panels = d["panels"].as_array().unwrap();
         assert!(!panels.is_empty(), "{file}: no panels");
         let mut ids = BTreeSet::new();
         for p in panels {
-            let title = p["title"].as_str().unwrap_or_else(|| panic!("{file}: panel without title"));
-            assert!(ids.insert(p["id"].as_u64().unwrap()), "{file}: panel id twice");
+            let title = p["title"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{file}: panel without title"));
             assert!(
-                title.chars().any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)),
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{file}: panel id twice"
+            );
+            assert!(
+                title
+                    .chars()
+                    .any(|c| ('\u{4e00}'..='\u{9fff}').contains(&c)),
                 "{file}: panel {title:?} has no Chinese title"
             );
             assert!(
@@ -388,7 +435,9 @@ fn dashboards_are_provisioning_ready() {
                 "{file}: panel {title:?} has no English description"
             );
             assert_eq!(p["datasource"]["uid"], "${datasource}", "{file}: {title}");
-            let targets = p["targets"].as_array().unwrap_or_else(|| panic!("{file}: {title}: no targets"));
+            let targets = p["targets"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{file}: {title}: no targets"));
             assert!(!targets.is_empty(), "{file}: {title}: no targets");
             for t in targets {
                 assert!(
@@ -405,11 +454,20 @@ fn dashboards_are_provisioning_ready() {
             .unwrap()
             .iter()
             .any(|v| v["name"] == "department"
-                && v["query"]["query"].as_str().unwrap_or("").starts_with("label_values(")),
+                && v["query"]["query"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("label_values(")),
         "department.json: no department variable from label_values"
     );
-    for f in ["provisioning/dashboards.yaml", "provisioning/datasources.yaml"] {
-        assert!(repo("dashboards").join(f).exists(), "dashboards/{f} missing");
+    for f in [
+        "provisioning/dashboards.yaml",
+        "provisioning/datasources.yaml",
+    ] {
+        assert!(
+            repo("dashboards").join(f).exists(),
+            "dashboards/{f} missing"
+        );
     }
 }
 
@@ -443,11 +501,23 @@ const CONTRACT_METRICS: &[(&str, &[&str])] = &[
     ("netpatrol_findings", &["severity", "rule", "department"]),
     ("netpatrol_findings_overdue", &["severity", "department"]),
     ("netpatrol_unapproved_hosts", &["segment", "department"]),
-    ("netpatrol_tls_cert_not_after_seconds", &["ip", "port", "segment", "department"]),
-    ("netpatrol_tls_protocol_accepted", &["ip", "port", "version"]),
-    ("netpatrol_project_assessment_due_seconds", &["project", "department", "kind"]),
+    (
+        "netpatrol_tls_cert_not_after_seconds",
+        &["ip", "port", "segment", "department"],
+    ),
+    (
+        "netpatrol_tls_protocol_accepted",
+        &["ip", "port", "version"],
+    ),
+    (
+        "netpatrol_project_assessment_due_seconds",
+        &["project", "department", "kind"],
+    ),
     ("netpatrol_scan_duration_seconds_bucket", &["le"]),
-    ("netpatrol_scan_last_success_timestamp_seconds", &["segment"]),
+    (
+        "netpatrol_scan_last_success_timestamp_seconds",
+        &["segment"],
+    ),
     ("netpatrol_probe_errors_total", &["probe", "reason"]),
     ("netpatrol_outbox_messages", &["state"]),
 ];
@@ -467,7 +537,12 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
     assert!(r.json()["error"].is_string());
     let r = post(addr, "/api/v1/scans", Some("wrong-token"), "{}");
     assert_eq!(r.status, 401);
-    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": [\"nowhere\"]}");
+    let r = post(
+        addr,
+        "/api/v1/scans",
+        Some(TOKEN),
+        "{\"segments\": [\"nowhere\"]}",
+    );
     assert_eq!(r.status, 400);
     assert!(r.json()["error"].as_str().unwrap().contains("nowhere"));
     let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": ");
@@ -494,7 +569,12 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
     let first = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
     assert_eq!(first.status, 202, "{}", first.body);
     let first_id = first.json()["id"].as_str().unwrap().to_string();
-    let second = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": [\"extranet-a\"]}");
+    let second = post(
+        addr,
+        "/api/v1/scans",
+        Some(TOKEN),
+        "{\"segments\": [\"extranet-a\"]}",
+    );
     assert_eq!(second.status, 202);
     let second_id = second.json()["id"].as_str().unwrap().to_string();
     assert_ne!(first_id, second_id);
@@ -512,10 +592,12 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
     assert!(!report["hosts"].as_array().unwrap().is_empty());
     assert!(!report["findings"].as_array().unwrap().is_empty());
     let finished = |v: &Value| {
-        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["finished_at"].as_str().unwrap()).unwrap()
+        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["finished_at"].as_str().unwrap())
+            .unwrap()
     };
     let started = |v: &Value| {
-        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["started_at"].as_str().unwrap()).unwrap()
+        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["started_at"].as_str().unwrap())
+            .unwrap()
     };
     // Report times have whole seconds: the second began no earlier than the first ended.
     assert!(
@@ -525,7 +607,10 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
         finished(&a)
     );
     // A run id the store recorded is answered too.
-    let by_run = get(addr, &format!("/api/v1/scans/{}", a["scan_id"].as_str().unwrap()));
+    let by_run = get(
+        addr,
+        &format!("/api/v1/scans/{}", a["scan_id"].as_str().unwrap()),
+    );
     assert_eq!(by_run.status, 200);
     assert_eq!(by_run.json()["state"], "complete");
 
@@ -537,7 +622,11 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
     for (query, key, want) in [
         ("severity=high", "severity", "high"),
         ("department=fgw", "department", "fgw"),
-        ("rule=access.unapproved_host", "rule", "access.unapproved_host"),
+        (
+            "rule=access.unapproved_host",
+            "rule",
+            "access.unapproved_host",
+        ),
     ] {
         let got = get(addr, &format!("/api/v1/findings?{query}")).json();
         let got = got["findings"].as_array().unwrap();
@@ -560,7 +649,10 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
             .find(|l| l.starts_with(&format!("{name}{{")))
             .unwrap_or_else(|| panic!("no {name} series in /metrics:\n{text}"));
         for label in *labels {
-            assert!(line.contains(&format!("{label}=\"")), "{name} lacks {label}: {line}");
+            assert!(
+                line.contains(&format!("{label}=\"")),
+                "{name} lacks {label}: {line}"
+            );
         }
     }
     for name in [
@@ -573,15 +665,22 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
     ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "no {name}");
     }
-    assert!(text.contains("netpatrol_findings_waived{"), "waived findings not counted");
+    assert!(
+        text.contains("netpatrol_findings_waived{"),
+        "waived findings not counted"
+    );
 
     // Prometheus has scraped the scan's results.
-    wait_for("Prometheus to scrape the scan", Duration::from_secs(60), || {
-        let up = prometheus.query("up{job=\"netpatrol\"} == 1");
-        let done = prometheus.query("netpatrol_scan_last_success_timestamp_seconds");
-        let counted = prometheus.query("netpatrol_scan_duration_seconds_count >= 2");
-        (!up.is_empty() && done.len() == 3 && !counted.is_empty()).then_some(())
-    });
+    wait_for(
+        "Prometheus to scrape the scan",
+        Duration::from_secs(60),
+        || {
+            let up = prometheus.query("up{job=\"netpatrol\"} == 1");
+            let done = prometheus.query("netpatrol_scan_last_success_timestamp_seconds");
+            let counted = prometheus.query("netpatrol_scan_duration_seconds_count >= 2");
+            (!up.is_empty() && done.len() == 3 && !counted.is_empty()).then_some(())
+        },
+    );
     // rate() needs two samples after the scans; give it a few scrapes.
     std::thread::sleep(Duration::from_secs(3));
 
@@ -630,9 +729,11 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
     assert!(alerts >= 6, "Prometheus loaded {alerts} alert rules");
     // The demo network has an expired certificate: once Prometheus evaluated the rule, the
     // expired-certificate expression (without its `for`) holds.
-    assert!(!prometheus
-        .query("time() - netpatrol_tls_cert_not_after_seconds > 0")
-        .is_empty());
+    assert!(
+        !prometheus
+            .query("time() - netpatrol_tls_cert_not_after_seconds > 0")
+            .is_empty()
+    );
 
     // Health while all is well.
     let h = get(addr, "/healthz");
@@ -663,16 +764,34 @@ fn reload_keeps_the_old_config_on_error_and_sigterm_stops_cleanly() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(1100));
     signal(&daemon.child, "HUP");
-    wait_for("the reload metric to say 0", Duration::from_secs(20), || {
-        (daemon.metric("netpatrol_config_reload_success") == Some(0.0)).then_some(())
-    });
-    assert!(daemon.metric("netpatrol_config_last_reload_timestamp_seconds").unwrap() > before);
+    wait_for(
+        "the reload metric to say 0",
+        Duration::from_secs(20),
+        || (daemon.metric("netpatrol_config_reload_success") == Some(0.0)).then_some(()),
+    );
+    assert!(
+        daemon
+            .metric("netpatrol_config_last_reload_timestamp_seconds")
+            .unwrap()
+            > before
+    );
     let log = daemon.log();
-    assert!(log.contains("ERROR") && log.contains("reload rejected"), "{log}");
-    assert!(log.contains("not-an-address") || log.contains("nowhere"), "the reason is logged:\n{log}");
+    assert!(
+        log.contains("ERROR") && log.contains("reload rejected"),
+        "{log}"
+    );
+    assert!(
+        log.contains("not-an-address") || log.contains("nowhere"),
+        "the reason is logged:\n{log}"
+    );
     // Still serving with the old config: its segments and token.
     assert_eq!(get(addr, "/healthz").status, 200);
-    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": [\"broken\"]}");
+    let r = post(
+        addr,
+        "/api/v1/scans",
+        Some(TOKEN),
+        "{\"segments\": [\"broken\"]}",
+    );
     assert_eq!(r.status, 400, "the broken config was applied: {}", r.body);
     let done = daemon.scan("{\"segments\": [\"legacy-wsj\"]}");
     assert_eq!(done["state"], "complete", "{done}");
@@ -680,9 +799,11 @@ fn reload_keeps_the_old_config_on_error_and_sigterm_stops_cleanly() {
     // Fixed: the reload applies.
     std::fs::write(daemon.config_path(), &good).unwrap();
     signal(&daemon.child, "HUP");
-    wait_for("the reload metric to say 1", Duration::from_secs(20), || {
-        (daemon.metric("netpatrol_config_reload_success") == Some(1.0)).then_some(())
-    });
+    wait_for(
+        "the reload metric to say 1",
+        Duration::from_secs(20),
+        || (daemon.metric("netpatrol_config_reload_success") == Some(1.0)).then_some(()),
+    );
 
     // SIGTERM in the middle of a scan: exit 0 within the grace period.
     let r = post(addr, "/api/v1/scans", Some(TOKEN), "{}");

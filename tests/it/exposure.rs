@@ -602,7 +602,8 @@ async fn redirect_to_another_address_is_never_followed() {
     assert!(!facts.redirects_to_https);
     assert!(facts.redirect_stopped_at.unwrap().contains("127.51.1.99"));
     assert_eq!(elsewhere.accepted(), 0);
-    // A redirect to https elsewhere is not "to HTTPS" of this service.
+    // A redirect to a canonical HTTPS name counts as a redirect to HTTPS, and is not followed
+    // (the name is never even resolved: the probe's resolver knows no other name).
     let fake = HttpFake::start(ip("127.51.1.8"), |_| {
         response(
             "302 Found",
@@ -614,7 +615,12 @@ async fn redirect_to_another_address_is_never_followed() {
     let facts = http_probe("127.51.1.8", fake.port(), false, &spec(3000))
         .await
         .unwrap();
-    assert!(!facts.redirects_to_https);
+    assert!(facts.redirects_to_https);
+    assert_eq!(
+        facts.redirect_stopped_at.as_deref(),
+        Some("https://www.hailing.example/")
+    );
+    assert_eq!(fake.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -87,7 +87,10 @@ async fn demo_network_compliance_findings() {
         ("project.mlps_overdue", set(&["XM-2023-007"])),
         ("project.crypto_missing", set(&["XM-2022-004"])),
         ("project.crypto_overdue", set(&["XM-2023-007"])),
-        ("tls.cert_expired", set(&[&format!("127.20.1.14:{}", port(443))])),
+        (
+            "tls.cert_expired",
+            set(&[&format!("127.20.1.14:{}", port(443))]),
+        ),
         (
             "tls.cert_self_signed",
             set(&[
@@ -103,13 +106,25 @@ async fn demo_network_compliance_findings() {
             "tls.cert_hostname_mismatch",
             set(&[&format!("127.20.1.10:{}", port(443))]),
         ),
-        ("tls.protocol_legacy", set(&[&format!("127.20.2.8:{}", port(443))])),
-        ("tls.weak_cipher", set(&[&format!("127.20.2.8:{}", port(443))])),
+        (
+            "tls.protocol_legacy",
+            set(&[&format!("127.20.2.8:{}", port(443))]),
+        ),
+        (
+            "tls.weak_cipher",
+            set(&[&format!("127.20.2.8:{}", port(443))]),
+        ),
         ("tls.weak_key", set(&[&format!("127.20.2.8:{}", port(443))])),
-        ("tls.weak_signature", set(&[&format!("127.20.2.8:{}", port(443))])),
+        (
+            "tls.weak_signature",
+            set(&[&format!("127.20.2.8:{}", port(443))]),
+        ),
         // XM-2024-003 serves TLS without any SM suite; XM-2024-009 speaks TLCP.
         ("crypto.no_sm_suite", set(&["XM-2024-003"])),
-        ("exposure.telnet", set(&[&at("127.20.1.12", 23), &at("127.20.3.3", 23)])),
+        (
+            "exposure.telnet",
+            set(&[&at("127.20.1.12", 23), &at("127.20.3.3", 23)]),
+        ),
         ("exposure.ftp", set(&[&at("127.20.1.12", 21)])),
         (
             "exposure.database",
@@ -124,7 +139,10 @@ async fn demo_network_compliance_findings() {
         ("exposure.smb", set(&[&at("127.20.3.2", 445)])),
         ("exposure.vnc", set(&[&at("127.20.2.9", 5900)])),
         ("exposure.docker_api", set(&[&at("127.20.2.6", 2375)])),
-        ("exposure.redis_unauthenticated", set(&[&at("127.20.1.20", 6379)])),
+        (
+            "exposure.redis_unauthenticated",
+            set(&[&at("127.20.1.20", 6379)]),
+        ),
         (
             "exposure.elasticsearch_unauthenticated",
             set(&[&at("127.20.1.20", 9200)]),
@@ -158,9 +176,17 @@ async fn demo_network_compliance_findings() {
     }
     // Every access/network/project finding is accounted for above.
     for rule in fired.keys() {
-        if ["access.", "network.", "project.", "tls.", "crypto.", "exposure.", "http."]
-            .iter()
-            .any(|p| rule.starts_with(p))
+        if [
+            "access.",
+            "network.",
+            "project.",
+            "tls.",
+            "crypto.",
+            "exposure.",
+            "http.",
+        ]
+        .iter()
+        .any(|p| rule.starts_with(p))
         {
             assert!(expect.iter().any(|(r, _)| r == rule), "unexpected {rule}");
         }
@@ -221,7 +247,11 @@ async fn findings_lifecycle_and_waivers() {
     };
 
     let r1 = scan_once(cfg.clone()).await;
-    assert!(r1.findings.iter().any(|f| f.rule == "access.unapproved_host" && f.state == "open"));
+    assert!(
+        r1.findings
+            .iter()
+            .any(|f| f.rule == "access.unapproved_host" && f.state == "open")
+    );
     let first = unapproved(store.clone()).await;
     assert_eq!(first.len(), 1);
     let _ = scan_once(cfg.clone()).await;
@@ -233,9 +263,16 @@ async fn findings_lifecycle_and_waivers() {
     // Fixed: absent once is not enough, absent twice resolves.
     drop(listener);
     let r3 = scan_once(cfg.clone()).await;
-    assert!(r3.findings.iter().all(|f| f.rule != "access.unapproved_host"));
+    assert!(
+        r3.findings
+            .iter()
+            .all(|f| f.rule != "access.unapproved_host")
+    );
     let after_one = unapproved(store.clone()).await;
-    assert_eq!((after_one[0].state, after_one[0].absent_scans), (State::Open, 1));
+    assert_eq!(
+        (after_one[0].state, after_one[0].absent_scans),
+        (State::Open, 1)
+    );
     let _ = scan_once(cfg.clone()).await;
     let after_two = unapproved(store.clone()).await;
     assert_eq!(after_two[0].state, State::Resolved);
@@ -270,11 +307,19 @@ async fn findings_lifecycle_and_waivers() {
         )
     };
     let r = scan_once(waived(today + chrono::Days::new(30))).await;
-    let f = r.findings.iter().find(|f| f.rule == "access.unapproved_host").unwrap();
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.rule == "access.unapproved_host")
+        .unwrap();
     assert_eq!(f.state, "waived");
     assert_eq!(f.waiver.as_ref().unwrap().approver, "张伟");
     let r = scan_once(waived(today - chrono::Days::new(1))).await;
-    let f = r.findings.iter().find(|f| f.rule == "access.unapproved_host").unwrap();
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.rule == "access.unapproved_host")
+        .unwrap();
     assert_eq!(f.state, "open", "an expired waiver hides nothing");
     assert!(f.waiver.is_none());
     store.close().await;
@@ -308,14 +353,17 @@ async fn cli_fail_on() {
             .code()
     };
     let plain = write("");
-    let (high, critical) = tokio::task::spawn_blocking(move || (run(plain.clone(), "high"), run(plain, "critical")))
-        .await
-        .unwrap();
+    let (high, critical) =
+        tokio::task::spawn_blocking(move || (run(plain.clone(), "high"), run(plain, "critical")))
+            .await
+            .unwrap();
     assert_eq!(high, Some(3), "an unapproved host is high");
     assert_eq!(critical, Some(0));
     let waived = write(
         "exceptions:\n  - {rule: \"access.*\", ip: 127.37.0.9, reason: 测试, approver: 李娜, expires_on: 2099-12-31}\n",
     );
-    let code = tokio::task::spawn_blocking(move || run(waived, "high")).await.unwrap();
+    let code = tokio::task::spawn_blocking(move || run(waived, "high"))
+        .await
+        .unwrap();
     assert_eq!(code, Some(0), "waived findings do not fail the scan");
 }

@@ -34,6 +34,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -48,7 +49,7 @@ use serde::Deserialize;
 use crate::config::{Config, WaiverTarget};
 use crate::probe::{ProbeKind, Reason};
 use crate::reconcile;
-use crate::store::{LatestRun, Store, StoreError};
+use crate::store::{LatestRun, PlacementCount, Store, StoreError};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -105,6 +106,8 @@ pub struct DaemonMetrics {
     scans_running: Gauge,
     reload_success: Gauge,
     reload_timestamp: Gauge<f64, AtomicU64>,
+    /// Scrape-time cache of recorded runs' inventory.
+    inventory: InventoryCache,
 }
 
 impl Default for DaemonMetrics {
@@ -114,6 +117,7 @@ impl Default for DaemonMetrics {
             scans_running: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
+            inventory: InventoryCache::default(),
         }
     }
 }
@@ -244,6 +248,73 @@ struct CertData {
     not_after: String,
 }
 
+/// What one recorded run's observations say, as the inventory families need it.
+#[derive(Debug)]
+struct RunInventory {
+    placements: Vec<PlacementCount>,
+    tls: Vec<TlsEndpoint>,
+}
+
+/// A TLS or TLCP endpoint of a run, its labels ready.
+#[derive(Debug)]
+struct TlsEndpoint {
+    ip: String,
+    port: String,
+    segment: String,
+    department: String,
+    not_after: Option<f64>,
+    versions: Vec<&'static str>,
+    sm: bool,
+}
+
+impl RunInventory {
+    async fn load(store: &Store, run: &str) -> Result<RunInventory, StoreError> {
+        let placements = store.placement_counts(run).await?;
+        let tls = store
+            .tls_observations(run)
+            .await?
+            .into_iter()
+            .filter_map(|row| {
+                let ServiceData { tls: Some(tls) } = serde_json::from_str(&row.data).ok()? else {
+                    return None;
+                };
+                Some(TlsEndpoint {
+                    not_after: tls
+                        .cert
+                        .as_ref()
+                        .and_then(|c| DateTime::parse_from_rfc3339(&c.not_after).ok())
+                        .map(|at| at.timestamp() as f64),
+                    versions: TLS_VERSIONS
+                        .into_iter()
+                        .filter(|v| tls.versions.iter().any(|t| t == v))
+                        .collect(),
+                    sm: tls.tlcp || !tls.sm_suites.is_empty(),
+                    department: label(row.department.as_deref()),
+                    port: row.port.to_string(),
+                    ip: row.ip,
+                    segment: row.segment,
+                })
+            })
+            .collect();
+        Ok(RunInventory { placements, tls })
+    }
+}
+
+#[derive(Debug, Default)]
+struct CachedRuns {
+    /// [`Store::runs_version`] when `runs` was read.
+    version: Option<(i64, Option<String>)>,
+    runs: HashMap<String, Arc<RunInventory>>,
+}
+
+/// The inventory of the runs the last scrape showed, shared by the daemon's scrapes.
+#[derive(Debug, Default, Clone)]
+pub struct InventoryCache(Arc<Mutex<CachedRuns>>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn unix(t: DateTime<Utc>) -> f64 {
     t.timestamp_millis() as f64 / 1000.0
 }
@@ -284,7 +355,7 @@ pub async fn render(
 
     let names: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
     let latest = store.latest_complete_runs(&names).await?;
-    inventory(&mut registry, store, config, &latest).await?;
+    inventory(&mut registry, store, config, &latest, &daemon.inventory).await?;
     findings(&mut registry, store, config, &latest, today).await?;
     projects(&mut registry, config);
 
@@ -369,6 +440,7 @@ async fn inventory(
     store: &Store,
     config: &Config,
     latest: &BTreeMap<String, LatestRun>,
+    cache: &InventoryCache,
 ) -> Result<(), MetricsError> {
     let hosts = Family::<PlaceLabels, Gauge>::default();
     let services = Family::<PlaceLabels, Gauge>::default();
@@ -392,17 +464,40 @@ async fn inventory(
                 .set(unix(at));
         }
     }
+    // A run's observations never change once recorded: what they say is kept between
+    // scrapes, and read again only when a scan was recorded since (hosts may have moved).
+    let version = store.runs_version().await?;
+    let mut runs: HashMap<String, Arc<RunInventory>> = {
+        let cache = lock(&cache.0);
+        if cache.version.as_ref() == Some(&version) {
+            cache.runs.clone()
+        } else {
+            HashMap::new()
+        }
+    };
+    runs.retain(|id, _| by_run.contains_key(id.as_str()));
+    for run in by_run.keys() {
+        if !runs.contains_key(*run) {
+            runs.insert(
+                run.to_string(),
+                Arc::new(RunInventory::load(store, run).await?),
+            );
+        }
+    }
+    {
+        let mut cache = lock(&cache.0);
+        cache.version = Some(version);
+        cache.runs = runs.clone();
+    }
     for (run, segments) in by_run {
+        let Some(inv) = runs.get(run) else { continue };
         let mine = |s: &str| segments.contains(&s);
-        let mut seen: HashSet<String> = HashSet::new();
-        for c in store.placement_counts(run).await? {
-            if !mine(&c.segment) {
-                continue;
-            }
-            seen.insert(c.segment.clone());
+        let mut seen: HashSet<&str> = HashSet::new();
+        for c in inv.placements.iter().filter(|c| mine(&c.segment)) {
+            seen.insert(&c.segment);
             let labels = PlaceLabels {
-                segment: c.segment,
-                network: c.network,
+                segment: c.segment.clone(),
+                network: c.network.clone(),
                 department: label(c.department.as_deref()),
             };
             hosts.get_or_create(&labels).inc_by(c.hosts);
@@ -410,58 +505,44 @@ async fn inventory(
         }
         // A segment scanned with nothing alive still shows, as 0.
         for s in segments.iter().filter_map(|name| config.segment(name)) {
-            let labels = PlaceLabels {
-                segment: s.name.clone(),
-                network: s.network.as_str().to_string(),
-                department: label(s.department.as_deref()),
-            };
-            if !seen.contains(&s.name) {
+            if !seen.contains(s.name.as_str()) {
+                let labels = PlaceLabels {
+                    segment: s.name.clone(),
+                    network: s.network.as_str().to_string(),
+                    department: label(s.department.as_deref()),
+                };
                 hosts.get_or_create(&labels).set(0);
                 services.get_or_create(&labels).set(0);
             }
         }
-        for row in store.tls_observations(run).await? {
-            if !mine(&row.segment) {
-                continue;
-            }
-            let Ok(ServiceData { tls: Some(tls) }) = serde_json::from_str(&row.data) else {
-                continue;
-            };
-            let port = row.port.to_string();
-            let department = label(row.department.as_deref());
-            if let Some(at) = tls
-                .cert
-                .as_ref()
-                .and_then(|c| DateTime::parse_from_rfc3339(&c.not_after).ok())
-            {
+        for e in inv.tls.iter().filter(|e| mine(&e.segment)) {
+            if let Some(at) = e.not_after {
                 not_after
                     .get_or_create(&CertLabels {
-                        ip: row.ip.clone(),
-                        port: port.clone(),
-                        segment: row.segment.clone(),
-                        department: department.clone(),
+                        ip: e.ip.clone(),
+                        port: e.port.clone(),
+                        segment: e.segment.clone(),
+                        department: e.department.clone(),
                     })
-                    .set(at.timestamp() as f64);
+                    .set(at);
             }
             // Accepted versions only (value 1): a series per version refused would double the
             // exposition for nothing the dashboards need.
-            for version in TLS_VERSIONS {
-                if tls.versions.iter().any(|v| v == version) {
-                    protocol
-                        .get_or_create(&ProtocolLabels {
-                            ip: row.ip.clone(),
-                            port: port.clone(),
-                            version: version.to_string(),
-                        })
-                        .set(1);
-                }
+            for version in &e.versions {
+                protocol
+                    .get_or_create(&ProtocolLabels {
+                        ip: e.ip.clone(),
+                        port: e.port.clone(),
+                        version: version.to_string(),
+                    })
+                    .set(1);
             }
             sm.get_or_create(&SmLabels {
-                ip: row.ip,
-                port,
-                department,
+                ip: e.ip.clone(),
+                port: e.port.clone(),
+                department: e.department.clone(),
             })
-            .set(i64::from(tls.tlcp || !tls.sm_suites.is_empty()));
+            .set(i64::from(e.sm));
         }
     }
     registry.register(

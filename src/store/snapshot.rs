@@ -83,6 +83,16 @@ impl Store {
         Ok(())
     }
 
+    /// Changes whenever a run is recorded: the number of finished runs and the latest end.
+    pub async fn runs_version(&self) -> Result<(i64, Option<String>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(finished_at) AS last FROM scan_runs WHERE state <> 'running'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get("n"), row.get("last")))
+    }
+
     /// One run's row, if the store has it.
     pub async fn run(&self, id: &str) -> Result<Option<StoredRun>, StoreError> {
         let row =

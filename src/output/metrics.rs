@@ -49,7 +49,7 @@ use serde::Deserialize;
 use crate::config::{Config, WaiverTarget};
 use crate::probe::{ProbeKind, Reason};
 use crate::reconcile;
-use crate::store::{LatestRun, PlacementCount, Store, StoreError};
+use crate::store::{FindingCount, LatestRun, PlacementCount, Store, StoreError};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -300,11 +300,23 @@ impl RunInventory {
     }
 }
 
+/// What [`Store::runs_version`] returns.
+type RunsVersion = (i64, Option<String>);
+
+/// Open findings as the store counts them (before waivers, which depend on the config).
+#[derive(Debug)]
+struct FindingTotals {
+    counts: Vec<FindingCount>,
+    unapproved: Vec<(Option<String>, Option<String>, i64)>,
+}
+
 #[derive(Debug, Default)]
 struct CachedRuns {
     /// [`Store::runs_version`] when `runs` was read.
-    version: Option<(i64, Option<String>)>,
+    version: Option<RunsVersion>,
     runs: HashMap<String, Arc<RunInventory>>,
+    /// The finding totals, for a store version and a day (overdue depends on the day).
+    findings: Option<(RunsVersion, NaiveDate, Arc<FindingTotals>)>,
 }
 
 /// The inventory of the runs the last scrape showed, shared by the daemon's scrapes.
@@ -355,8 +367,20 @@ pub async fn render(
 
     let names: Vec<&str> = config.segments.iter().map(|s| s.name.as_str()).collect();
     let latest = store.latest_complete_runs(&names).await?;
-    inventory(&mut registry, store, config, &latest, &daemon.inventory).await?;
-    findings(&mut registry, store, config, &latest, today).await?;
+    // Changes whenever a scan is recorded, the only time hosts, services and findings change.
+    let version = store.runs_version().await?;
+    let cache = &daemon.inventory;
+    inventory(&mut registry, store, config, &latest, cache, &version).await?;
+    findings(
+        &mut registry,
+        store,
+        config,
+        &latest,
+        cache,
+        &version,
+        today,
+    )
+    .await?;
     projects(&mut registry, config);
 
     let errors = Family::<ProbeErrorLabels, Counter>::default();
@@ -441,6 +465,7 @@ async fn inventory(
     config: &Config,
     latest: &BTreeMap<String, LatestRun>,
     cache: &InventoryCache,
+    version: &RunsVersion,
 ) -> Result<(), MetricsError> {
     let hosts = Family::<PlaceLabels, Gauge>::default();
     let services = Family::<PlaceLabels, Gauge>::default();
@@ -466,10 +491,9 @@ async fn inventory(
     }
     // A run's observations never change once recorded: what they say is kept between
     // scrapes, and read again only when a scan was recorded since (hosts may have moved).
-    let version = store.runs_version().await?;
     let mut runs: HashMap<String, Arc<RunInventory>> = {
         let cache = lock(&cache.0);
-        if cache.version.as_ref() == Some(&version) {
+        if cache.version.as_ref() == Some(version) {
             cache.runs.clone()
         } else {
             HashMap::new()
@@ -486,7 +510,10 @@ async fn inventory(
     }
     {
         let mut cache = lock(&cache.0);
-        cache.version = Some(version);
+        if cache.version.as_ref() != Some(version) {
+            cache.findings = None;
+        }
+        cache.version = Some(version.clone());
         cache.runs = runs.clone();
     }
     for (run, segments) in by_run {
@@ -587,9 +614,29 @@ async fn findings(
     store: &Store,
     config: &Config,
     latest: &BTreeMap<String, LatestRun>,
+    cache: &InventoryCache,
+    version: &RunsVersion,
     today: NaiveDate,
 ) -> Result<(), MetricsError> {
-    let counts = store.open_finding_counts(today).await?;
+    let cached = {
+        let c = lock(&cache.0);
+        c.findings
+            .as_ref()
+            .filter(|(v, day, _)| v == version && *day == today)
+            .map(|(_, _, f)| f.clone())
+    };
+    let counted = match cached {
+        Some(f) => f,
+        None => {
+            let f = Arc::new(FindingTotals {
+                counts: store.open_finding_counts(today).await?,
+                unapproved: store.open_findings_by_segment(UNAPPROVED).await?,
+            });
+            lock(&cache.0).findings = Some((version.clone(), today, f.clone()));
+            f
+        }
+    };
+    let counts = &counted.counts;
     let active: Vec<_> = config
         .exceptions
         .iter()
@@ -599,7 +646,7 @@ async fn findings(
     let mut open: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
     let mut waived: HashMap<(String, String, String), i64> = HashMap::new();
     let mut unapproved: HashMap<(String, String), i64> = HashMap::new();
-    for c in &counts {
+    for c in counts {
         let e = open
             .entry((
                 c.severity.clone(),
@@ -617,7 +664,7 @@ async fn findings(
             unapproved.insert((s.name.clone(), label(s.department.as_deref())), 0);
         }
     }
-    for (segment, department, n) in store.open_findings_by_segment(UNAPPROVED).await? {
+    for (segment, department, n) in &counted.unapproved {
         *unapproved
             .entry((label(segment.as_deref()), label(department.as_deref())))
             .or_default() += n;

@@ -281,6 +281,30 @@ async fn scan_command(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Serve `/metrics`, `/healthz` and the API of the demo on 127.0.0.1:9750 (or a free port when
+/// that one is taken) until `stop`.
+async fn serve_demo(
+    config: &Config,
+    rules: &RuleSet,
+    store: &Store,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let loaded = crate::daemon::Loaded::new(config.clone(), rules.clone())
+        .map_err(|problems| anyhow::anyhow!("demo daemon: {}", problems.join("; ")))?;
+    let daemon = crate::daemon::Daemon::new(loaded, store.clone());
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:9750").await {
+        Ok(l) => l,
+        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+    };
+    eprintln!(
+        "netpatrol demo: metrics at http://{0}/metrics, API at http://{0}/api/v1/findings",
+        listener.local_addr()?
+    );
+    tokio::spawn(daemon.clone().scheduler(stop.clone()));
+    tokio::spawn(crate::output::api::serve(listener, daemon, stop));
+    Ok(())
+}
+
 async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
     let lab = Lab::start()
         .await
@@ -312,6 +336,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         lab.endpoints().len(),
         config.store.path.display()
     );
+    let mut serving = false;
     loop {
         let (_, report) = scan_and_record(
             &config,
@@ -336,6 +361,10 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         }
         if once || cancel.is_cancelled() {
             break;
+        }
+        if !serving {
+            serving = true;
+            serve_demo(&config, &rules, &store, cancel.clone()).await?;
         }
         eprintln!("netpatrol demo: next scan in 60 s; Ctrl-C stops");
         tokio::select! {

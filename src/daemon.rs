@@ -403,28 +403,20 @@ impl Daemon {
             ..ScanRequest::all()
         };
         let started = Instant::now();
-        // `scan_and_record`'s future is not `Send` (the store's department lookup is a
-        // `&dyn Fn` without `Sync`), so it runs on a blocking thread of this runtime rather
-        // than as a task of its own.
-        let (store, cancel, runtime) = (
-            self.store.clone(),
-            self.scan_cancel.clone(),
-            tokio::runtime::Handle::current(),
-        );
+        // A task of its own, so a panic in a scan costs that scan, not the daemon.
+        let (store, cancel) = (self.store.clone(), self.scan_cancel.clone());
         let scan_config = loaded.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            runtime.block_on(async move {
-                scan_and_record(
-                    &scan_config.config,
-                    &scan_config.rules,
-                    &store,
-                    &request,
-                    scan_config.limits.clone(),
-                    ProgressBar::hidden(),
-                    cancel,
-                )
-                .await
-            })
+        let result = tokio::spawn(async move {
+            scan_and_record(
+                &scan_config.config,
+                &scan_config.rules,
+                &store,
+                &request,
+                scan_config.limits.clone(),
+                ProgressBar::hidden(),
+                cancel,
+            )
+            .await
         })
         .await
         .unwrap_or_else(|e| Err(anyhow::anyhow!("the scan task failed: {e}")));

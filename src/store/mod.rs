@@ -195,7 +195,7 @@ impl Store {
     pub async fn record(
         &self,
         scan: &ScanObservations,
-        departments: &dyn Fn(&str) -> Option<String>,
+        departments: &(dyn Fn(&str) -> Option<String> + Sync),
         findings: &[Finding],
         events: &[(String, Event)],
         report: &serde_json::Value,

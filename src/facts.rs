@@ -228,6 +228,13 @@ pub const CATALOGUE: &[FactDef] = &[
     ),
     def("service.banner", Str, S, BANNER, "greeting, printable"),
     def(
+        "service.description",
+        Str,
+        S,
+        TCP,
+        "name, product and version as known, e.g. mysql MySQL 5.7.44",
+    ),
+    def(
         "service.approved",
         Bool,
         S,

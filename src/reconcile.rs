@@ -265,6 +265,15 @@ fn host_subjects(
         f.set("service.product", service.product.clone());
         f.set("service.version", service.version.clone());
         f.set("service.banner", service.banner.clone());
+        let description: Vec<&str> = [
+            Some(service.service.as_str()),
+            service.product.as_deref(),
+            service.version.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        f.set("service.description", description.join(" "));
         f.set("service.approved", approving.is_some());
         if let Some(tls) = &service.tls {
             tls_facts(f, tls.as_ref(), names_known);

@@ -1,9 +1,11 @@
 //! netpatrol: keeps a district's government network compliant and secure.
 //!
 //! The modules follow the pipeline of `DESIGN.md`:
-//! `config` → `scope` → `probe` → `observation` → `reconcile` (rules later) → `store` →
-//! `output`. `scan` drives one pass; `lab` is the simulated district on loopback used by `demo`
-//! and the tests; `cli` and `app` are the command line and its wiring.
+//! `config` → `scope` → `probe` → `observation` → `reconcile` (facts, from `facts`) → `rules`
+//! → `finding` (lifecycle) → `store` → `output` (report, metrics, API, mail) and `bulletin`.
+//! `scan` drives one pass; `daemon` schedules passes and serves HTTP; `lab` is the simulated
+//! district on loopback used by `demo` and the tests; `cli` and `app` are the command line and
+//! its wiring.
 
 pub mod app;
 pub mod bulletin;

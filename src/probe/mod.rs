@@ -6,8 +6,10 @@
 //! metrics, the store or rules. Every network step runs under a timeout; every new connection
 //! attempt first takes a permit from the scope's [`Limits`](crate::scope::Limits).
 //!
-//! One file per protocol: `icmp` (echo), `tcp` (connect scan and banner read), `dns` (reverse
-//! lookups), `banner` (service naming from greeting bytes and ports).
+//! One file per protocol: `icmp` (echo), `syn` (raw SYN scan, as root), `tcp` (connect scan and
+//! greeting read), `dns` (reverse lookups), `banner` (service naming from greeting bytes and
+//! ports), `service` (safe identification and unauthenticated-access checks), `tls` (TLS and
+//! TLCP posture), `http` (web pages).
 
 pub mod banner;
 pub mod dns;

@@ -117,6 +117,25 @@ pub fn place(config: &Config, segment: &str, ip: IpAddr, ptr: Option<&str>) -> P
     }
 }
 
+/// The names a host is known by: the host names of projects that list it, then its PTR. The TLS
+/// and HTTP probes send the first as SNI / Host; certificates are matched against all of them.
+pub fn known_names(config: &Config, host: &HostObservation) -> Vec<String> {
+    let placement = place(config, &host.segment, host.ip, host.ptr.as_deref());
+    let mut names: Vec<String> = config
+        .projects
+        .iter()
+        .filter(|p| placement.projects.contains(&p.id))
+        .flat_map(|p| &p.assets)
+        .filter_map(|a| match a {
+            Asset::Name(n) => Some(n.clone()),
+            Asset::Address(_) => None,
+        })
+        .collect();
+    names.extend(host.ptr.clone());
+    names.dedup();
+    names
+}
+
 /// Every subject of one scan, with its facts.
 pub fn subjects(
     config: &Config,
@@ -243,12 +262,7 @@ fn host_subjects(
             .collect::<Vec<_>>(),
     );
 
-    let names_known = host.ptr.is_some()
-        || config
-            .projects
-            .iter()
-            .filter(|p| placement.projects.contains(&p.id))
-            .any(|p| p.assets.iter().any(|a| matches!(a, Asset::Name(_))));
+    let names_known = !known_names(config, host).is_empty();
     for service in &host.services {
         let mut s = h.clone();
         s.subject = Subject::Service;

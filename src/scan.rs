@@ -19,7 +19,7 @@ use indicatif::ProgressBar;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Asset, Config};
+use crate::config::Config;
 use crate::observation::{
     HostObservation, Liveness, ProbeErrors, RunState, ScanObservations, ScanRun, ServiceObservation,
 };
@@ -297,24 +297,6 @@ fn service_of(open: OpenPort) -> ServiceObservation {
     }
 }
 
-/// The names a host is known by: its PTR and the host names of projects that list it.
-fn known_names(config: &Config, host: &HostObservation) -> Vec<String> {
-    let placement = reconcile::place(config, &host.segment, host.ip, host.ptr.as_deref());
-    let mut names: Vec<String> = config
-        .projects
-        .iter()
-        .filter(|p| placement.projects.contains(&p.id))
-        .flat_map(|p| &p.assets)
-        .filter_map(|a| match a {
-            Asset::Name(n) => Some(n.clone()),
-            Asset::Address(_) => None,
-        })
-        .collect();
-    names.extend(host.ptr.clone());
-    names.dedup();
-    names
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn tls_stage(
     config: &Config,
@@ -329,7 +311,7 @@ async fn tls_stage(
     let now = Utc::now();
     let mut set = JoinSet::new();
     for host in hosts.values() {
-        let names = known_names(config, host);
+        let names = reconcile::known_names(config, host);
         for service in &host.services {
             // TLS servers never speak first: a greeting means a plaintext protocol.
             if service.banner.is_some() {
@@ -409,7 +391,7 @@ async fn exposure_stage(
     http::install_crypto_provider();
     let mut set = JoinSet::new();
     for host in hosts.values() {
-        let name = known_names(config, host).into_iter().next();
+        let name = reconcile::known_names(config, host).into_iter().next();
         for service in &host.services {
             let greeting = greetings
                 .get(&(host.ip, service.port))

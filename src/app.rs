@@ -3,11 +3,10 @@
 //! Errors reach the user here, as one line each; exit codes follow CONTRACT.md §1
 //! (64 for a bad config or usage, 1 for a runtime failure, 3 when `--fail-on` matched).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,19 +14,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{Cli, Command, Format};
 use crate::config::{self, Config};
-use crate::finding;
 use crate::lab::Lab;
-use crate::observation::{RunState, ScanObservations};
-use crate::output::report::{self, Report};
+use crate::observation::RunState;
+use crate::output::report;
+use crate::pass::scan_and_record;
 use crate::probe::ProbeKind;
-use crate::reconcile::History;
 use crate::rules::{RuleSet, Severity};
-use crate::scan::{self, ScanRequest};
+use crate::scan::ScanRequest;
 use crate::scope::Limits;
 use crate::store::Store;
 
-pub const EXIT_USAGE: u8 = 64;
-pub const EXIT_FAIL_ON: u8 = 3;
+pub use crate::cli::{EXIT_FAIL_ON, EXIT_USAGE};
 
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -169,49 +166,6 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-/// Scan, assess (reconcile, rules, findings lifecycle), record in the store, build the report.
-pub async fn scan_and_record(
-    config: &Config,
-    rules: &RuleSet,
-    store: &Store,
-    request: &ScanRequest,
-    limits: Arc<Limits>,
-    progress: ProgressBar,
-    cancel: CancellationToken,
-) -> anyhow::Result<(ScanObservations, Report)> {
-    let observations = scan::run(config, request, limits, progress, cancel).await?;
-    let tz = config.organisation.timezone;
-    let today = observations.run.started_at.with_timezone(&tz).date_naive();
-    let history = History {
-        last_seen: store
-            .last_seen()
-            .await?
-            .into_iter()
-            .map(|(ip, at)| (ip, at.with_timezone(&tz).date_naive()))
-            .collect(),
-    };
-    let existing = store.findings().await?;
-    let assessment = finding::assess(config, rules, &observations, &history, &existing, today);
-    let report = report::build(config, &observations, &assessment.current, today);
-    let departments: HashMap<String, Option<String>> = report
-        .hosts
-        .iter()
-        .map(|h| (h.ip.clone(), h.department.clone()))
-        .collect();
-    let json = serde_json::to_value(&report)?;
-    store
-        .record(
-            &observations,
-            &|ip| departments.get(ip).cloned().flatten(),
-            &assessment.changed,
-            &assessment.events,
-            &json,
-        )
-        .await
-        .context("cannot record the scan")?;
-    Ok((observations, report))
-}
-
 /// Load the config and its rules; on failure, every problem on stderr.
 fn load_all(path: &Path) -> Result<(Config, RuleSet), ExitCode> {
     let config = config::load(path).map_err(|errors| {
@@ -301,7 +255,7 @@ async fn serve_demo(
         listener.local_addr()?
     );
     tokio::spawn(daemon.clone().scheduler(stop.clone()));
-    tokio::spawn(crate::output::api::serve(listener, daemon, stop));
+    tokio::spawn(crate::daemon::api::serve(listener, daemon, stop));
     Ok(())
 }
 

@@ -6,6 +6,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::rules::Severity;
 
+/// Exit code for a bad config or bad usage (sysexits EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit code when `scan --fail-on` matched a finding.
+pub const EXIT_FAIL_ON: u8 = 3;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "netpatrol",

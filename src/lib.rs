@@ -1,11 +1,12 @@
 //! netpatrol: keeps a district's government network compliant and secure.
 //!
-//! The modules follow the pipeline of `DESIGN.md`:
-//! `config` → `scope` → `probe` → `observation` → `reconcile` (facts, from `facts`) → `rules`
-//! → `finding` (lifecycle) → `store` → `output` (report, metrics, API, mail) and `bulletin`.
-//! `scan` drives one pass; `daemon` schedules passes and serves HTTP; `lab` is the simulated
-//! district on loopback used by `demo` and the tests; `cli` and `app` are the command line and
-//! its wiring.
+//! The modules follow the pipeline: `config` → `scope` → `probe` → `observation` →
+//! `reconcile` (facts, from `facts`) → `rules` → `finding` (lifecycle) → `store` → `output`
+//! (report, metrics, mail) and `bulletin`. `scan` runs the probes of one scan; `pass` takes a
+//! scan through assessment to the report and the store, for `app` and `daemon` alike;
+//! `daemon` schedules passes and serves HTTP (`daemon::api`); `lab` is the simulated district
+//! on loopback used by `demo` and the tests; `cli` and `app` are the command line and its
+//! wiring.
 
 pub mod app;
 pub mod bulletin;
@@ -17,6 +18,7 @@ pub mod finding;
 pub mod lab;
 pub mod observation;
 pub mod output;
+pub mod pass;
 pub mod probe;
 pub mod reconcile;
 pub mod rules;

@@ -11,7 +11,7 @@ use crate::config::{self, Config};
 use crate::rules::RuleSet;
 use crate::store::{OutboxState, Store};
 
-const EXIT_USAGE: u8 = 64;
+use crate::cli::EXIT_USAGE;
 
 /// Arguments of `netpatrol bulletin`.
 #[derive(Debug, Clone, Default)]

@@ -1,8 +1,7 @@
 //! Outputs: what netpatrol shows. `report` renders a scan as the JSON document of CONTRACT.md §3
 //! and as the terminal table; `metrics` builds the Prometheus families from the store at scrape
-//! time; `api` serves the HTTP routes of CONTRACT.md §4; `mail` sends through SMTP.
+//! time; `mail` sends through SMTP.
 
-pub mod api;
 pub mod mail;
 pub mod metrics;
 pub mod report;

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use chrono::NaiveDate;
 use indicatif::ProgressBar;
-use netpatrol::app::scan_and_record;
 use netpatrol::finding::{self, State};
 use netpatrol::lab;
+use netpatrol::pass::scan_and_record;
 use netpatrol::reconcile::History;
 use netpatrol::rules::RuleSet;
 use netpatrol::scan::{self, ScanRequest};

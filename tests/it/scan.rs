@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
-use netpatrol::app::scan_and_record;
 use netpatrol::lab;
 use netpatrol::observation::RunState;
+use netpatrol::pass::scan_and_record;
 use netpatrol::probe::ProbeKind;
 use netpatrol::rules::RuleSet;
 use netpatrol::scan::{self, ScanRequest};

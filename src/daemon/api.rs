@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::daemon::{Daemon, SubmitError};
+use super::{Daemon, SubmitError};
 use crate::finding::{self, Finding};
 use crate::output::metrics;
 use crate::rules::Severity;

@@ -7,7 +7,7 @@
 //! daemon's own metrics.
 //!
 //! Invariants:
-//! - every scan goes through [`crate::app::scan_and_record`], and at most one scan of a segment
+//! - every scan goes through [`crate::pass::scan_and_record`], and at most one scan of a segment
 //!   runs at a time: a scan takes a lock per segment (in name order, so two scans cannot
 //!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
 //!   pending or running skips its tick;
@@ -20,6 +20,8 @@
 //!
 //! Schedules are cron expressions in the organisation's timezone; missed ticks (suspend, clock
 //! jumps, a long scan) are skipped, never caught up.
+
+pub mod api;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -40,11 +42,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::{EXIT_USAGE, scan_and_record};
+use crate::cli::EXIT_USAGE;
 use crate::config::{self, Config};
 use crate::observation::RunState;
-use crate::output::api;
 use crate::output::metrics::DaemonMetrics;
+use crate::pass::scan_and_record;
 use crate::rules::RuleSet;
 use crate::scan::ScanRequest;
 use crate::scope::Limits;

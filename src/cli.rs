@@ -1,4 +1,6 @@
-//! The command line of CONTRACT.md §1, parsed with clap. Dispatch lives in `app`.
+//! The command line (documented in docs/cli.md and docs/cli.zh.md), parsed with clap. Dispatch
+//! lives in `app`. Each command's first help line is quoted by both pages; `tests/it/docs.rs`
+//! checks that the pages and this file list the same commands and options.
 
 use std::path::PathBuf;
 
@@ -15,7 +17,8 @@ pub const EXIT_FAIL_ON: u8 = 3;
 #[command(
     name = "netpatrol",
     version,
-    about = "网络安全巡检: keeps a district's government network compliant and secure"
+    about = "网络安全巡检:政务网络合规与安全巡检 / keeps a district's government network compliant and secure",
+    after_help = "文档 / docs: docs/README.zh.md (中文), docs/README.md (English). 退出码 / exit codes: 0 成功 ok, 1 运行失败 runtime failure, 3 --fail-on 命中 matched, 64 配置或用法错误 bad config or usage."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -35,13 +38,15 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the config, every register and rule file; report all problems.
+    /// 检查配置、登记表与规则,一次列出全部问题 / Check config, registers and rules; list every problem
     CheckConfig {
+        /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
     },
-    /// One complete pass over the named segments (all by default).
+    /// 巡检一次:探测、比对登记表、按规则生成问题并入库 / One scan: probe, reconcile, judge, record
     Scan {
+        /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
         /// Segment to scan; repeat for several. Default: every segment.
@@ -60,13 +65,15 @@ pub enum Command {
         #[arg(long, value_name = "SEVERITY", value_parser = parse_severity)]
         fail_on: Option<Severity>,
     },
-    /// Run scheduled scans and bulletins and serve HTTP (not built yet).
+    /// 守护进程:定时巡检与通报,提供 HTTP 接口 / Daemon: scheduled scans and bulletins, HTTP API
     Daemon {
+        /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
     },
-    /// Build the network security bulletin (网络安全通报) of a period from the store.
+    /// 生成一期网络安全通报(可发送邮件)/ Build a period's security bulletin (and mail it)
     Bulletin {
+        /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
         /// The month to report on. Default: the previous calendar month.
@@ -91,20 +98,21 @@ pub enum Command {
         #[arg(long, requires = "send")]
         force: bool,
     },
-    /// List mail not yet sent; --flush tries every queued message now.
+    /// 查看待发邮件;--flush 立即重试 / List unsent mail; --flush retries it now
     Outbox {
+        /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: Option<PathBuf>,
         /// Send the queued mail now.
         #[arg(long)]
         flush: bool,
     },
-    /// Start a simulated district network on loopback and scan it.
+    /// 演示:在本机回环地址上模拟一个区的网络并巡检 / Demo: scan a simulated district on loopback
     Demo {
         /// Exit after the first scan.
         #[arg(long)]
         once: bool,
-        /// Where the demo writes its store (and, later, its bulletin).
+        /// Where the demo writes its store, report and bulletin.
         #[arg(long, default_value = "demo-out")]
         out: PathBuf,
     },

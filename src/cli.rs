@@ -17,8 +17,8 @@ pub const EXIT_FAIL_ON: u8 = 3;
 #[command(
     name = "netpatrol",
     version,
-    about = "网络安全巡检:政务网络合规与安全巡检 / keeps a district's government network compliant and secure",
-    after_help = "文档 / docs: docs/README.zh.md (中文), docs/README.md (English). 退出码 / exit codes: 0 成功 ok, 1 运行失败 runtime failure, 3 --fail-on 命中 matched, 64 配置或用法错误 bad config or usage."
+    about = "网络安全巡检：政务网络合规与安全巡检 / keeps a district's government network compliant and secure",
+    after_help = "文档 / docs: docs/README.zh.md（中文）, docs/README.md (English). 退出码 / exit codes: 0 成功 / ok, 1 运行失败 / runtime failure, 3 --fail-on 命中 / matched, 64 配置或用法错误 / bad config or usage."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,13 +38,13 @@ fn parse_severity(s: &str) -> Result<Severity, String> {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// 检查配置、登记表与规则,一次列出全部问题 / Check config, registers and rules; list every problem
+    /// 检查配置、登记表与规则，一次列出全部问题 / Check config, registers and rules; list every problem
     CheckConfig {
         /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
     },
-    /// 巡检一次:探测、比对登记表、按规则生成问题并入库 / One scan: probe, reconcile, judge, record
+    /// 巡检一次：探测、比对登记表、按规则生成问题并入库 / One scan: probe, reconcile, judge, record
     Scan {
         /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
@@ -65,13 +65,13 @@ pub enum Command {
         #[arg(long, value_name = "SEVERITY", value_parser = parse_severity)]
         fail_on: Option<Severity>,
     },
-    /// 守护进程:定时巡检与通报,提供 HTTP 接口 / Daemon: scheduled scans and bulletins, HTTP API
+    /// 守护进程：定时巡检与通报，提供 HTTP 接口 / Daemon: scheduled scans and bulletins, HTTP API
     Daemon {
         /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: PathBuf,
     },
-    /// 生成一期网络安全通报(可发送邮件)/ Build a period's security bulletin (and mail it)
+    /// 生成一期网络安全通报（可发送邮件）/ Build a period's security bulletin (and mail it)
     Bulletin {
         /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
@@ -98,7 +98,7 @@ pub enum Command {
         #[arg(long, requires = "send")]
         force: bool,
     },
-    /// 查看待发邮件;--flush 立即重试 / List unsent mail; --flush retries it now
+    /// 查看待发邮件；--flush 立即重试 / List unsent mail; --flush retries it now
     Outbox {
         /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
@@ -107,7 +107,7 @@ pub enum Command {
         #[arg(long)]
         flush: bool,
     },
-    /// 演示:在本机回环地址上模拟一个区的网络并巡检 / Demo: scan a simulated district on loopback
+    /// 演示：在本机回环地址上模拟一个区的网络并巡检 / Demo: scan a simulated district on loopback
     Demo {
         /// Exit after the first scan.
         #[arg(long)]

@@ -682,13 +682,49 @@ fn label(lang: &str, word: &str) -> String {
         "project" => "项目",
         other => panic!("no Chinese label for {other}; add one to `label`"),
     };
-    format!("{zh}({word})")
+    format!("{zh}（{word}）")
+}
+
+/// The fact catalogue (`netpatrol::facts::CATALOGUE`), for people who write their own rules.
+fn render_facts(lang: &str) -> String {
+    use netpatrol::facts::{CATALOGUE, Kind};
+    let head = if lang == "en" {
+        "| fact | type | subject | probe needed | meaning |"
+    } else {
+        "| 事实 | 类型 | 所属对象 | 所需探测 | 说明（英文，取自源码） |"
+    };
+    let mut out = format!("{head}\n|---|---|---|---|---|\n");
+    for fact in CATALOGUE {
+        let kind = match (fact.kind, lang) {
+            (Kind::Bool, "en") => "boolean",
+            (Kind::Int, "en") => "integer",
+            (Kind::Str, "en") => "string",
+            (Kind::List, "en") => "list",
+            (Kind::Bool, _) => "布尔",
+            (Kind::Int, _) => "整数",
+            (Kind::Str, _) => "字符串",
+            (Kind::List, _) => "列表",
+        };
+        let needs = fact
+            .needs
+            .map(|p| format!("`{}`", p.as_str()))
+            .unwrap_or_else(|| if lang == "en" { "none" } else { "无" }.to_string());
+        out.push_str(&format!(
+            "| `{}` | {kind} | {} | {needs} | {} |\n",
+            fact.name,
+            label(lang, fact.subject.as_str()),
+            cell(fact.doc),
+        ));
+    }
+    out
 }
 
 #[test]
 fn rule_pages_are_generated_from_the_built_in_pack() {
     check_block("docs/rules.md", "rules", &render_rules("en"));
     check_block("docs/rules.zh.md", "rules", &render_rules("zh"));
+    check_block("docs/rules.md", "facts", &render_facts("en"));
+    check_block("docs/rules.zh.md", "facts", &render_facts("zh"));
 }
 
 #[test]

@@ -130,9 +130,10 @@ fn leaf(ty: &str) -> String {
     let ty = unwrap(ty, "Option").unwrap_or(ty);
     let ty = unwrap(ty, "Spanned").unwrap_or(ty);
     match ty {
-        "Text" | "String" => "string".into(),
+        "Text" | "String" | "PathBuf" => "string".into(),
         "bool" => "boolean".into(),
-        "u8" | "u16" | "u32" | "u64" | "usize" => "integer".into(),
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => "integer".into(),
+        "f32" | "f64" => "number".into(),
         "PortList" => "port, range or named set, or a list of them".into(),
         "IgnoredAny" => "refused".into(),
         _ => {
@@ -217,12 +218,26 @@ fn walk(structs: &[Struct], name: &str, prefix: &str, section: Option<&str>, out
         out.push(Key {
             path: path.clone(),
             section: section.clone(),
-            ty,
+            ty: refine(ty, &f.doc),
             doc: f.doc.clone(),
         });
         if let Some((child, prefix)) = child {
             walk(structs, &child, &prefix, Some(&section), out);
         }
+    }
+}
+
+/// Strings that validation reads as dates or numbers, as their doc comment says.
+fn refine(ty: String, doc: &str) -> String {
+    if ty != "string" {
+        return ty;
+    }
+    if doc.contains("YYYY-MM-DD") {
+        "date (YYYY-MM-DD)".into()
+    } else if doc.contains("1 to 5") || doc.contains("1 to 65535") {
+        "integer".into()
+    } else {
+        ty
     }
 }
 

@@ -1,6 +1,6 @@
 //! Commands: wiring of config, scope, probes, store and outputs for each CLI command.
 //!
-//! Errors reach the user here, as one line each; exit codes follow CONTRACT.md §1
+//! Errors reach the user here, as one line each; exit codes as docs/cli.md lists them
 //! (64 for a bad config or usage, 1 for a runtime failure, 3 when `--fail-on` matched).
 
 use std::collections::BTreeSet;

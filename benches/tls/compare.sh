@@ -11,7 +11,7 @@
 # netpatrol as a ca_file; testssl.sh gets it with --add-ca.
 #
 # Expected difference: testssl.sh --fast does not report the legacy server's NULL and
-# anonymous suites (it skips them in fast mode, see shared/BENCHMARKS.md); netpatrol does.
+# anonymous suites (it skips them in fast mode); netpatrol does.
 # Measured (2 vCPU, loaded by a parallel build, debug build of the example): netpatrol
 # 0.07-0.11 s wall per endpoint (process start and system roots included; the probe itself
 # 26-79 ms, 11-48 handshakes), testssl.sh --fast 266-275 s per endpoint, three in parallel.

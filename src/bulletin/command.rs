@@ -1,4 +1,4 @@
-//! The `bulletin` and `outbox` commands (CONTRACT.md §1). Errors reach the user here, one
+//! The `bulletin` and `outbox` commands (docs/cli.md). Errors reach the user here, one
 //! line each; 64 for a bad config or usage, 1 for a runtime failure or mail still queued.
 
 use std::path::{Path, PathBuf};

@@ -1,4 +1,4 @@
-//! HTTP: `/metrics`, `/healthz` and the JSON API of CONTRACT.md §4, served by axum.
+//! HTTP: `/metrics`, `/healthz` and the JSON API of docs/api.md, served by axum.
 //!
 //! Input: requests and the shared [`Daemon`]. Output: responses; every error is JSON
 //! `{"error": "..."}` with its status (400 bad request, 401 no or wrong token, 403 no token
@@ -114,7 +114,7 @@ struct FindingsQuery {
     rule: Option<String>,
 }
 
-/// A finding as the API lists it: the report's fields (CONTRACT.md §3) plus its lifecycle and
+/// A finding as the API lists it: the report's fields (docs/report.md) plus its lifecycle and
 /// whether an active waiver covers it.
 #[derive(Debug, Serialize)]
 struct FindingView<'a> {

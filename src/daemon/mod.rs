@@ -1,4 +1,4 @@
-//! Daemon: `netpatrol daemon -c FILE` (CONTRACT.md §1): scheduled scans and bulletins, the HTTP
+//! Daemon: `netpatrol daemon -c FILE` (docs/cli.md): scheduled scans and bulletins, the HTTP
 //! server of §4, reload on SIGHUP, ordered shutdown on SIGTERM/SIGINT.
 //!
 //! Input: the config path. State: [`Daemon`], shared by the scheduler, the scan tasks and the

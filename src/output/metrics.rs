@@ -1,4 +1,4 @@
-//! Metrics: every series netpatrol exports, in one place (CONTRACT.md §5 and extensions).
+//! Metrics: every series netpatrol exports, in one place (operators read them in docs/metrics.md).
 //!
 //! Input: the store (read at scrape time), the loaded config (registers, timezone) and the few
 //! values only the running daemon knows ([`DaemonMetrics`]). Output: the Prometheus/OpenMetrics

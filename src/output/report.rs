@@ -1,4 +1,4 @@
-//! The scan report: the JSON document of CONTRACT.md §3 and a table for the terminal.
+//! The scan report: the JSON document of docs/report.md and a table for the terminal.
 //!
 //! Input: a scan's observations and the config (for register placement). Output: a
 //! `serde_json::Value` (built through typed structs, so field names cannot drift) or text.

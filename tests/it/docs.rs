@@ -798,19 +798,38 @@ fn every_metric_is_documented_in_both_languages() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// `METHOD PATH` of every `.route(` in `src/daemon/api.rs`.
+/// `METHOD PATH` of every `.route(` in `src/daemon/api.rs` (a call rustfmt split over several
+/// lines included): its path literal and the methods named in its handler.
 fn routes() -> Vec<String> {
     let text = read("src/daemon/api.rs");
     let mut out = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.trim().strip_prefix(".route(\"") else {
-            continue;
-        };
-        let (path, handler) = rest.split_once('"').expect("a route path literal");
-        for method in ["get", "post", "put", "delete", "patch"] {
-            if handler.contains(&format!("{method}(")) {
-                out.push(format!("{} {path}", method.to_uppercase()));
-            }
+    for call in text.split(".route(").skip(1) {
+        // The arguments, up to the parenthesis that closes the call.
+        let mut depth = 1;
+        let end = call
+            .char_indices()
+            .find_map(|(i, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                (depth == 0).then_some(i)
+            })
+            .expect("a closed .route( call");
+        let args = &call[..end];
+        let path = args
+            .split('"')
+            .nth(1)
+            .expect("a route path literal as the first argument");
+        let handler = &args[args.find(',').expect("a route handler")..];
+        let methods: Vec<&str> = ["get", "post", "put", "delete", "patch"]
+            .into_iter()
+            .filter(|m| handler.contains(&format!("{m}(")) || handler.contains(&format!("::{m}(")))
+            .collect();
+        assert!(!methods.is_empty(), "no method found for the route {path}");
+        for method in methods {
+            out.push(format!("{} {path}", method.to_uppercase()));
         }
     }
     out

@@ -478,7 +478,11 @@ fn check_block(rel: &str, name: &str, body: &str) {
         return;
     }
     if blessing() {
-        std::fs::write(root().join(rel), &wanted).expect("write the blessed page");
+        // Through a rename, so the tests reading the page at the same time never see half of it.
+        let path = root().join(rel);
+        let tmp = path.with_extension("md.blessing");
+        std::fs::write(&tmp, &wanted).expect("write the blessed page");
+        std::fs::rename(&tmp, &path).expect("replace the page");
         return;
     }
     panic!(

@@ -104,6 +104,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 fn check_config(path: &Path) -> ExitCode {
     match compile(path) {
         Ok(loaded) => {
+            config::print_problems(&loaded.warnings);
             let (config, rules) = (&loaded.config, &loaded.rules);
             println!(
                 "{}: ok ({} segments, {} departments, {} approvals, {} projects, {} ports, {} rules, {} waivers)",
@@ -167,14 +168,12 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-/// The one compile step (`config::Loaded::compile`); its warnings, and on failure every
-/// problem, on stderr, one a line.
+/// The one compile step (`config::Loaded::compile`); on failure every problem on stderr, one a
+/// line. Its warnings are `check-config`'s and the daemon's to print (they are about serving
+/// and mail, noise for a one-off scan).
 pub fn compile(path: &Path) -> Result<config::Loaded, ExitCode> {
     match config::Loaded::compile(path) {
-        Ok(loaded) => {
-            config::print_problems(&loaded.warnings);
-            Ok(loaded)
-        }
+        Ok(loaded) => Ok(loaded),
         Err(problems) => {
             config::print_problems(&problems);
             Err(ExitCode::from(EXIT_USAGE))

@@ -1,17 +1,29 @@
-//! Configuration: the YAML file and the registers it names, loaded in two layers.
+//! Configuration: the YAML file and the registers it names, loaded in two layers, and the one
+//! compile step every command and every reload goes through.
 //!
-//! `raw` holds serde structs that mirror the file exactly (`deny_unknown_fields`, positions kept
-//! with `serde_saphyr::Spanned`); `registers` reads register lists written inline or in separate
-//! YAML/CSV files (UTF-8, UTF-8 with BOM, GB18030/GBK); `validate` turns them into the domain
-//! types of `model`, collecting **every** problem with its file, line and column; `ports` knows
-//! port lists, ranges and the named sets. Besides the registers, the file holds the settings of
-//! the rules (`rules`: extra rule folders, per-rule overrides), of compliance checks
-//! (`compliance`) and the waivers (`exceptions`, a register like the others). Overrides and
-//! waivers name rule ids, which only the rule loader knows: they keep their [`Position`] so
-//! `rules::RuleSet::load` can report an unknown id where it was written.
+//! `keys` reads the file as a tree with the position of every key and reports **every** unknown
+//! key at once (a misspelt known key with the one meant); `raw` holds serde structs that mirror
+//! the file (positions kept with `serde_saphyr::Spanned`; unknown keys are `keys`' to report);
+//! `registers` reads register lists written inline or in separate YAML/CSV files (UTF-8, UTF-8
+//! with BOM, GB18030/GBK), bounded in size and exactly decoded; `validate` turns them into the
+//! domain types of `model`, collecting every problem with its file, line and column: numbers
+//! within their bounds, crons compiled, every address canonical (IPv4-mapped IPv6 as IPv4) and
+//! every segment enumerable (no `/0`, nothing past `scope::MAX_ENUMERATED`); `ports` knows port
+//! lists, ranges and the named sets. Trust anchors (`trust.ca_files`) are parsed here too.
+//! Besides the registers, the file holds the settings of the rules (`rules`: extra rule folders,
+//! per-rule overrides), of compliance checks (`compliance`) and the waivers (`exceptions`, a
+//! register like the others). Overrides and waivers name rule ids, which only the rule loader
+//! knows: they keep their [`Position`] so `rules::RuleSet::load` can report an unknown id where
+//! it was written.
 //!
-//! Output: a [`Config`] that the rest of netpatrol can trust, or [`ConfigErrors`]. Loading never
-//! panics; a YAML syntax or type error stops only the file it is in.
+//! `compile` ([`Loaded::compile`]) is the step above: config and registers, then rules,
+//! schedules, bulletin templates and secrets, into a [`Loaded`] that can run, or every problem.
+//! `check-config`, `scan`, `bulletin`, `outbox`, `demo`, the daemon's start and each SIGHUP use
+//! it and nothing else, so what `check-config` accepts no later command rejects.
+//!
+//! Output: a [`Config`] that the rest of netpatrol can trust, or [`ConfigErrors`]; a [`Loaded`],
+//! or its [`Problem`]s. Loading never panics; a YAML syntax or type error stops only the file it
+//! is in (after its unknown keys are reported).
 
 mod compile;
 mod keys;
@@ -56,9 +68,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     match registers::read_capped(path) {
         Ok(bytes) => match String::from_utf8(bytes) {
             Ok(text) => load_str(&text, path),
-            Err(_) => Err(ConfigErrors {
-                problems: vec![Problem::new(path, "the config file is not valid utf-8")],
-            }),
+            Err(e) => {
+                let bytes = e.as_bytes();
+                let good =
+                    std::str::from_utf8(&bytes[..e.utf8_error().valid_up_to()]).unwrap_or("");
+                let line = good.matches('\n').count() as u64 + 1;
+                let column = good.rsplit('\n').next().unwrap_or("").chars().count() as u64 + 1;
+                Err(ConfigErrors {
+                    problems: vec![Problem::at(
+                        path,
+                        line,
+                        column,
+                        "the config file is not valid utf-8",
+                    )],
+                })
+            }
         },
         Err(err) => Err(ConfigErrors {
             problems: vec![Problem::new(

@@ -11,9 +11,11 @@
 //!   runs at a time: a scan takes a lock per segment (in name order, so two scans cannot
 //!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
 //!   pending or running skips its tick;
-//! - a reload that fails (config, registers, rules, a cron, the token file) changes nothing: the
-//!   old [`Loaded`] stays, the problems are logged at ERROR and `netpatrol_config_reload_success`
-//!   reads 0; scans already running finish with the config they started with;
+//! - the start and every reload go through `config::Loaded::compile`, the step `check-config`
+//!   runs: a reload that fails (anything `check-config` rejects) changes nothing: the old
+//!   [`Loaded`] stays, each problem is logged at ERROR worded as `check-config` prints it, and
+//!   `netpatrol_config_reload_success` reads 0; scans already running finish with the config
+//!   they started with;
 //! - shutdown, within [`GRACE`]: the scheduler stops, scans in flight are cancelled (and recorded
 //!   as incomplete by `scan_and_record`), the store is flushed and closed, the HTTP server
 //!   (exporter) goes last; exit 0.

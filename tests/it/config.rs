@@ -661,3 +661,14 @@ fn the_daemon_runs_what_check_config_accepts_and_refuses_a_reload_it_rejects() {
     let status = wait_until("the daemon to stop", || child.try_wait().unwrap());
     assert!(status.success(), "exit {status}:\n{}", log());
 }
+
+#[test]
+fn trust_anchors_check_config_accepts_load_into_the_tls_trust_store() {
+    // RSA, EC and SM2 roots: what the compile step accepts, the TLS probe's store takes too.
+    let path = root().join("tests/fixtures/config/ok/trust-roots.yaml");
+    let loaded = config::Loaded::compile(&path).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(loaded.config.trust.ca_files.len(), 3);
+    let trust = netpatrol::probe::tls::Trust::from_pem_files(&loaded.config.trust.ca_files)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(trust.extra, 3);
+}

@@ -324,7 +324,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         let path: PathBuf = out.join("last-scan.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("netpatrol demo: report written to {}", path.display());
-        let written = crate::bulletin::demo(config, rules, &store, out).await?;
+        let written = crate::bulletin::demo(config, rules, &loaded.templates, &store, out).await?;
         for file in written {
             eprintln!("netpatrol demo: bulletin written to {}", file.display());
         }

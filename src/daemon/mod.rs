@@ -78,6 +78,8 @@ pub struct Loaded {
     pub token: Option<String>,
     /// Every secret the compile step read (the token above among them).
     pub secrets: config::Secrets,
+    /// The bulletin templates, compiled with the config.
+    pub templates: Arc<crate::bulletin::Templates>,
     pub limits: Arc<Limits>,
 }
 
@@ -90,6 +92,7 @@ impl From<config::Loaded> for Loaded {
             config: compiled.config,
             rules: compiled.rules,
             schedule: compiled.schedule,
+            templates: compiled.templates,
             limits,
         }
     }
@@ -553,6 +556,7 @@ impl Daemon {
                 runtime.block_on(crate::bulletin::scheduled(
                     &loaded.config,
                     &loaded.rules,
+                    &loaded.templates,
                     &store,
                 ))
             })

@@ -1,6 +1,7 @@
 //! A problem with what the operator wrote (config, register, rule or template file) and where:
 //! a leaf type shared by `config`, `rules` and the compile step, printed `PATH:LINE:COL: message`.
-//! It depends on nothing else in netpatrol.
+//! It depends on nothing else in netpatrol. With it, the wording of the problems every loader
+//! shares: a YAML parse error's, an I/O error's.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -76,5 +77,58 @@ impl Position {
             column: self.column,
             message,
         }
+    }
+}
+
+/// A serde-saphyr error as a problem: its position, and its message without the position
+/// suffix the library appends.
+pub fn yaml_problem(path: &Path, err: &serde_saphyr::Error) -> Problem {
+    let text = err.without_snippet().to_string();
+    // The problem is placed at the use of an alias: its " (used at line L, column C)" suffix
+    // says it again. A " (defined at line L, column C)" suffix, where the anchor is, stays.
+    let text = match text.rfind(" (used at line ") {
+        Some(i) if text.ends_with(')') => text[..i].to_string(),
+        _ => text,
+    };
+    let message = match text.rfind(" at line ") {
+        Some(i)
+            if text[i..].contains(", column ")
+                && !text[i..].ends_with(')')
+                && !text[..i].ends_with("(defined") =>
+        {
+            text[..i].to_string()
+        }
+        _ => text,
+    };
+    let message = lowercase_first(message.trim());
+    // serde-saphyr's advice is for programmers, not for whoever edits the YAML.
+    let message = match message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable") {
+        Some(rest) => match rest.strip_prefix("duplicate mapping key: ") {
+            Some(key) => format!("duplicate key `{key}`"),
+            None => "duplicate key".to_string(),
+        },
+        None => message,
+    };
+    match err.location() {
+        Some(at) => Problem::at(path, at.line(), at.column(), message),
+        None => Problem::new(path, message),
+    }
+}
+
+/// An I/O error's text, lowercase, for a problem message.
+pub fn io_message(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = match text.find(" (os error") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    lowercase_first(text)
+}
+
+pub fn lowercase_first(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
     }
 }

@@ -197,12 +197,13 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Prob
         }
     };
     if config.daemon.listen.is_some() && api_token.is_none() {
-        warnings.push(Problem::new(
-            &config.source,
-            format!(
-                "warning: daemon.listen is set but neither {var} nor {var}_FILE is: POST /api/v1/scans will be refused"
-            ),
-        ));
+        let message = format!(
+            "warning: daemon.listen is set but neither {var} nor {var}_FILE is: POST /api/v1/scans will be refused"
+        );
+        warnings.push(match &config.daemon.listen_at {
+            Some(at) => at.problem(message),
+            None => Problem::new(&config.source, message),
+        });
     }
     if let Some(smtp) = &config.smtp
         && let Some(var) = &smtp.password_env

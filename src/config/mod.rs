@@ -37,7 +37,6 @@ pub use crate::problem::{Position, Problem};
 pub use compile::{CHECKS, Loaded, Schedule, Secrets, print_problems, secret};
 pub use model::*;
 pub use ports::named_port_set;
-pub(crate) use registers::{io_message, yaml_problem};
 pub use validate::{canonical_net, parse_cron};
 
 use std::fmt;

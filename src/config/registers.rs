@@ -25,6 +25,7 @@ use super::raw::{
     WaiverConfig,
 };
 use super::{Position, Problem};
+pub use crate::problem::{io_message, lowercase_first, yaml_problem};
 
 /// Largest config, register or CA file read: 64 MiB.
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -334,59 +335,6 @@ fn yaml_items<T: DeserializeOwned + CsvColumns>(
         csv_row: None,
     };
     Ok(items.into_iter().map(|i| (origin.clone(), i)).collect())
-}
-
-/// A serde-saphyr error as a problem: its position, and its message without the position
-/// suffix the library appends.
-pub fn yaml_problem(path: &Path, err: &serde_saphyr::Error) -> Problem {
-    let text = err.without_snippet().to_string();
-    // The problem is placed at the use of an alias: its " (used at line L, column C)" suffix
-    // says it again. A " (defined at line L, column C)" suffix, where the anchor is, stays.
-    let text = match text.rfind(" (used at line ") {
-        Some(i) if text.ends_with(')') => text[..i].to_string(),
-        _ => text,
-    };
-    let message = match text.rfind(" at line ") {
-        Some(i)
-            if text[i..].contains(", column ")
-                && !text[i..].ends_with(')')
-                && !text[..i].ends_with("(defined") =>
-        {
-            text[..i].to_string()
-        }
-        _ => text,
-    };
-    let message = lowercase_first(message.trim());
-    // serde-saphyr's advice is for programmers, not for whoever edits the YAML.
-    let message = match message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable") {
-        Some(rest) => match rest.strip_prefix("duplicate mapping key: ") {
-            Some(key) => format!("duplicate key `{key}`"),
-            None => "duplicate key".to_string(),
-        },
-        None => message,
-    };
-    match err.location() {
-        Some(at) => Problem::at(path, at.line(), at.column(), message),
-        None => Problem::new(path, message),
-    }
-}
-
-/// An I/O error's text, lowercase, for a problem message.
-pub fn io_message(err: &std::io::Error) -> String {
-    let text = err.to_string();
-    let text = match text.find(" (os error") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    lowercase_first(text)
-}
-
-pub(super) fn lowercase_first(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
 }
 
 /// Decodes CSV bytes: UTF-8 (BOM stripped) when valid, GB18030 (a superset of GBK) otherwise.

@@ -686,6 +686,7 @@ impl Validator {
         let Some(raw) = raw else {
             return DaemonSettings {
                 listen: None,
+                listen_at: None,
                 api_token_env: default_env,
                 scans: Vec::new(),
             };
@@ -727,6 +728,10 @@ impl Validator {
         }
         DaemonSettings {
             listen,
+            listen_at: raw
+                .listen
+                .as_ref()
+                .map(|l| self.config.position(l, "listen")),
             api_token_env: raw.api_token_env.unwrap_or(default_env),
             scans,
         }

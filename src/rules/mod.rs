@@ -289,7 +289,7 @@ impl Loader {
                 let message = format!(
                     "cannot read rules folder `{}`: {}",
                     dir.display(),
-                    crate::config::io_message(&err)
+                    crate::problem::io_message(&err)
                 );
                 self.problems.push(Problem::new(config, message));
                 return;
@@ -318,8 +318,10 @@ impl Loader {
                 },
                 Err(err) => {
                     self.files.push(path.clone());
-                    let message =
-                        format!("cannot read rule file: {}", crate::config::io_message(&err));
+                    let message = format!(
+                        "cannot read rule file: {}",
+                        crate::problem::io_message(&err)
+                    );
                     self.problems.push(Problem::new(&path, message));
                 }
             }
@@ -337,7 +339,7 @@ impl Loader {
         let parsed: RuleFileConfig = match serde_saphyr::from_str(text) {
             Ok(parsed) => parsed,
             Err(err) => {
-                self.problems.push(crate::config::yaml_problem(path, &err));
+                self.problems.push(crate::problem::yaml_problem(path, &err));
                 return;
             }
         };

@@ -1,6 +1,6 @@
 //! The one compile step: a config path in, a [`Loaded`] that can run out, or every problem.
 //!
-//! Shaped like vector's `src/config/compiler.rs`: a table of contents of named checks ([`CHECKS`]
+//! Shaped like vector's `src/config/compiler.rs`: a table of contents of named checks (`CHECKS`
 //! lists them in order), each adding what it compiled or the problems it found. Every command
 //! (`check-config`, `scan`, `bulletin`, `outbox`, `demo`), the daemon's start and every SIGHUP
 //! go through [`Loaded::compile`], so what `check-config` accepts no later command rejects for a
@@ -23,15 +23,53 @@ use super::{Config, ConfigErrors, Problem, parse_cron};
 use crate::bulletin::{BulletinError, Templates};
 use crate::rules::RuleSet;
 
-/// The named checks, in the order they run (documentation and `check-config -v` material).
-pub const CHECKS: &[&str] = &[
-    "config: keys, types, bounds, cross-checks, crons, trust anchors",
-    "registers: files bounded and exactly decoded, items validated",
-    "rules: built-in pack and rules.dirs compiled; overrides and waivers name loaded rules",
-    "schedules: daemon.scans and bulletin.cron compiled",
-    "templates: the bulletin templates compiled",
-    "secrets: present where the config needs them",
+/// The checks that run on a validated config, by name, in order: the table of contents of the
+/// compile step. (Config and registers come first, in `config::load`: everything below reads
+/// the validated [`Config`].) Each adds what it compiled to the [`Compiler`] or its problems;
+/// every check runs, whatever the ones before it found. A new thing to prove at load (the
+/// daemon's `web_config`, its read token) is a check here and a field of [`Loaded`].
+const CHECKS: &[(&str, Check)] = &[
+    ("rules", check_rules),
+    ("schedules", check_schedules),
+    ("templates", check_templates),
+    ("secrets", check_secrets),
 ];
+
+/// One check of the compile step.
+type Check = fn(&mut Compiler);
+
+/// What the checks have compiled so far.
+struct Compiler {
+    config: Config,
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    rules: Option<RuleSet>,
+    schedule: Option<Schedule>,
+    templates: Option<Templates>,
+    secrets: Secrets,
+}
+
+fn check_rules(c: &mut Compiler) {
+    match RuleSet::load(&c.config) {
+        Ok(rules) => c.rules = Some(rules),
+        Err(more) => c.problems.extend(more),
+    }
+}
+
+fn check_schedules(c: &mut Compiler) {
+    c.schedule = schedule(&c.config, &mut c.problems);
+}
+
+fn check_templates(c: &mut Compiler) {
+    match Templates::load(&c.config) {
+        Ok(t) => c.templates = Some(t),
+        Err(error) => c.problems.push(template_problem(&c.config, error)),
+    }
+}
+
+fn check_secrets(c: &mut Compiler) {
+    c.secrets = secrets(&c.config, &mut c.problems, &mut c.warnings);
+}
 
 /// The compiled schedules of a config.
 #[derive(Debug, Clone)]
@@ -66,7 +104,7 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Load and compile the config at `path`: every check of [`CHECKS`], every problem found.
+    /// Load and compile the config at `path`: every check, every problem found.
     pub fn compile(path: &Path) -> Result<Loaded, Vec<Problem>> {
         Loaded::finish(super::load(path))
     }
@@ -85,36 +123,34 @@ impl Loaded {
         // Rules, templates and schedules read the validated config: a config that does not
         // validate stops here, with all of its own problems.
         let config = config.map_err(|e| e.problems)?;
-        let mut problems = Vec::new();
-        let mut warnings = Vec::new();
-
-        let rules = match RuleSet::load(&config) {
-            Ok(rules) => Some(rules),
-            Err(more) => {
-                problems.extend(more);
-                None
-            }
+        let mut c = Compiler {
+            config,
+            problems: Vec::new(),
+            warnings: Vec::new(),
+            rules: None,
+            schedule: None,
+            templates: None,
+            secrets: Secrets::default(),
         };
-        let schedule = schedule(&config, &mut problems);
-        let templates = match Templates::load(&config) {
-            Ok(t) => Some(t),
-            Err(error) => {
-                problems.push(template_problem(&config, error));
-                None
-            }
-        };
-        let secrets = secrets(&config, &mut problems, &mut warnings);
-
-        match (rules, schedule, templates) {
-            (Some(rules), Some(schedule), Some(templates)) if problems.is_empty() => Ok(Loaded {
-                config,
+        for (name, check) in CHECKS {
+            let before = c.problems.len();
+            check(&mut c);
+            tracing::debug!(
+                check = name,
+                problems = c.problems.len() - before,
+                "config check"
+            );
+        }
+        match (c.rules, c.schedule, c.templates) {
+            (Some(rules), Some(schedule), Some(templates)) if c.problems.is_empty() => Ok(Loaded {
+                config: c.config,
                 rules,
                 schedule,
                 templates: Arc::new(templates),
-                secrets,
-                warnings,
+                secrets: c.secrets,
+                warnings: c.warnings,
             }),
-            _ => Err(dedup(problems)),
+            _ => Err(dedup(c.problems)),
         }
     }
 }

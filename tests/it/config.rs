@@ -672,3 +672,18 @@ fn trust_anchors_check_config_accepts_load_into_the_tls_trust_store() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(trust.extra, 3);
 }
+
+#[test]
+fn an_error_chain_prints_each_cause_once() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open store /var/lib/netpatrol.db: {source}")]
+    struct Open {
+        source: std::io::Error,
+    }
+    let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+    let error = anyhow::Error::new(Open { source: io }).context("scan failed");
+    assert_eq!(
+        netpatrol::app::error_chain(&error),
+        "scan failed: cannot open store /var/lib/netpatrol.db: permission denied"
+    );
+}

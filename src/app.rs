@@ -44,14 +44,14 @@ pub async fn run(cli: Cli) -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            let (config, rules) = match load_all(&config) {
+            let loaded = match compile(&config) {
                 Ok(loaded) => loaded,
                 Err(code) => return code,
             };
             let request = ScanRequest { segments, probes };
             match scan_command(
-                &config,
-                &rules,
+                &loaded.config,
+                &loaded.rules,
                 &request,
                 format,
                 output.as_deref(),
@@ -61,7 +61,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             {
                 Ok(code) => code,
                 Err(error) => {
-                    eprintln!("netpatrol: {error:#}");
+                    eprintln!("netpatrol: {}", error_chain(&error));
                     ExitCode::FAILURE
                 }
             }
@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo { once, out } => match demo(once, &out).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("netpatrol: {error:#}");
+                eprintln!("netpatrol: {}", error_chain(&error));
                 ExitCode::FAILURE
             }
         },
@@ -102,8 +102,10 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 fn check_config(path: &Path) -> ExitCode {
-    match load_all(path) {
-        Ok((config, rules)) => {
+    match compile(path) {
+        Ok(loaded) => {
+            config::print_problems(&loaded.warnings);
+            let (config, rules) = (&loaded.config, &loaded.rules);
             println!(
                 "{}: ok ({} segments, {} departments, {} approvals, {} projects, {} ports, {} rules, {} waivers)",
                 path.display(),
@@ -166,19 +168,34 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-/// Load the config and its rules; on failure, every problem on stderr.
-fn load_all(path: &Path) -> Result<(Config, RuleSet), ExitCode> {
-    let config = config::load(path).map_err(|errors| {
-        eprint!("{errors}");
-        ExitCode::from(EXIT_USAGE)
-    })?;
-    let rules = RuleSet::load(&config).map_err(|problems| {
-        for p in problems {
-            eprintln!("{p}");
+/// The one compile step (`config::Loaded::compile`); on failure every problem on stderr, one a
+/// line. Its warnings are `check-config`'s and the daemon's to print (they are about serving
+/// and mail, noise for a one-off scan).
+pub fn compile(path: &Path) -> Result<config::Loaded, ExitCode> {
+    match config::Loaded::compile(path) {
+        Ok(loaded) => Ok(loaded),
+        Err(problems) => {
+            config::print_problems(&problems);
+            Err(ExitCode::from(EXIT_USAGE))
         }
-        ExitCode::from(EXIT_USAGE)
-    })?;
-    Ok((config, rules))
+    }
+}
+
+/// An error and its causes, each once: a cause whose text its wrapper already shows (a
+/// `thiserror` message with `{source}`) is not repeated.
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn scan_command(
@@ -238,14 +255,12 @@ async fn scan_command(
 /// Serve `/metrics`, `/healthz` and the API of the demo on 127.0.0.1:9750 (or a free port when
 /// that one is taken) until `stop`.
 async fn serve_demo(
-    config: &Config,
-    rules: &RuleSet,
+    loaded: &config::Loaded,
     store: &Store,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let loaded = crate::daemon::Loaded::new(config.clone(), rules.clone())
-        .map_err(|problems| anyhow::anyhow!("demo daemon: {}", problems.join("; ")))?;
-    let daemon = crate::daemon::Daemon::new(loaded, store.clone());
+    let daemon =
+        crate::daemon::Daemon::new(crate::daemon::Loaded::from(loaded.clone()), store.clone());
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:9750").await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
@@ -270,10 +285,9 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         );
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let config = lab.config(out)?;
-    let rules = RuleSet::load(&config).map_err(|problems| {
+    let loaded = config::Loaded::from_config(lab.config(out)?).map_err(|problems| {
         anyhow::anyhow!(
-            "the built-in rules do not load:\n{}",
+            "the demo config does not compile:\n{}",
             problems
                 .iter()
                 .map(|p| p.to_string())
@@ -281,6 +295,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
                 .join("\n")
         )
     })?;
+    let (config, rules) = (&loaded.config, &loaded.rules);
     let store = Store::open(&config.store.path).await?;
     let limits = Limits::new(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
@@ -293,8 +308,8 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
     let mut serving = false;
     loop {
         let (_, report) = scan_and_record(
-            &config,
-            &rules,
+            config,
+            rules,
             &store,
             &ScanRequest::all(),
             limits.clone(),
@@ -304,12 +319,12 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         .await?;
         print!(
             "{}",
-            report::table(&config, &report, std::io::stdout().is_terminal())
+            report::table(config, &report, std::io::stdout().is_terminal())
         );
         let path: PathBuf = out.join("last-scan.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         eprintln!("netpatrol demo: report written to {}", path.display());
-        let written = crate::bulletin::demo(&config, &rules, &store, out).await?;
+        let written = crate::bulletin::demo(config, rules, &loaded.templates, &store, out).await?;
         for file in written {
             eprintln!("netpatrol demo: bulletin written to {}", file.display());
         }
@@ -318,7 +333,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         }
         if !serving {
             serving = true;
-            serve_demo(&config, &rules, &store, cancel.clone()).await?;
+            serve_demo(&loaded, &store, cancel.clone()).await?;
         }
         eprintln!("netpatrol demo: next scan in 60 s; Ctrl-C stops");
         tokio::select! {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::rules::Severity;
+use crate::severity::Severity;
 
 /// Exit code for a bad config or bad usage (sysexits EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;

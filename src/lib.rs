@@ -6,7 +6,9 @@
 //! scan through assessment to the report and the store, for `app` and `daemon` alike;
 //! `daemon` schedules passes and serves HTTP (`daemon::api`); `lab` is the simulated district
 //! on loopback used by `demo` and the tests; `cli` and `app` are the command line and its
-//! wiring.
+//! wiring. `config::Loaded::compile` is the one load step of every command and reload; `problem`
+//! (what is wrong with a file the operator wrote, and where) and `severity` are leaf types that
+//! `config`, `rules` and the outputs share without depending on each other.
 
 pub mod app;
 pub mod bulletin;
@@ -20,8 +22,10 @@ pub mod observation;
 pub mod output;
 pub mod pass;
 pub mod probe;
+pub mod problem;
 pub mod reconcile;
 pub mod rules;
 pub mod scan;
 pub mod scope;
+pub mod severity;
 pub mod store;

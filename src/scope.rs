@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::config::{NetworkKind, Segment};
+use crate::config::{NetworkKind, Segment, canonical_net};
 
 /// An address netpatrol may probe, with the segment that declares it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +41,8 @@ impl Target {
     }
 }
 
-/// The declared address space of one scan: the chosen segments minus their excludes.
+/// The declared address space of one scan: the chosen segments minus their excludes, every
+/// network in canonical form (IPv4-mapped IPv6 as IPv4).
 #[derive(Debug, Clone)]
 pub struct Scope {
     segments: Vec<ScopedSegment>,
@@ -79,15 +80,18 @@ impl Scope {
                 .map(|s| ScopedSegment {
                     name: Arc::from(s.name.as_str()),
                     network: s.network,
-                    cidrs: s.cidrs.iter().map(|n| n.trunc()).collect(),
-                    exclude: s.exclude.clone(),
+                    cidrs: s.cidrs.iter().map(|n| canonical_net(n.trunc())).collect(),
+                    exclude: s.exclude.iter().map(|n| canonical_net(n.trunc())).collect(),
                 })
                 .collect(),
         }
     }
 
     /// The target for `ip`, or `None` when no segment of this scope declares it or it is excluded.
+    /// An IPv4-mapped IPv6 address is judged (and probed) as the IPv4 address it maps, so an
+    /// IPv4 exclude cannot be bypassed by writing it as `::ffff:a.b.c.d`.
     pub fn target(&self, ip: IpAddr) -> Option<Target> {
+        let ip = ip.to_canonical();
         self.segments.iter().find_map(|s| {
             let inside = s.cidrs.iter().any(|n| n.contains(&ip));
             let excluded = s.exclude.iter().any(|n| n.contains(&ip));

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use chrono::Utc;
 
 use super::{Period, Templates, build, enqueue, flush};
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::rules::RuleSet;
 use crate::store::{OutboxState, Store};
 
@@ -35,29 +35,14 @@ fn failure(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn load_config(path: &Path) -> Result<Config, ExitCode> {
-    config::load(path).map_err(|errors| {
-        eprint!("{errors}");
-        ExitCode::from(EXIT_USAGE)
-    })
-}
-
 /// `netpatrol bulletin -c FILE [--period YYYY-MM | --from DATE --to DATE] [--out DIR]
 /// [--lang zh|en] [--send [--force]]`.
 pub async fn bulletin_command(config_path: &Path, args: BulletinArgs) -> ExitCode {
-    let config = match load_config(config_path) {
-        Ok(c) => c,
+    let loaded = match crate::app::compile(config_path) {
+        Ok(l) => l,
         Err(code) => return code,
     };
-    let rules = match RuleSet::load(&config) {
-        Ok(r) => r,
-        Err(problems) => {
-            for p in problems {
-                eprintln!("{p}");
-            }
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
+    let (config, rules) = (&loaded.config, &loaded.rules);
     let lang = args
         .lang
         .clone()
@@ -84,18 +69,12 @@ pub async fn bulletin_command(config_path: &Path, args: BulletinArgs) -> ExitCod
     if args.force && !args.send {
         return usage("--force only applies with --send");
     }
-    let templates = match Templates::load(&config) {
-        Ok(t) => t,
-        Err(e) => return usage(e),
-    };
+    let templates = &loaded.templates;
     let store = match Store::open(&config.store.path).await {
         Ok(s) => s,
         Err(e) => return failure(e),
     };
-    let code = bulletin_run(
-        &config, &rules, &store, &templates, &period, &lang, &args, now,
-    )
-    .await;
+    let code = bulletin_run(config, rules, &store, templates, &period, &lang, &args, now).await;
     store.close().await;
     code
 }
@@ -176,15 +155,16 @@ pub async fn outbox_command(config_path: Option<&Path>, do_flush: bool) -> ExitC
     let Some(path) = config_path else {
         return usage("no config: give -c FILE or set NETPATROL_CONFIG");
     };
-    let config = match load_config(path) {
-        Ok(c) => c,
+    let loaded = match crate::app::compile(path) {
+        Ok(l) => l,
         Err(code) => return code,
     };
+    let config = &loaded.config;
     let store = match Store::open(&config.store.path).await {
         Ok(s) => s,
         Err(e) => return failure(e),
     };
-    let code = outbox_run(&config, &store, do_flush).await;
+    let code = outbox_run(config, &store, do_flush).await;
     store.close().await;
     code
 }

@@ -276,18 +276,23 @@ impl Bulletin {
 
 /// The daemon's monthly job: build the previous month's bulletin in the configured language,
 /// write it to `bulletin.out_dir`, queue its mail (once per period) and flush what is due.
-pub async fn scheduled(config: &Config, rules: &RuleSet, store: &Store) -> anyhow::Result<()> {
+/// `templates` are the ones compiled with the config (`config::Loaded`), not re-read.
+pub async fn scheduled(
+    config: &Config,
+    rules: &RuleSet,
+    templates: &Templates,
+    store: &Store,
+) -> anyhow::Result<()> {
     let now = Utc::now();
     let today = now
         .with_timezone(&config.organisation.timezone)
         .date_naive();
-    let templates = Templates::load(config)?;
     let period = Period::previous_month(today);
     let bulletin = build(
         config,
         rules,
         store,
-        &templates,
+        templates,
         &period,
         &config.bulletin.lang,
         now,
@@ -296,7 +301,7 @@ pub async fn scheduled(config: &Config, rules: &RuleSet, store: &Store) -> anyho
     let files = bulletin.write(&config.bulletin.out_dir)?;
     tracing::info!(period = %period.key(), files = files.len(), "bulletin written");
     if config.smtp.is_some() {
-        let queued = enqueue(config, store, &bulletin, &templates, false, now).await?;
+        let queued = enqueue(config, store, &bulletin, templates, false, now).await?;
         tracing::info!(period = %period.key(), queued, "bulletin mail queued");
         flush_due(config, store).await?;
     }
@@ -326,6 +331,7 @@ pub async fn flush_due(config: &Config, store: &Store) -> anyhow::Result<FlushOu
 pub async fn demo(
     config: &Config,
     rules: &RuleSet,
+    templates: &Templates,
     store: &Store,
     dir: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
@@ -333,12 +339,11 @@ pub async fn demo(
     let today = now
         .with_timezone(&config.organisation.timezone)
         .date_naive();
-    let templates = Templates::load(config)?;
     let bulletin = build(
         config,
         rules,
         store,
-        &templates,
+        templates,
         &Period::month_to_date(today),
         &config.bulletin.lang,
         now,

@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::Position;
-use crate::rules::Severity;
+use crate::severity::Severity;
 
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
@@ -195,6 +195,8 @@ pub struct CryptoAssessment {
 pub struct DaemonSettings {
     /// No HTTP server when absent.
     pub listen: Option<SocketAddr>,
+    /// Where `listen` was written, for the compile step's warnings about it.
+    pub listen_at: Option<Position>,
     /// Environment variable holding the API bearer token. Default `NETPATROL_API_TOKEN`.
     pub api_token_env: String,
     pub scans: Vec<ScheduledScan>,

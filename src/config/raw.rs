@@ -1,6 +1,8 @@
 //! The raw layer: serde structs that mirror the YAML exactly.
 //!
-//! Every struct denies unknown keys and every field documents its default. Values that validation
+//! Every field documents its default. Unknown keys are not refused here but by `keys.rs`, which
+//! walks the whole file first and reports every unknown key at once (serde's
+//! `deny_unknown_fields` would stop at the first); serde then ignores them. Values that validation
 //! must point at are kept as `Spanned<String>` (the YAML position comes with them) and are parsed
 //! in `validate.rs`, so one bad value becomes one problem instead of stopping the file. The same
 //! item structs are filled from CSV rows by `registers.rs`, where positions are unknown (line 0)
@@ -18,7 +20,6 @@ pub type Text = Spanned<String>;
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Default: name "netpatrol", timezone Asia/Shanghai.
     #[serde(default)]
@@ -65,7 +66,6 @@ pub struct ConfigFile {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct OrganisationConfig {
     /// Default "netpatrol".
     #[serde(default)]
@@ -76,7 +76,6 @@ pub struct OrganisationConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// SQLite file; default `netpatrol.db` beside the config; relative to the config's folder.
     #[serde(default)]
@@ -84,16 +83,14 @@ pub struct StoreConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TrustConfig {
     /// Extra PEM trust anchors besides the system roots, relative to the config's folder;
     /// default none.
     #[serde(default)]
-    pub ca_files: Vec<String>,
+    pub ca_files: Vec<Text>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ScanConfig {
     /// ICMP echo as one liveness signal; default true.
     #[serde(default)]
@@ -101,19 +98,20 @@ pub struct ScanConfig {
     /// One string or a list of ports, "A-B" ranges and named sets; default the `default` set.
     #[serde(default)]
     pub ports: Option<PortList>,
-    /// New connection attempts per second, whole process, 0 = unlimited; default 2000.
+    /// New connection attempts per second, whole process, 0 = unlimited, at most 1000000;
+    /// default 2000.
     #[serde(default)]
-    pub rate: Option<u32>,
+    pub rate: Option<Spanned<u64>>,
     /// Probes in flight, whole process, 1 to 65536; default 256.
     #[serde(default)]
     pub concurrency: Option<Spanned<u64>>,
-    /// Per connection / handshake step, more than 0; default 1500.
+    /// Per connection / handshake step, 1 to 60000; default 1500.
     #[serde(default)]
     pub timeout_ms: Option<Spanned<u64>>,
-    /// Extra attempts for a port that stayed silent; default 1.
+    /// Extra attempts for a port that stayed silent, 0 to 10; default 1.
     #[serde(default)]
-    pub retries: Option<u8>,
-    /// How long to wait for a service's greeting, more than 0; default 1000.
+    pub retries: Option<Spanned<u64>>,
+    /// How long to wait for a service's greeting, 1 to 60000; default 1000.
     #[serde(default)]
     pub banner_timeout_ms: Option<Spanned<u64>>,
     /// Reverse DNS; default enabled with the system resolver.
@@ -122,7 +120,6 @@ pub struct ScanConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DnsConfig {
     /// Look up PTR records of live hosts; default true.
     #[serde(default)]
@@ -210,7 +207,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Register<T> {
                 let mut file = None;
                 while let Some(key) = map.next_key::<String>()? {
                     if key != "file" {
-                        return Err(de::Error::unknown_field(&key, &["file"]));
+                        // Reported, with its position, by `keys.rs`.
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
                     }
                     if file.is_some() {
                         return Err(de::Error::duplicate_field("file"));
@@ -226,7 +225,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Register<T> {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DepartmentConfig {
     /// Required, unique: the short id other registers refer to.
     pub id: Text,
@@ -238,7 +236,6 @@ pub struct DepartmentConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SegmentConfig {
     /// Required, unique.
     pub name: Text,
@@ -259,7 +256,6 @@ pub struct SegmentConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApprovalConfig {
     /// Required, unique: the approval number.
     pub id: Text,
@@ -281,7 +277,6 @@ pub struct ApprovalConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProjectConfig {
     /// Required, unique.
     pub id: Text,
@@ -306,7 +301,6 @@ pub struct ProjectConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct MlpsConfig {
     /// Required: 1 to 5.
     pub level: Text,
@@ -322,7 +316,6 @@ pub struct MlpsConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct CryptoConfig {
     /// YYYY-MM-DD; default none (never assessed).
     #[serde(default)]
@@ -333,7 +326,6 @@ pub struct CryptoConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
     /// ADDR:PORT for /metrics, /healthz and /api/v1; default none = no HTTP server.
     #[serde(default)]
@@ -350,7 +342,6 @@ pub struct DaemonConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ScheduledScanConfig {
     /// Required: 5 or 6 fields, organisation timezone.
     pub cron: Text,
@@ -360,7 +351,6 @@ pub struct ScheduledScanConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BulletinConfig {
     /// Default "0 9 1 * *": 09:00 on the 1st of each month.
     #[serde(default)]
@@ -385,7 +375,6 @@ pub struct BulletinConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
     /// Required.
     pub host: Text,
@@ -434,7 +423,6 @@ impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Pairs<K
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RulesConfig {
     /// Extra folders whose `*.yaml` rule files load after the built-in pack, relative to the
     /// config's folder; default none.
@@ -446,7 +434,6 @@ pub struct RulesConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RuleOverrideConfig {
     /// critical | high | medium | low | info; default the rule's own severity.
     #[serde(default)]
@@ -457,7 +444,6 @@ pub struct RuleOverrideConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ComplianceConfig {
     /// Days a valid approval's addresses may stay silent before `access.approval_unused`,
     /// at least 1; default 30.
@@ -480,7 +466,6 @@ pub struct ComplianceConfig {
 
 /// One waiver (例外): a finding the bureau accepted for a while, with who and why.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WaiverConfig {
     /// Required: a rule id, or a prefix ending in `*` such as `exposure.*`.
     pub rule: Text,

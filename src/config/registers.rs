@@ -5,17 +5,61 @@
 //! CSV files may be UTF-8, UTF-8 with a BOM, or GB18030/GBK as Excel writes them on a Chinese
 //! desktop. A file that cannot be read or parsed is one problem and contributes no items; a CSV
 //! row that cannot be read is one problem and the other rows still load.
+//!
+//! Bounded and exact: a register file is read up to [`MAX_FILE_BYTES`] and no further (a path
+//! such as `/dev/zero` costs one problem, not the memory of the host), and bytes that are not
+//! valid in the detected encoding are a problem naming the file, row and column, never
+//! replacement characters in a department's name.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use std::io::Read;
+
 use serde::de::{self, DeserializeOwned, IntoDeserializer};
+
+use super::keys::{self, RegisterKind};
 
 use super::raw::{
     ApprovalConfig, ConfigFile, DepartmentConfig, ProjectConfig, Register, SegmentConfig, Text,
     WaiverConfig,
 };
 use super::{Position, Problem};
+pub use crate::problem::{io_message, lowercase_first, yaml_problem};
+
+/// Largest config, register or CA file read: 64 MiB.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// Why a file could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    Io(std::io::Error),
+    /// Larger than [`MAX_FILE_BYTES`].
+    TooLarge,
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(err) => f.write_str(&io_message(err)),
+            ReadError::TooLarge => write!(f, "larger than {} MiB", MAX_FILE_BYTES >> 20),
+        }
+    }
+}
+
+/// The bytes of `path`, at most [`MAX_FILE_BYTES`] of them: reading stops one byte past the
+/// limit, so an endless file (a device, a pipe) is refused instead of filling memory.
+pub fn read_capped(path: &Path) -> Result<Vec<u8>, ReadError> {
+    let file = std::fs::File::open(path).map_err(ReadError::Io)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge);
+    }
+    Ok(bytes)
+}
 
 /// Where a register item was written.
 #[derive(Debug, Clone)]
@@ -103,13 +147,17 @@ pub struct Registers {
 /// The header names a CSV file of this register may use.
 pub trait CsvColumns {
     const COLUMNS: &'static [&'static str];
+    /// Which register this is, for the unknown-key check of a YAML register file.
+    const KIND: RegisterKind;
 }
 
 impl CsvColumns for DepartmentConfig {
+    const KIND: RegisterKind = RegisterKind::Departments;
     const COLUMNS: &'static [&'static str] = &["id", "name", "emails"];
 }
 
 impl CsvColumns for SegmentConfig {
+    const KIND: RegisterKind = RegisterKind::Segments;
     const COLUMNS: &'static [&'static str] = &[
         "name",
         "network",
@@ -121,6 +169,7 @@ impl CsvColumns for SegmentConfig {
 }
 
 impl CsvColumns for ApprovalConfig {
+    const KIND: RegisterKind = RegisterKind::Approvals;
     const COLUMNS: &'static [&'static str] = &[
         "id",
         "department",
@@ -133,6 +182,7 @@ impl CsvColumns for ApprovalConfig {
 }
 
 impl CsvColumns for ProjectConfig {
+    const KIND: RegisterKind = RegisterKind::Projects;
     const COLUMNS: &'static [&'static str] = &[
         "id",
         "name",
@@ -150,6 +200,7 @@ impl CsvColumns for ProjectConfig {
 }
 
 impl CsvColumns for WaiverConfig {
+    const KIND: RegisterKind = RegisterKind::Exceptions;
     const COLUMNS: &'static [&'static str] = &[
         "rule",
         "ip",
@@ -212,14 +263,10 @@ fn load<T: DeserializeOwned + CsvColumns>(
                     complete: false,
                 }
             };
-            let bytes = match std::fs::read(&path) {
+            let bytes = match read_capped(&path) {
                 Ok(bytes) => bytes,
                 Err(err) => {
-                    let message = format!(
-                        "cannot read register file `{}`: {}",
-                        path.display(),
-                        io_message(&err)
-                    );
+                    let message = format!("cannot read register file `{}`: {err}", path.display());
                     let at = &name.referenced;
                     return fail(
                         problems,
@@ -233,7 +280,7 @@ fn load<T: DeserializeOwned + CsvColumns>(
                 .unwrap_or("")
                 .to_ascii_lowercase();
             match extension.as_str() {
-                "yaml" | "yml" => match yaml_items::<T>(&bytes, &path) {
+                "yaml" | "yml" => match yaml_items::<T>(&bytes, &path, problems) {
                     Ok(items) => Loaded {
                         items,
                         complete: true,
@@ -261,13 +308,26 @@ fn load<T: DeserializeOwned + CsvColumns>(
     }
 }
 
-fn yaml_items<T: DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<Vec<(Origin, T)>, Problem> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| Problem::new(path, "a yaml register file must be utf-8"))?;
+fn yaml_items<T: DeserializeOwned + CsvColumns>(
+    bytes: &[u8],
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<(Origin, T)>, Problem> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_col(&bytes[..e.valid_up_to()]);
+        Problem::at(
+            path,
+            line,
+            column,
+            "a yaml register file must be utf-8: these bytes are not",
+        )
+    })?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let items: Vec<T> = if text.trim().is_empty() {
         Vec::new()
     } else {
+        let tree: keys::Tree = serde_saphyr::from_str(text).map_err(|e| yaml_problem(path, &e))?;
+        keys::check_register_file(&tree, T::KIND, path, problems);
         serde_saphyr::from_str(text).map_err(|e| yaml_problem(path, &e))?
     };
     let origin = Origin {
@@ -277,57 +337,86 @@ fn yaml_items<T: DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<Vec<(Ori
     Ok(items.into_iter().map(|i| (origin.clone(), i)).collect())
 }
 
-/// A serde-saphyr error as a problem: its position, and its message without the position
-/// suffix the library appends.
-pub fn yaml_problem(path: &Path, err: &serde_saphyr::Error) -> Problem {
-    let text = err.without_snippet().to_string();
-    let message = match text.rfind(" at line ") {
-        Some(i) if text[i..].contains(", column ") => text[..i].to_string(),
-        _ => text,
-    };
-    let message = lowercase_first(message.trim());
-    // serde-saphyr's advice is for programmers, not for whoever edits the YAML.
-    let message = match message.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable") {
-        Some(rest) => match rest.strip_prefix("duplicate mapping key: ") {
-            Some(key) => format!("duplicate key `{key}`"),
-            None => "duplicate key".to_string(),
-        },
-        None => message,
-    };
-    match err.location() {
-        Some(at) => Problem::at(path, at.line(), at.column(), message),
-        None => Problem::new(path, message),
-    }
-}
-
-/// An I/O error's text, lowercase, for a problem message.
-pub fn io_message(err: &std::io::Error) -> String {
-    let text = err.to_string();
-    let text = match text.find(" (os error") {
-        Some(i) => &text[..i],
-        None => &text,
-    };
-    lowercase_first(text)
-}
-
-fn lowercase_first(text: &str) -> String {
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(c) => c.to_lowercase().chain(chars).collect(),
-        None => String::new(),
-    }
-}
-
 /// Decodes CSV bytes: UTF-8 (BOM stripped) when valid, GB18030 (a superset of GBK) otherwise.
-pub fn decode_csv(bytes: &[u8]) -> String {
+/// Bytes invalid in the detected encoding are an error with the line and column (in
+/// characters, 1-based) where they start: a file whose non-ASCII text before the first bad
+/// byte is valid UTF-8 is taken for UTF-8 with a bad byte, any other for GB18030.
+pub fn decode_csv(bytes: &[u8]) -> Result<String, DecodeError> {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_string(),
-        Err(_) => encoding_rs::GB18030
-            .decode_without_bom_handling(bytes)
-            .0
-            .into_owned(),
+    let utf8_error = match std::str::from_utf8(bytes) {
+        Ok(text) => return Ok(text.to_string()),
+        Err(e) => e,
+    };
+    let good = &bytes[..utf8_error.valid_up_to()];
+    if !good.is_ascii() {
+        let (line, column) = line_col(good);
+        let bad = utf8_error.error_len().unwrap_or(bytes.len() - good.len());
+        return Err(DecodeError {
+            encoding: "UTF-8",
+            line,
+            column,
+            bytes: hex(&bytes[good.len()..good.len() + bad]),
+        });
     }
+    let mut decoder = encoding_rs::GB18030.new_decoder_without_bom_handling();
+    let mut text = String::with_capacity(bytes.len() * 2 + 16);
+    let mut read = 0;
+    loop {
+        let (result, n) =
+            decoder.decode_to_string_without_replacement(&bytes[read..], &mut text, true);
+        read += n;
+        match result {
+            encoding_rs::DecoderResult::InputEmpty => return Ok(text),
+            encoding_rs::DecoderResult::OutputFull => text.reserve(bytes.len() - read + 16),
+            encoding_rs::DecoderResult::Malformed(bad, after) => {
+                let end = read - usize::from(after);
+                let start = end.saturating_sub(usize::from(bad));
+                let (line, column) = line_col_str(&text);
+                return Err(DecodeError {
+                    encoding: "GB18030",
+                    line,
+                    column,
+                    bytes: hex(&bytes[start..end]),
+                });
+            }
+        }
+    }
+}
+
+/// Bytes that are not text in the encoding a CSV register was read in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub encoding: &'static str,
+    pub line: u64,
+    pub column: u64,
+    /// The offending bytes, as `\xNN`.
+    pub bytes: String,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "bytes `{}` are not valid {} (the file must be UTF-8 or GB18030/GBK)",
+            self.bytes, self.encoding
+        )
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("\\x{b:02x}")).collect()
+}
+
+/// Line and column (1-based, in characters) just after valid UTF-8 `bytes`.
+fn line_col(bytes: &[u8]) -> (u64, u64) {
+    line_col_str(std::str::from_utf8(bytes).unwrap_or(""))
+}
+
+/// Line and column (1-based, in characters) just after `text`.
+fn line_col_str(text: &str) -> (u64, u64) {
+    let line = text.matches('\n').count() as u64 + 1;
+    let last = text.rsplit('\n').next().unwrap_or("");
+    (line, last.chars().count() as u64 + 1)
 }
 
 fn csv_items<T: DeserializeOwned + CsvColumns>(
@@ -336,7 +425,14 @@ fn csv_items<T: DeserializeOwned + CsvColumns>(
     problems: &mut Vec<Problem>,
     complete: &mut bool,
 ) -> Vec<(Origin, T)> {
-    let text = decode_csv(bytes);
+    let text = match decode_csv(bytes) {
+        Ok(text) => text,
+        Err(err) => {
+            problems.push(Problem::at(path, err.line, err.column, err.to_string()));
+            *complete = false;
+            return Vec::new();
+        }
+    };
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)

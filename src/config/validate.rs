@@ -17,7 +17,11 @@ use super::model::*;
 use super::ports;
 use super::raw::{self, ConfigFile, Text};
 use super::registers::{Loaded, Origin, Registers};
-use crate::rules::Severity;
+use crate::scope::MAX_ENUMERATED;
+use crate::severity::Severity;
+
+/// Bound of every millisecond setting: a minute.
+const MAX_MILLIS: u64 = 60_000;
 
 const NETWORKS: &str = "extranet, metro, departmental, internet, other";
 const STAGES: &str = "planned, building, trial, accepted, in_use, retired";
@@ -49,7 +53,7 @@ pub fn validate(
     let trust = TrustSettings {
         ca_files: file
             .trust
-            .map(|t| t.ca_files.iter().map(|f| resolve(base, f)).collect())
+            .map(|t| t.ca_files.iter().map(|f| resolve(base, &f.value)).collect())
             .unwrap_or_default(),
     };
     let scan = v.scan(file.scan);
@@ -80,8 +84,9 @@ pub fn validate(
         segment_map.as_ref(),
     );
     let projects = v.projects(&regs.projects, department_ids.as_deref());
-    let daemon = v.daemon(file.daemon, segment_map.as_ref());
-    let bulletin = v.bulletin(file.bulletin, base);
+    let tz = organisation.timezone;
+    let daemon = v.daemon(file.daemon, segment_map.as_ref(), tz);
+    let bulletin = v.bulletin(file.bulletin, base, tz);
     let smtp = file.smtp.map(|s| v.smtp(s));
     let rules = v.rules(file.rules, base);
     let compliance = v.compliance(file.compliance);
@@ -154,6 +159,29 @@ impl Validator {
                 None
             }
         }
+    }
+
+    /// A segment's cidr: a network, not every address (`/0`), and small enough to enumerate.
+    fn cidr(&mut self, origin: &Origin, value: &Text) -> Option<IpNet> {
+        let net = self.net(origin, value, "cidrs", "cidr")?;
+        if net.prefix_len() == 0 {
+            let message = format!(
+                "cidr `{}` is every address: name the networks to scan",
+                value.value
+            );
+            self.push(origin, value, "cidrs", message);
+            return None;
+        }
+        let size = net_size(&net);
+        if size > MAX_ENUMERATED {
+            let message = format!(
+                "cidr `{}` has {size} addresses, more than the {MAX_ENUMERATED} netpatrol enumerates",
+                value.value
+            );
+            self.push(origin, value, "cidrs", message);
+            return None;
+        }
+        Some(net)
     }
 
     fn net(&mut self, origin: &Origin, value: &Text, key: &str, what: &str) -> Option<IpNet> {
@@ -274,6 +302,13 @@ impl Validator {
             }
         };
         let timeout = self.millis(raw.timeout_ms.as_ref(), "timeout_ms", defaults.timeout);
+        let rate = self.count(raw.rate.as_ref(), "rate", 0..=1_000_000, defaults.rate);
+        let retries = self.count(
+            raw.retries.as_ref(),
+            "retries",
+            0..=10,
+            defaults.retries.into(),
+        ) as u8;
         let banner_timeout = self.millis(
             raw.banner_timeout_ms.as_ref(),
             "banner_timeout_ms",
@@ -303,10 +338,10 @@ impl Validator {
         ScanSettings {
             icmp: raw.icmp.unwrap_or(defaults.icmp),
             ports,
-            rate: raw.rate.unwrap_or(defaults.rate),
+            rate,
             concurrency,
             timeout,
-            retries: raw.retries.unwrap_or(defaults.retries),
+            retries,
             banner_timeout,
             dns,
         }
@@ -320,13 +355,13 @@ impl Validator {
     ) -> Duration {
         match raw {
             None => default,
-            Some(ms) if ms.value > 0 => Duration::from_millis(ms.value),
+            Some(ms) if (1..=MAX_MILLIS).contains(&ms.value) => Duration::from_millis(ms.value),
             Some(ms) => {
                 self.problems.push(Problem::at(
                     &self.config.file,
                     ms.referenced.line(),
                     ms.referenced.column(),
-                    format!("{key} must be more than 0"),
+                    format!("{key} must be 1 to {MAX_MILLIS}, got {}", ms.value),
                 ));
                 default
             }
@@ -383,7 +418,7 @@ impl Validator {
             let mut cidrs = Vec::new();
             let mut mine = Vec::new();
             for c in &s.cidrs {
-                if let Some(net) = self.net(origin, c, "cidrs", "cidr") {
+                if let Some(net) = self.cidr(origin, c) {
                     cidrs.push(net);
                     mine.push((c, net));
                 }
@@ -616,11 +651,28 @@ impl Validator {
         out
     }
 
-    fn cron(&mut self, value: &Text) {
-        let fields = value.value.split_whitespace().count();
+    /// A cron expression as the daemon's scheduler reads it (croner, in the organisation's
+    /// timezone): parsed, and firing at least once.
+    fn cron(&mut self, value: &Text, tz: chrono_tz::Tz) {
+        let text = value.value.trim();
+        let fields = text.split_whitespace().count();
         if !(5..=6).contains(&fields) {
             let message = format!("invalid cron `{}`: expected 5 or 6 fields", value.value);
             self.here(value, message);
+            return;
+        }
+        match parse_cron(text) {
+            Err(error) => {
+                let message = format!("invalid cron `{}`: {error}", value.value);
+                self.here(value, message);
+            }
+            Ok(cron) => {
+                let now = chrono::Utc::now().with_timezone(&tz);
+                if cron.find_next_occurrence(&now, false).is_err() {
+                    let message = format!("cron `{}` never fires", value.value);
+                    self.here(value, message);
+                }
+            }
         }
     }
 
@@ -628,11 +680,13 @@ impl Validator {
         &mut self,
         raw: Option<raw::DaemonConfig>,
         segments: Option<&HashMap<&str, &Segment>>,
+        tz: chrono_tz::Tz,
     ) -> DaemonSettings {
         let default_env = "NETPATROL_API_TOKEN".to_string();
         let Some(raw) = raw else {
             return DaemonSettings {
                 listen: None,
+                listen_at: None,
                 api_token_env: default_env,
                 scans: Vec::new(),
             };
@@ -659,7 +713,7 @@ impl Validator {
             });
         let mut scans = Vec::new();
         for s in &raw.scans {
-            self.cron(&s.cron);
+            self.cron(&s.cron, tz);
             for name in &s.segments {
                 if let Some(map) = segments
                     && !map.contains_key(name.value.as_str())
@@ -674,12 +728,21 @@ impl Validator {
         }
         DaemonSettings {
             listen,
+            listen_at: raw
+                .listen
+                .as_ref()
+                .map(|l| self.config.position(l, "listen")),
             api_token_env: raw.api_token_env.unwrap_or(default_env),
             scans,
         }
     }
 
-    fn bulletin(&mut self, raw: Option<raw::BulletinConfig>, base: &Path) -> BulletinSettings {
+    fn bulletin(
+        &mut self,
+        raw: Option<raw::BulletinConfig>,
+        base: &Path,
+        tz: chrono_tz::Tz,
+    ) -> BulletinSettings {
         let raw = raw.unwrap_or(raw::BulletinConfig {
             cron: None,
             lang: None,
@@ -689,7 +752,7 @@ impl Validator {
             templates_dir: None,
         });
         if let Some(cron) = &raw.cron {
-            self.cron(cron);
+            self.cron(cron, tz);
         }
         let lang = match &raw.lang {
             None => "zh".to_string(),
@@ -1043,13 +1106,59 @@ fn default_scan() -> ScanSettings {
     }
 }
 
-/// A CIDR, or a bare address as /32 or /128; host bits are cleared.
+/// A CIDR, or a bare address as /32 or /128; host bits are cleared. An IPv4-mapped IPv6
+/// network (`::ffff:192.0.2.0/120`) is the IPv4 network it maps (`192.0.2.0/24`): the address a
+/// socket reaches is the IPv4 one, so scope, excludes and overlaps must see it as such.
 pub fn parse_net(text: &str) -> Option<IpNet> {
     let text = text.trim();
-    if let Ok(net) = text.parse::<IpNet>() {
-        return Some(net.trunc());
+    let net = match text.parse::<IpNet>() {
+        Ok(net) => net.trunc(),
+        Err(_) => IpNet::from(text.parse::<IpAddr>().ok()?),
+    };
+    Some(canonical_net(net))
+}
+
+/// `net` with an IPv4-mapped IPv6 network (inside `::ffff:0:0/96`) turned into its IPv4 network.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
     }
-    text.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// How many addresses `net` holds (saturating).
+fn net_size(net: &IpNet) -> u128 {
+    match net {
+        IpNet::V4(n) => 1u128 << (32 - n.prefix_len()),
+        IpNet::V6(n) => 1u128
+            .checked_shl(128 - u32::from(n.prefix_len()))
+            .unwrap_or(u128::MAX),
+    }
+}
+
+/// A cron expression as the daemon reads it.
+pub fn parse_cron(text: &str) -> Result<croner::Cron, String> {
+    use std::str::FromStr;
+    croner::Cron::from_str(text.trim()).map_err(|e| {
+        // croner's "Component error: Number out of bounds." reads as a sentence; ours are not.
+        let text = e.to_string();
+        let text = text.trim().trim_end_matches('.');
+        let text = text.strip_prefix("Component error: ").unwrap_or(text);
+        lowercase(text)
+    })
+}
+
+fn lowercase(text: &str) -> String {
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
 }
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {

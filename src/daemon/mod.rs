@@ -11,9 +11,11 @@
 //!   runs at a time: a scan takes a lock per segment (in name order, so two scans cannot
 //!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
 //!   pending or running skips its tick;
-//! - a reload that fails (config, registers, rules, a cron, the token file) changes nothing: the
-//!   old [`Loaded`] stays, the problems are logged at ERROR and `netpatrol_config_reload_success`
-//!   reads 0; scans already running finish with the config they started with;
+//! - the start and every reload go through `config::Loaded::compile`, the step `check-config`
+//!   runs: a reload that fails (anything `check-config` rejects) changes nothing: the old
+//!   [`Loaded`] stays, each problem is logged at ERROR worded as `check-config` prints it, and
+//!   `netpatrol_config_reload_success` reads 0; scans already running finish with the config
+//!   they started with;
 //! - shutdown, within [`GRACE`]: the scheduler stops, scans in flight are cancelled (and recorded
 //!   as incomplete by `scan_and_record`), the store is flushed and closed, the HTTP server
 //!   (exporter) goes last; exit 0.
@@ -26,7 +28,6 @@ pub mod api;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::process::ExitCode;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,97 +65,45 @@ const MAX_NAP: Duration = Duration::from_secs(60);
 /// forgotten id is still answered from the store when it names a recorded run).
 const JOBS_KEPT: usize = 1000;
 
-/// The compiled schedules of a config.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    /// `daemon.scans`: cron and segments (empty = all).
-    pub scans: Vec<(Cron, Vec<String>)>,
-    /// `bulletin.cron`.
-    pub bulletin: Cron,
-}
+pub use crate::config::Schedule;
 
-/// Config, registers, rules, schedules and API token: what a reload replaces as one.
+/// Config, registers, rules, schedules and API token: what a reload replaces as one. Built only
+/// from what the one compile step (`config::Loaded::compile`) produced, plus the process-wide
+/// limits.
 pub struct Loaded {
     pub config: Config,
     pub rules: RuleSet,
     pub schedule: Schedule,
     /// The API bearer token; `None` = none configured (POST is refused).
     pub token: Option<String>,
+    /// Every secret the compile step read (the token above among them).
+    pub secrets: config::Secrets,
+    /// The bulletin templates, compiled with the config.
+    pub templates: Arc<crate::bulletin::Templates>,
     pub limits: Arc<Limits>,
 }
 
-/// Load the config at `path`, its registers and rules, compile its schedules and read the
-/// API token. Every problem found, one a line.
-pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
-    let config = config::load(path).map_err(|errors| {
-        errors
-            .to_string()
-            .lines()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    })?;
-    match RuleSet::load(&config) {
-        Ok(rules) => Loaded::new(config, rules),
-        Err(problems) => Err(problems.iter().map(|p| p.to_string()).collect()),
-    }
-}
-
-impl Loaded {
-    /// Compile the schedules of a loaded config and read its API token (what `demo` uses to
-    /// serve the API over its own config).
-    pub fn new(config: Config, rules: RuleSet) -> Result<Loaded, Vec<String>> {
-        let mut problems = Vec::new();
-        let mut cron = |what: &str, text: &str| match Cron::from_str(text) {
-            Ok(c) => Some(c),
-            Err(error) => {
-                problems.push(format!(
-                    "{}: {what}: invalid cron `{text}`: {error}",
-                    config.source.display()
-                ));
-                None
-            }
-        };
-        let scans: Option<Vec<_>> = config
-            .daemon
-            .scans
-            .iter()
-            .map(|s| cron("daemon.scans", &s.cron).map(|c| (c, s.segments.clone())))
-            .collect();
-        let bulletin = cron("bulletin.cron", &config.bulletin.cron);
-        let token = api_token(&config.daemon.api_token_env).unwrap_or_else(|p| {
-            problems.push(p);
-            None
-        });
-        match (scans, bulletin) {
-            (Some(scans), Some(bulletin)) if problems.is_empty() => {
-                let limits = Limits::new(config.scan.rate, config.scan.concurrency);
-                Ok(Loaded {
-                    config,
-                    rules,
-                    schedule: Schedule { scans, bulletin },
-                    token,
-                    limits,
-                })
-            }
-            _ => Err(problems),
+impl From<config::Loaded> for Loaded {
+    fn from(compiled: config::Loaded) -> Loaded {
+        let limits = Limits::new(compiled.config.scan.rate, compiled.config.scan.concurrency);
+        Loaded {
+            token: compiled.secrets.api_token.clone(),
+            secrets: compiled.secrets,
+            config: compiled.config,
+            rules: compiled.rules,
+            schedule: compiled.schedule,
+            templates: compiled.templates,
+            limits,
         }
     }
 }
 
-/// The API token: the variable named by `daemon.api_token_env`, else the file named by the same
-/// variable with `_FILE` appended (for systemd credentials and secret mounts). Surrounding
-/// whitespace is not part of it; an empty token counts as none.
-fn api_token(var: &str) -> Result<Option<String>, String> {
-    let clean = |t: &str| Some(t.trim().to_string()).filter(|t| !t.is_empty());
-    if let Ok(value) = std::env::var(var) {
-        return Ok(clean(&value));
-    }
-    match std::env::var(format!("{var}_FILE")) {
-        Ok(file) => std::fs::read_to_string(&file)
-            .map(|t| clean(&t))
-            .map_err(|e| format!("cannot read the API token from {file} ({var}_FILE): {e}")),
-        Err(_) => Ok(None),
-    }
+/// Compile the config at `path` as `check-config` does: every problem found, or what the
+/// daemon runs with, and the warnings to log.
+pub fn load(path: &Path) -> Result<(Loaded, Vec<config::Problem>), Vec<config::Problem>> {
+    let compiled = config::Loaded::compile(path)?;
+    let warnings = compiled.warnings.clone();
+    Ok((Loaded::from(compiled), warnings))
 }
 
 /// Where a scan stands.
@@ -445,10 +394,11 @@ impl Daemon {
                 });
             }
             Err(error) => {
-                tracing::error!(id = %id, error = %format!("{error:#}"), "scan failed");
+                let error = crate::app::error_chain(&error);
+                tracing::error!(id = %id, %error, "scan failed");
                 self.update(&id, |j| {
                     j.state = JobState::Failed;
-                    j.error = Some(format!("{error:#}"));
+                    j.error = Some(error);
                 });
             }
         }
@@ -465,7 +415,10 @@ impl Daemon {
     pub fn reload(&self, path: &Path) -> bool {
         let now = Utc::now();
         match load(path) {
-            Ok(new) => {
+            Ok((new, warnings)) => {
+                for warning in &warnings {
+                    tracing::warn!(%warning, "config");
+                }
                 let old = self.current();
                 if new.config.store.path != old.config.store.path {
                     tracing::warn!(
@@ -494,9 +447,13 @@ impl Daemon {
             }
             Err(problems) => {
                 self.metrics.reloaded(false, now);
+                // One line per problem, worded exactly as `check-config` prints it.
+                for problem in &problems {
+                    tracing::error!(%problem, "reload rejected");
+                }
                 tracing::error!(
                     config = %path.display(),
-                    problems = %problems.join("; "),
+                    problems = problems.len(),
                     "reload rejected; the previous configuration stays in force"
                 );
                 false
@@ -599,13 +556,15 @@ impl Daemon {
                 runtime.block_on(crate::bulletin::scheduled(
                     &loaded.config,
                     &loaded.rules,
+                    &loaded.templates,
                     &store,
                 ))
             })
             .await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("the bulletin task failed: {e}")));
             if let Err(error) = result {
-                tracing::error!(error = %format!("{error:#}"), "scheduled bulletin failed");
+                let error = crate::app::error_chain(&error);
+                tracing::error!(%error, "scheduled bulletin failed");
             }
         });
     }
@@ -643,11 +602,12 @@ fn next_after(cron: &Cron, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
 /// config does not load at start, 1 when the store or the listen address cannot be opened.
 pub async fn run(config_path: &Path) -> ExitCode {
     let loaded = match load(config_path) {
-        Ok(l) => l,
+        Ok((loaded, warnings)) => {
+            config::print_problems(&warnings);
+            loaded
+        }
         Err(problems) => {
-            for p in problems {
-                eprintln!("{p}");
-            }
+            config::print_problems(&problems);
             return ExitCode::from(EXIT_USAGE);
         }
     };

@@ -18,9 +18,9 @@ use regex::Regex;
 use serde_saphyr::Spanned;
 
 use super::raw::{ConditionConfig, Scalar};
-use crate::config::Problem;
 use crate::facts::{self, FactDef, Facts, Kind, Subject, Value};
 use crate::probe::ProbeKind;
+use crate::problem::Problem;
 
 /// A compiled condition.
 #[derive(Debug, Clone)]

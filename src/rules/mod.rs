@@ -32,16 +32,17 @@ mod raw;
 mod template;
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chrono::{Days, NaiveDate};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::Spanned;
 
-use crate::config::{Config, Problem};
+use crate::config::Config;
 use crate::facts::{Facts, Subject};
 use crate::probe::ProbeKind;
+use crate::problem::Problem;
+pub use crate::severity::Severity;
 use condition::{Compiler, Condition};
 use raw::{RuleConfig, RuleFileConfig, TextConfig};
 use template::Template;
@@ -68,73 +69,6 @@ const BUILTIN: &[(&str, &str)] = &[
 
 /// Rectification deadline when a rule names none.
 const DEFAULT_DEADLINE_DAYS: u64 = 30;
-
-/// How serious a finding is. Ordered: `Critical > High > Medium > Low > Info`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Critical,
-    High,
-    Medium,
-    Low,
-    Info,
-}
-
-impl Severity {
-    /// From most to least serious.
-    pub const ALL: [Severity; 5] = [
-        Severity::Critical,
-        Severity::High,
-        Severity::Medium,
-        Severity::Low,
-        Severity::Info,
-    ];
-
-    /// The names, for messages.
-    pub const NAMES: &'static str = "critical, high, medium, low, info";
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::High => "high",
-            Severity::Medium => "medium",
-            Severity::Low => "low",
-            Severity::Info => "info",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Severity> {
-        Severity::ALL.into_iter().find(|v| v.as_str() == s.trim())
-    }
-
-    fn rank(self) -> u8 {
-        match self {
-            Severity::Info => 0,
-            Severity::Low => 1,
-            Severity::Medium => 2,
-            Severity::High => 3,
-            Severity::Critical => 4,
-        }
-    }
-}
-
-impl Ord for Severity {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.rank().cmp(&other.rank())
-    }
-}
-
-impl PartialOrd for Severity {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl fmt::Display for Severity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A user-facing text in Chinese and English.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -355,7 +289,7 @@ impl Loader {
                 let message = format!(
                     "cannot read rules folder `{}`: {}",
                     dir.display(),
-                    crate::config::io_message(&err)
+                    crate::problem::io_message(&err)
                 );
                 self.problems.push(Problem::new(config, message));
                 return;
@@ -384,8 +318,10 @@ impl Loader {
                 },
                 Err(err) => {
                     self.files.push(path.clone());
-                    let message =
-                        format!("cannot read rule file: {}", crate::config::io_message(&err));
+                    let message = format!(
+                        "cannot read rule file: {}",
+                        crate::problem::io_message(&err)
+                    );
                     self.problems.push(Problem::new(&path, message));
                 }
             }
@@ -403,7 +339,7 @@ impl Loader {
         let parsed: RuleFileConfig = match serde_saphyr::from_str(text) {
             Ok(parsed) => parsed,
             Err(err) => {
-                self.problems.push(crate::config::yaml_problem(path, &err));
+                self.problems.push(crate::problem::yaml_problem(path, &err));
                 return;
             }
         };

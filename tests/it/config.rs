@@ -377,3 +377,313 @@ fn garbage_never_panics() {
         let _ = config::load_str(input, Path::new("np.yaml"));
     }
 }
+
+/// `netpatrol check-config -c PATH` run from the crate root, without any API token in the
+/// environment: exit code, stdout, stderr.
+fn check_config(path: &Path) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netpatrol"))
+        .current_dir(root())
+        .arg("check-config")
+        .arg("-c")
+        .arg(path)
+        .env_remove("NETPATROL_CONFIG")
+        .env_remove("NETPATROL_API_TOKEN")
+        .env_remove("NETPATROL_API_TOKEN_FILE")
+        .output()
+        .expect("run netpatrol check-config");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `*.yaml` of a fixture folder (relative to the crate root), in name order.
+fn fixtures(folder: &str) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(root().join(folder))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.strip_prefix(root()).unwrap().to_path_buf())
+        .collect();
+    paths.sort();
+    paths
+}
+
+fn expected_beside(fixture: &Path) -> String {
+    let path = root().join(fixture.with_extension("expected"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: no expected output: {e}", path.display()))
+}
+
+#[test]
+fn every_bad_fixture_prints_exactly_its_expected_problems_and_exits_64() {
+    let all = fixtures("tests/fixtures/config");
+    assert!(all.len() >= 11, "fixtures: {all:?}");
+    for fixture in all {
+        let (code, stdout, stderr) = check_config(&fixture);
+        let name = fixture.display();
+        assert_eq!(code, 64, "{name}: exit code; stderr:\n{stderr}");
+        assert_eq!(stdout, "", "{name}");
+        assert_eq!(stderr, expected_beside(&fixture), "{name}");
+        assert!(stderr.ends_with('\n'), "{name}: stderr ends with a newline");
+        let lines: Vec<&str> = stderr.lines().collect();
+        let unique: std::collections::BTreeSet<&&str> = lines.iter().collect();
+        assert_eq!(unique.len(), lines.len(), "{name}: a problem printed twice");
+        for line in &lines {
+            assert!(
+                line.starts_with("tests/fixtures/config/") || line.starts_with("/dev/"),
+                "{name}: {line} names no file"
+            );
+            assert!(!line.ends_with("(used"), "{name}: dangling alias message");
+        }
+    }
+}
+
+#[test]
+fn accepted_fixtures_exit_0_and_print_only_their_warnings() {
+    let all = fixtures("tests/fixtures/config/ok");
+    assert!(all.len() >= 3, "fixtures: {all:?}");
+    for fixture in all {
+        let (code, stdout, stderr) = check_config(&fixture);
+        let name = fixture.display();
+        assert_eq!(code, 0, "{name}: stderr:\n{stderr}");
+        assert!(
+            stdout.starts_with(&format!("{name}: ok (")),
+            "{name}: {stdout}"
+        );
+        assert_eq!(stderr, expected_beside(&fixture), "{name}");
+    }
+}
+
+#[test]
+fn five_mistakes_in_five_sections_are_all_reported() {
+    let (code, _, stderr) = check_config(Path::new("tests/fixtures/config/five-mistakes.yaml"));
+    assert_eq!(code, 64);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 5, "{stderr}");
+    // One per section, each at the line of its mistake: scan, segments, bulletin, trust, smtp.
+    let at = |line: &str| {
+        line.split(':')
+            .nth(1)
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap()
+    };
+    assert_eq!(
+        lines.iter().map(|l| at(l)).collect::<Vec<_>>(),
+        [3, 5, 7, 9, 12]
+    );
+    for (line, what) in lines.iter().zip([
+        "unknown field `colour`",
+        "invalid cidr `127.77.2.0/33`",
+        "invalid cron `99 99 * * *`",
+        "cannot read CA file",
+        "port `0` is out of range",
+    ]) {
+        assert!(line.contains(what), "{line} should say {what}");
+    }
+}
+
+#[test]
+fn ipv4_mapped_segment_beside_an_ipv4_exclude_is_refused_as_overlapping() {
+    let text = "\
+segments:
+  - {name: lab-v4, network: extranet, cidrs: [127.111.0.0/24], exclude: [127.111.0.20]}
+  - {name: lab-mapped, network: extranet, cidrs: [\"::ffff:127.111.0.16/124\"]}
+";
+    assert_eq!(
+        problems(config::load_str(text, Path::new("np.yaml"))),
+        "np.yaml:3:51: cidr `::ffff:127.111.0.16/124` of segment `lab-mapped` overlaps `127.111.0.0/24` of segment `lab-v4` (line 2)"
+    );
+}
+
+#[test]
+fn ipv4_mapped_addresses_are_scoped_as_ipv4_and_keep_their_excludes() {
+    let path = root().join("tests/fixtures/config/ok/mapped-exclude.yaml");
+    let config = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let segment = config.segment("lab-mapped").unwrap();
+    assert_eq!(segment.cidrs, ["127.111.0.16/28".parse().unwrap()]);
+    let scope = netpatrol::scope::Scope::new(&config.segments);
+    let targets: Vec<std::net::IpAddr> = scope.targets().unwrap().iter().map(|t| t.ip()).collect();
+    assert!(!targets.is_empty());
+    assert!(targets.iter().all(|ip| ip.is_ipv4()), "{targets:?}");
+    assert!(
+        !targets.contains(&"127.111.0.20".parse().unwrap()),
+        "{targets:?}"
+    );
+    // Asked for in either spelling, the excluded address is no target; another one is, as IPv4.
+    for excluded in ["127.111.0.20", "::ffff:127.111.0.20"] {
+        assert!(
+            scope.target(excluded.parse().unwrap()).is_none(),
+            "{excluded}"
+        );
+    }
+    let target = scope
+        .target("::ffff:127.111.0.21".parse().unwrap())
+        .unwrap();
+    assert_eq!(
+        target.ip(),
+        "127.111.0.21".parse::<std::net::IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn the_compile_step_checks_rules_and_secrets_after_the_config() {
+    // The config validates; the rules stage finds the override of a rule that does not exist.
+    let text = format!("{SEGMENTS}rules:\n  overrides:\n    tls.cert_expird: {{severity: low}}\n");
+    let problems = config::Loaded::compile_str(&text, Path::new("np.yaml")).unwrap_err();
+    let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        lines,
+        ["np.yaml:5:5: override of unknown rule `tls.cert_expird`"]
+    );
+
+    // A listener whose token variable is not set: compiled, with a warning.
+    let text = format!(
+        "{SEGMENTS}daemon:\n  listen: 127.111.0.1:9750\n  api_token_env: NETPATROL_TEST_NEVER_SET\n"
+    );
+    let loaded = config::Loaded::compile_str(&text, Path::new("np.yaml")).unwrap();
+    assert!(loaded.secrets.api_token.is_none());
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert!(
+        loaded.warnings[0]
+            .message
+            .starts_with("warning: daemon.listen is set")
+    );
+    assert_eq!(loaded.schedule.scans.len(), 0);
+}
+
+/// One HTTP GET over loopback; the status code, or `None` when nothing answers.
+fn http_status(addr: std::net::SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    assert!(addr.ip().is_loopback());
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).ok()?;
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_daemon_runs_what_check_config_accepts_and_refuses_a_reload_it_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netpatrol.yaml");
+    let port = std::net::TcpListener::bind("127.111.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.111.0.1")
+        .port();
+    let addr: std::net::SocketAddr = format!("127.111.0.1:{port}").parse().unwrap();
+    let good = format!(
+        "segments:\n  - {{name: lab, network: extranet, cidrs: [127.111.1.0/30]}}\n\
+         daemon:\n  listen: {addr}\n  api_token_env: NETPATROL_CONFIG_TEST_TOKEN\n"
+    );
+    std::fs::write(&path, &good).unwrap();
+    let (code, _, stderr) = check_config(&path);
+    assert_eq!(code, 0, "{stderr}");
+
+    let log_path = dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_netpatrol"))
+        .arg("daemon")
+        .arg("-c")
+        .arg(&path)
+        .env("NETPATROL_CONFIG_TEST_TOKEN", "config-test-token")
+        .env("RUST_LOG", "netpatrol=info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("start the daemon");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    wait_until("the daemon's /healthz", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("daemon exited ({status}):\n{}", log());
+        }
+        (http_status(addr, "/healthz") == Some(200)).then_some(())
+    });
+
+    // A config check-config rejects: the reload is refused with the very same lines.
+    let bad = format!(
+        "{good}scan:\n  colour: blue\nbulletin: {{cron: \"99 99 * * *\"}}\ntrust: {{ca_files: [missing.pem]}}\n"
+    );
+    std::fs::write(&path, bad).unwrap();
+    let (code, _, expected) = check_config(&path);
+    assert_eq!(code, 64, "{expected}");
+    assert_eq!(expected.lines().count(), 3, "{expected}");
+    let hup = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    wait_until("the reload to be refused", || {
+        log()
+            .contains("reload rejected; the previous configuration stays in force")
+            .then_some(())
+    });
+    let logged = log();
+    for line in expected.lines() {
+        assert!(
+            logged.contains(line),
+            "not in the daemon's log: {line}\n{logged}"
+        );
+    }
+    assert_eq!(http_status(addr, "/healthz"), Some(200), "still serving");
+
+    let term = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = wait_until("the daemon to stop", || child.try_wait().unwrap());
+    assert!(status.success(), "exit {status}:\n{}", log());
+}
+
+#[test]
+fn trust_anchors_check_config_accepts_load_into_the_tls_trust_store() {
+    // RSA, EC and SM2 roots: what the compile step accepts, the TLS probe's store takes too.
+    let path = root().join("tests/fixtures/config/ok/trust-roots.yaml");
+    let loaded = config::Loaded::compile(&path).unwrap_or_else(|p| panic!("{p:?}"));
+    assert_eq!(loaded.config.trust.ca_files.len(), 3);
+    let trust = netpatrol::probe::tls::Trust::from_pem_files(&loaded.config.trust.ca_files)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(trust.extra, 3);
+}
+
+#[test]
+fn an_error_chain_prints_each_cause_once() {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot open store /var/lib/netpatrol.db: {source}")]
+    struct Open {
+        source: std::io::Error,
+    }
+    let io = std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+    let error = anyhow::Error::new(Open { source: io }).context("scan failed");
+    assert_eq!(
+        netpatrol::app::error_chain(&error),
+        "scan failed: cannot open store /var/lib/netpatrol.db: permission denied"
+    );
+}

@@ -6,10 +6,8 @@
 //! nothing unless forced. States: `queued` (waiting, possibly after failed attempts, until
 //! `next_attempt_at`), `sent`, `failed` (a permanent SMTP refusal or too many attempts).
 
+use super::{Cells, Store, StoreError, timestamp};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-
-use super::{Store, StoreError, parse_time, timestamp};
 
 /// A message to put in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,16 +155,17 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        Ok(OutboxState::ALL
-            .into_iter()
-            .map(|s| {
-                let n = rows
-                    .iter()
-                    .find(|r| r.get::<String, _>("state") == s.as_str())
-                    .map_or(0, |r| r.get::<i64, _>("n"));
-                (s, u64::try_from(n).unwrap_or(0))
-            })
-            .collect())
+        let mut counts: Vec<(OutboxState, u64)> =
+            OutboxState::ALL.into_iter().map(|s| (s, 0)).collect();
+        for r in &rows {
+            let c = Cells::aggregate(r, "outbox");
+            let state = c.parsed("state", OutboxState::parse)?;
+            let n: u64 = c.int("n")?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 = n;
+            }
+        }
+        Ok(counts)
     }
 
     /// Record a successful delivery.
@@ -209,25 +208,20 @@ impl Store {
 }
 
 fn mail_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxMail, StoreError> {
-    let key: String = r.get("key");
-    let bad = |what: &str| StoreError::Corrupt(format!("outbox {key}: bad {what}"));
-    let time = |col: &str| parse_time(&r.get::<String, _>(col)).ok_or_else(|| bad(col));
+    let c = Cells::new(r, "outbox", "key");
     Ok(OutboxMail {
-        kind: r.get("kind"),
-        period: r.get("period"),
-        sender: r.get("sender"),
-        recipients: serde_json::from_str(&r.get::<String, _>("recipients"))?,
-        subject: r.get("subject"),
-        message: r.get("message"),
-        state: OutboxState::parse(&r.get::<String, _>("state")).ok_or_else(|| bad("state"))?,
-        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(0),
-        created_at: time("created_at")?,
-        next_attempt_at: time("next_attempt_at")?,
-        sent_at: match r.get::<Option<String>, _>("sent_at") {
-            None => None,
-            Some(t) => Some(parse_time(&t).ok_or_else(|| bad("sent_at"))?),
-        },
-        last_error: r.get("last_error"),
-        key,
+        key: c.get("key")?,
+        kind: c.get("kind")?,
+        period: c.get("period")?,
+        sender: c.get("sender")?,
+        recipients: c.json("recipients")?,
+        subject: c.get("subject")?,
+        message: c.get("message")?,
+        state: c.parsed("state", OutboxState::parse)?,
+        attempts: c.int("attempts")?,
+        created_at: c.time("created_at")?,
+        next_attempt_at: c.time("next_attempt_at")?,
+        sent_at: c.opt_time("sent_at")?,
+        last_error: c.get("last_error")?,
     })
 }

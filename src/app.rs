@@ -98,6 +98,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Outbox { config, flush } => {
             crate::bulletin::outbox_command(config.as_deref(), flush).await
         }
+        Command::Audit {
+            config,
+            since,
+            lang,
+        } => {
+            crate::daemon::audit::audit_command(
+                config.as_deref(),
+                since.as_deref(),
+                lang.as_deref(),
+            )
+            .await
+        }
     }
 }
 
@@ -216,7 +228,7 @@ async fn scan_command(
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     match output {
-        Some(path) => std::fs::write(path, text)
+        Some(path) => crate::output::write_file(path, text.as_bytes())
             .with_context(|| format!("cannot write the report to {}", path.display()))?,
         None => print!("{text}"),
     }
@@ -307,7 +319,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
             report::table(&config, &report, std::io::stdout().is_terminal())
         );
         let path: PathBuf = out.join("last-scan.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        crate::output::write_file(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         eprintln!("netpatrol demo: report written to {}", path.display());
         let written = crate::bulletin::demo(&config, &rules, &store, out).await?;
         for file in written {

@@ -21,7 +21,10 @@
 //! Schedules are cron expressions in the organisation's timezone; missed ticks (suspend, clock
 //! jumps, a long scan) are skipped, never caught up.
 
+pub mod access;
 pub mod api;
+pub mod audit;
+pub mod web;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -78,8 +81,8 @@ pub struct Loaded {
     pub config: Config,
     pub rules: RuleSet,
     pub schedule: Schedule,
-    /// The API bearer token; `None` = none configured (POST is refused).
-    pub token: Option<String>,
+    /// Tokens and web config (TLS, basic auth): `access::Access::load`.
+    pub access: access::Access,
     pub limits: Arc<Limits>,
 }
 
@@ -121,9 +124,9 @@ impl Loaded {
             .map(|s| cron("daemon.scans", &s.cron).map(|c| (c, s.segments.clone())))
             .collect();
         let bulletin = cron("bulletin.cron", &config.bulletin.cron);
-        let token = api_token(&config.daemon.api_token_env).unwrap_or_else(|p| {
-            problems.push(p);
-            None
+        let access = access::Access::load(&config.daemon).unwrap_or_else(|p| {
+            problems.extend(p);
+            access::Access::default()
         });
         match (scans, bulletin) {
             (Some(scans), Some(bulletin)) if problems.is_empty() => {
@@ -132,28 +135,12 @@ impl Loaded {
                     config,
                     rules,
                     schedule: Schedule { scans, bulletin },
-                    token,
+                    access,
                     limits,
                 })
             }
             _ => Err(problems),
         }
-    }
-}
-
-/// The API token: the variable named by `daemon.api_token_env`, else the file named by the same
-/// variable with `_FILE` appended (for systemd credentials and secret mounts). Surrounding
-/// whitespace is not part of it; an empty token counts as none.
-fn api_token(var: &str) -> Result<Option<String>, String> {
-    let clean = |t: &str| Some(t.trim().to_string()).filter(|t| !t.is_empty());
-    if let Ok(value) = std::env::var(var) {
-        return Ok(clean(&value));
-    }
-    match std::env::var(format!("{var}_FILE")) {
-        Ok(file) => std::fs::read_to_string(&file)
-            .map(|t| clean(&t))
-            .map_err(|e| format!("cannot read the API token from {file} ({var}_FILE): {e}")),
-        Err(_) => Ok(None),
     }
 }
 
@@ -237,6 +224,8 @@ pub enum SubmitError {
     UnknownSegment(String),
     #[error("the daemon is stopping")]
     Stopping,
+    #[error("{0} scans are queued or running already (daemon.max_queued_scans); try again later")]
+    QueueFull(usize),
 }
 
 /// The daemon's shared state.
@@ -252,6 +241,9 @@ pub struct Daemon {
     scan_cancel: CancellationToken,
     scheduler_running: AtomicBool,
     next_id: AtomicU64,
+    /// The last failure of each kind of store read the API made, until one succeeds again:
+    /// `/healthz` reports them (a corrupt row is not seen by a plain ping).
+    store_problems: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 /// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
@@ -282,6 +274,37 @@ impl Daemon {
             scan_cancel: CancellationToken::new(),
             scheduler_running: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            store_problems: Mutex::default(),
+        })
+    }
+
+    /// Remember how the store read `what` last went (for `/healthz`); `result` passes through.
+    pub fn note_store<T>(
+        &self,
+        what: &'static str,
+        result: Result<T, crate::store::StoreError>,
+    ) -> Result<T, crate::store::StoreError> {
+        let mut problems = lock(&self.store_problems);
+        match &result {
+            Ok(_) => {
+                problems.remove(what);
+            }
+            Err(e) => {
+                problems.insert(what, e.to_string());
+            }
+        }
+        result
+    }
+
+    /// The store failures the API saw last and that have not been read successfully since.
+    pub fn store_problem(&self) -> Option<String> {
+        let problems = lock(&self.store_problems);
+        (!problems.is_empty()).then(|| {
+            problems
+                .iter()
+                .map(|(what, e)| format!("{what}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         })
     }
 
@@ -302,7 +325,17 @@ impl Daemon {
 
     /// Queue a scan of `segments` (empty = all) and return its id at once; it runs as soon as
     /// no other scan holds one of its segments.
+    /// More than `daemon.max_queued_scans` scans queued or running refuse it.
     pub fn submit(self: &Arc<Self>, segments: Vec<String>) -> Result<String, SubmitError> {
+        let max = self.current().config.daemon.max_queued_scans;
+        let pending = lock(&self.jobs)
+            .by_id
+            .values()
+            .filter(|j| !j.state.is_done())
+            .count();
+        if pending >= max {
+            return Err(SubmitError::QueueFull(pending));
+        }
         self.enqueue(segments, "api", None)
     }
 
@@ -487,6 +520,8 @@ impl Daemon {
                 } else {
                     new
                 };
+                warn_dropped_tokens(&old, &new);
+                self.metrics.tokens(&new.access);
                 self.loaded.send_replace(Arc::new(new));
                 self.metrics.reloaded(true, now);
                 tracing::info!(config = %path.display(), "configuration reloaded");
@@ -632,6 +667,23 @@ impl Daemon {
     }
 }
 
+/// A reload that leaves a role without its token disables what it allowed: say so.
+fn warn_dropped_tokens(old: &Loaded, new: &Loaded) {
+    let (o, n) = (&old.access, &new.access);
+    if o.operator.is_some() && n.operator.is_none() {
+        tracing::warn!(
+            var = %new.config.daemon.api_token_env,
+            "the reload left no operator token: POST /api/v1/scans is refused (403) from now on"
+        );
+    }
+    if o.read.is_some() && n.read.is_none() {
+        tracing::warn!(
+            var = %new.config.daemon.read_token_env,
+            "the reload left no read token: it no longer reads the API"
+        );
+    }
+}
+
 /// The first tick of `cron` after `t`, reading the cron in `tz`.
 fn next_after(cron: &Cron, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&t.with_timezone(&tz), false)
@@ -659,10 +711,12 @@ pub async fn run(config_path: &Path) -> ExitCode {
         }
     };
     let listen = loaded.config.daemon.listen;
-    let token_configured = loaded.token.is_some();
+    let token_configured = loaded.access.operator.is_some();
     let token_env = loaded.config.daemon.api_token_env.clone();
+    let tls = loaded.access.web.as_ref().is_some_and(|w| w.tls.is_some());
     let daemon = Daemon::new(loaded, store.clone());
     daemon.metrics.reloaded(true, Utc::now());
+    daemon.metrics.tokens(&daemon.current().access);
 
     // Signal handlers before anything runs, so an early SIGTERM is not the default (death).
     let (mut hup, mut term) = match (
@@ -694,7 +748,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
                 "no API token configured: POST /api/v1/scans is refused"
             );
         }
-        tracing::info!(%addr, "serving /metrics, /healthz and /api/v1");
+        tracing::info!(%addr, tls, "serving /metrics, /healthz and /api/v1");
         let (daemon, stop) = (daemon.clone(), exporter_stop.clone());
         tasks.spawn(async move {
             if let Err(error) = api::serve(listener, daemon, stop).await {

@@ -26,8 +26,10 @@ use crate::finding::{Event, Finding, State};
 use crate::observation::{RunState, ScanObservations, ScanRun};
 use crate::rules::Severity;
 
+mod audit;
 mod bulletin_queries;
 mod outbox;
+pub use audit::AuditEntry;
 pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
 
@@ -40,6 +42,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_findings.sql")),
     (3, include_str!("migrations/0003_outbox.sql")),
     (4, include_str!("migrations/0004_daemon.sql")),
+    // 5 and 6 are reserved for work merged later (engine coverage, config).
+    (7, include_str!("migrations/0007_audit.sql")),
+    (8, include_str!("migrations/0008_outbox_lease.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

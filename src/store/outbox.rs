@@ -5,6 +5,12 @@
 //! has a unique key (`period|kind|recipient`): enqueueing the same period's mail again does
 //! nothing unless forced. States: `queued` (waiting, possibly after failed attempts, until
 //! `next_attempt_at`), `sent`, `failed` (a permanent SMTP refusal or too many attempts).
+//!
+//! Exactly once: a sender claims a message ([`Store::claim_mail`], a lease with an owner and
+//! an expiry) before sending it, and clears the lease when it records the outcome. A sender
+//! killed mid-send leaves its lease; it expires, or is taken over at once by a later sender
+//! that sees its holder is dead ([`Store::take_over_mail`]): the message is sent again (one
+//! duplicate at most, under the same `Message-ID`), never lost.
 
 use super::{Cells, Store, StoreError, timestamp};
 use chrono::{DateTime, Utc};
@@ -104,7 +110,8 @@ impl Store {
                sender = excluded.sender, recipients = excluded.recipients,
                subject = excluded.subject, message = excluded.message, state = 'queued',
                attempts = 0, created_at = excluded.created_at,
-               next_attempt_at = excluded.next_attempt_at, sent_at = NULL, last_error = NULL",
+               next_attempt_at = excluded.next_attempt_at, sent_at = NULL, last_error = NULL,
+               lease_until = NULL, lease_owner = NULL",
         )
         .bind(&mail.key)
         .bind(&mail.kind)
@@ -168,11 +175,67 @@ impl Store {
         Ok(counts)
     }
 
-    /// Record a successful delivery.
+    /// Claim queued message `key` for `owner` until `until`: true when no one else holds an
+    /// unexpired lease on it (then only `owner` sends it). One conditional UPDATE, so two
+    /// flushes racing for a message cannot both win (portable SQL: no row locks needed).
+    pub async fn claim_mail(
+        &self,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_until = $1, lease_owner = $2
+             WHERE key = $3 AND state = 'queued' AND (lease_until IS NULL OR lease_until < $4)",
+        )
+        .bind(timestamp(until))
+        .bind(owner)
+        .bind(key)
+        .bind(timestamp(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Who holds the lease on queued message `key`, if anyone.
+    pub async fn mail_lease_owner(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let owner: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT lease_owner FROM outbox WHERE key = $1 AND state = 'queued'",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(owner.flatten())
+    }
+
+    /// Take over the lease `dead` held on `key` (its holder is known to have died): true when
+    /// it was still `dead`'s.
+    pub async fn take_over_mail(
+        &self,
+        key: &str,
+        dead: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_until = $1, lease_owner = $2
+             WHERE key = $3 AND state = 'queued' AND lease_owner = $4",
+        )
+        .bind(timestamp(until))
+        .bind(owner)
+        .bind(key)
+        .bind(dead)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Record a successful delivery (and drop the lease).
     pub async fn mail_sent(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = $2,
-               last_error = NULL WHERE key = $1",
+               last_error = NULL, lease_until = NULL, lease_owner = NULL WHERE key = $1",
         )
         .bind(key)
         .bind(timestamp(now))
@@ -195,7 +258,8 @@ impl Store {
         };
         sqlx::query(
             "UPDATE outbox SET state = $2, attempts = attempts + 1,
-               next_attempt_at = COALESCE($3, next_attempt_at), last_error = $4 WHERE key = $1",
+               next_attempt_at = COALESCE($3, next_attempt_at), last_error = $4,
+               lease_until = NULL, lease_owner = NULL WHERE key = $1",
         )
         .bind(key)
         .bind(state.as_str())

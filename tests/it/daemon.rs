@@ -20,6 +20,8 @@ use crate::support;
 
 const TOKEN: &str = "s3cret-test-token";
 const TOKEN_ENV: &str = "NETPATROL_TEST_API_TOKEN";
+const READ_TOKEN: &str = "read-only-test-token";
+const READ_ENV: &str = "NETPATROL_TEST_READ_TOKEN";
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -116,8 +118,18 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// A GET with the operator token (every daemon route but `/healthz` needs a credential; the
+/// token is harmless to Prometheus's own API, which these tests query too).
 fn get(addr: SocketAddr, path: &str) -> Reply {
-    http(addr, "GET", path, &[], b"")
+    get_as(addr, path, Some(&format!("Bearer {TOKEN}")))
+}
+
+/// A GET with `authorization` as the `Authorization` header (none when `None`).
+fn get_as(addr: SocketAddr, path: &str, authorization: Option<&str>) -> Reply {
+    match authorization {
+        Some(a) => http(addr, "GET", path, &[("Authorization", a)], b""),
+        None => http(addr, "GET", path, &[], b""),
+    }
 }
 
 fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Reply {
@@ -173,7 +185,7 @@ fn demo_yaml(dir: &Path, shift: u16, listen: SocketAddr, extra: &str) -> String 
     let end = start + text[start..].find(']').expect("end of ports") + 1;
     let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     format!(
-        "{}  ports: [{}]{}\ndaemon:\n  listen: {listen}\n  api_token_env: {TOKEN_ENV}\n  scans:\n    - {{cron: \"0 3 * * *\"}}\n    - {{cron: \"30 */4 * * *\", segments: [extranet-a]}}\n{extra}",
+        "{}  ports: [{}]{}\ndaemon:\n  listen: {listen}\n  api_token_env: {TOKEN_ENV}\n  read_token_env: {READ_ENV}\n  scans:\n    - {{cron: \"0 3 * * *\"}}\n    - {{cron: \"30 */4 * * *\", segments: [extranet-a]}}\n{extra}",
         &text[..start],
         list.join(", "),
         &text[end..],
@@ -189,8 +201,47 @@ struct Daemon {
 
 impl Daemon {
     fn start(yaml: impl Fn(&Path, SocketAddr) -> String, token: Option<&str>) -> Daemon {
+        let env: Vec<(&str, &str)> = token.map(|t| (TOKEN_ENV, t)).into_iter().collect();
+        Daemon::start_with("127.0.0.1", yaml, &env)
+    }
+
+    /// Listen on `ip` (a free port); `env` sets variables (the token ones are removed first).
+    fn start_with(
+        ip: &str,
+        yaml: impl Fn(&Path, SocketAddr) -> String,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let d = Daemon::spawn(ip, yaml, env);
+        wait_for("the daemon's /healthz", Duration::from_secs(60), || {
+            d.check_alive();
+            TcpStream::connect(d.addr)
+                .ok()
+                .map(|_| get(d.addr, "/healthz"))
+                .filter(|r| r.status == 200)
+        });
+        d
+    }
+
+    /// Panic with the log when the daemon has exited.
+    fn check_alive(&self) {
+        // `try_wait` needs `&mut`; a zero-signal `kill` tells whether the process is there.
+        let alive = Command::new("kill")
+            .arg("-0")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(alive, "daemon exited early:\n{}", self.log());
+    }
+
+    /// Start without waiting for it to serve.
+    fn spawn(ip: &str, yaml: impl Fn(&Path, SocketAddr) -> String, env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let port = TcpListener::bind((ip, 0))
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
         std::fs::write(dir.path().join("netpatrol.yaml"), yaml(dir.path(), addr)).unwrap();
         let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_netpatrol"));
@@ -198,26 +249,17 @@ impl Daemon {
             .arg("-c")
             .arg(dir.path().join("netpatrol.yaml"))
             .env("RUST_LOG", "netpatrol=info")
-            .env_remove(format!("{TOKEN_ENV}_FILE"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        match token {
-            Some(t) => cmd.env(TOKEN_ENV, t),
-            None => cmd.env_remove(TOKEN_ENV),
-        };
+        for var in [TOKEN_ENV, READ_ENV] {
+            cmd.env_remove(var).env_remove(format!("{var}_FILE"));
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let child = cmd.spawn().expect("start the daemon");
-        let mut d = Daemon { child, addr, dir };
-        wait_for("the daemon's /healthz", Duration::from_secs(60), || {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("daemon exited early ({status}):\n{}", d.log());
-            }
-            TcpStream::connect(addr)
-                .ok()
-                .map(|_| get(addr, "/healthz"))
-                .filter(|r| r.status == 200)
-        });
-        d
+        Daemon { child, addr, dir }
     }
 
     fn log(&self) -> String {
@@ -522,6 +564,30 @@ const CONTRACT_METRICS: &[(&str, &[&str])] = &[
     ("netpatrol_outbox_messages", &["state"]),
 ];
 
+/// `promtool check metrics` on a scrape: HELP and TYPE for every family, names by the rules.
+fn promtool_check_metrics(text: &str) {
+    let mut child = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
     let prometheus_bin = tool("prometheus");
@@ -669,6 +735,7 @@ fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
         text.contains("netpatrol_findings_waived{"),
         "waived findings not counted"
     );
+    promtool_check_metrics(&text);
 
     // Prometheus has scraped the scan's results.
     wait_for(
@@ -844,11 +911,235 @@ fn reload_keeps_the_old_config_on_error_and_sigterm_stops_cleanly() {
 #[test]
 fn post_without_a_configured_token_is_forbidden() {
     let shift = support::lab();
-    let daemon = Daemon::start(|dir, addr| demo_yaml(dir, shift, addr, ""), None);
+    // No operator token; `get` presents TOKEN, which is the read token here.
+    let daemon = Daemon::start_with(
+        "127.0.0.1",
+        |dir, addr| demo_yaml(dir, shift, addr, ""),
+        &[(READ_ENV, TOKEN)],
+    );
     let r = post(daemon.addr, "/api/v1/scans", Some("anything"), "{}");
     assert_eq!(r.status, 403, "{}", r.body);
     assert_eq!(r.json()["error"], "no API token configured");
-    // Reads stay open.
+    // Reads stay open to the read token.
     assert_eq!(get(daemon.addr, "/api/v1/findings").status, 200);
     assert_eq!(get(daemon.addr, "/metrics").status, 200);
+}
+
+/// Run the netpatrol binary with `args`; (exit code, stdout, stderr).
+fn netpatrol(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_netpatrol"))
+        .args(args)
+        .env_remove("NETPATROL_CONFIG")
+        .output()
+        .expect("run netpatrol");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_route_needs_a_credential_readers_only_read_and_every_action_is_audited() {
+    let shift = support::lab();
+    let dir = tempfile::tempdir().unwrap();
+    let read_file = dir.path().join("read-token");
+    std::fs::write(&read_file, format!("{READ_TOKEN}\n")).unwrap();
+    let read_var = format!("{READ_ENV}_FILE");
+    let daemon = Daemon::start_with(
+        "127.112.0.1",
+        |dir, addr| demo_yaml(dir, shift, addr, "  max_queued_scans: 2\n"),
+        &[(TOKEN_ENV, TOKEN), (&read_var, read_file.to_str().unwrap())],
+    );
+    let addr = daemon.addr;
+    let bearer = |t: &str| format!("Bearer {t}");
+
+    // Every GET route: 401 without a credential, 200 with the read token.
+    for path in ["/api/v1/findings", "/api/v1/findings?severity=high"] {
+        let r = get_as(addr, path, None);
+        assert_eq!(r.status, 401, "{path}: {}", r.body);
+        assert!(r.json()["error"].is_string());
+        assert_eq!(get_as(addr, path, Some("Bearer wrong")).status, 401);
+        assert_eq!(get_as(addr, path, Some(&bearer(READ_TOKEN))).status, 200);
+    }
+    assert_eq!(get_as(addr, "/api/v1/scans/nope", None).status, 401);
+    assert_eq!(
+        get_as(addr, "/api/v1/scans/nope", Some(&bearer(READ_TOKEN))).status,
+        404
+    );
+    assert_eq!(get_as(addr, "/nowhere", None).status, 401);
+    // The scheme is case-insensitive; the token is compared exactly (no trimming).
+    let lower = format!("bearer {READ_TOKEN}");
+    assert_eq!(get_as(addr, "/api/v1/findings", Some(&lower)).status, 200);
+    let upper = format!("BEARER {TOKEN}");
+    assert_eq!(get_as(addr, "/api/v1/findings", Some(&upper)).status, 200);
+    // (HTTP drops whitespace around a header value; inside it, the token is what follows the
+    // one space after the scheme.)
+    let padded = format!("Bearer  {READ_TOKEN}");
+    assert_eq!(get_as(addr, "/api/v1/findings", Some(&padded)).status, 401);
+    // /metrics and /healthz without credentials (no basic-auth users configured).
+    assert_eq!(get_as(addr, "/metrics", None).status, 200);
+    assert_eq!(get_as(addr, "/healthz", None).status, 200);
+
+    // A reader cannot start a scan; the operator can, with a lowercase scheme too.
+    let r = post(addr, "/api/v1/scans", Some(READ_TOKEN), "{}");
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http(
+        addr,
+        "POST",
+        "/api/v1/scans",
+        &[("Authorization", &format!("bearer {TOKEN}"))],
+        b"{}",
+    );
+    assert_eq!(r.status, 202, "{}", r.body);
+    let first = r.json()["id"].as_str().unwrap().to_string();
+
+    // At most max_queued_scans (2) scans accepted and not finished: the third answers 429.
+    let second = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
+    assert_eq!(second.status, 202, "{}", second.body);
+    let third = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
+    assert_eq!(third.status, 429, "{}", third.body);
+    assert!(
+        third.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_queued_scans")
+    );
+    daemon.wait_scan(&first);
+    daemon.wait_scan(second.json()["id"].as_str().unwrap());
+    assert_eq!(
+        post(
+            addr,
+            "/api/v1/scans",
+            Some(TOKEN),
+            "{\"segments\": [\"legacy-wsj\"]}"
+        )
+        .status,
+        202
+    );
+
+    // The token metric; then a reload that drops the read token says so.
+    let tokens = |role: &str| {
+        daemon.metric(&format!(
+            "netpatrol_api_token_configured{{role=\"{role}\"}}"
+        ))
+    };
+    assert_eq!(tokens("operator"), Some(1.0));
+    assert_eq!(tokens("read"), Some(1.0));
+    std::fs::write(&read_file, "").unwrap();
+    signal(&daemon.child, "HUP");
+    wait_for(
+        "the read token metric to say 0",
+        Duration::from_secs(20),
+        || (tokens("read") == Some(0.0)).then_some(()),
+    );
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("no read token")),
+        "{log}"
+    );
+    assert_eq!(
+        get_as(addr, "/api/v1/findings", Some(&bearer(READ_TOKEN))).status,
+        401
+    );
+
+    // The audit trail: actions with role, peer, route, status and the scan started.
+    let config = daemon.config_path();
+    let (code, table, stderr) = netpatrol(&["audit", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let header = table.lines().next().unwrap_or("");
+    for h in ["时间", "身份", "来源地址", "路径", "状态"] {
+        assert!(header.contains(h), "{header}");
+    }
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    let has = |f: &dyn Fn(&str) -> bool| rows.iter().any(|l| f(l));
+    assert!(
+        has(&|l| l.contains("operator")
+            && l.contains("POST")
+            && l.contains(" 202 ")
+            && l.contains(&first)),
+        "{table}"
+    );
+    assert!(
+        has(&|l| l.contains("read") && l.contains("POST") && l.contains(" 403 ")),
+        "{table}"
+    );
+    assert!(
+        has(&|l| l.contains("GET") && l.contains("/api/v1/findings") && l.contains(" 401 ")),
+        "{table}"
+    );
+    assert!(
+        has(&|l| l.contains(" 429 ") && l.contains("queue full")),
+        "{table}"
+    );
+    assert!(
+        has(&|l| l.contains("127.112.0.1:") || l.contains("127.0.0.1:")),
+        "{table}"
+    );
+    assert!(!has(&|l| l.contains("/healthz")), "{table}");
+    let (code, english, _) = netpatrol(&[
+        "audit",
+        "-c",
+        config.to_str().unwrap(),
+        "--lang",
+        "en",
+        "--since",
+        "2099-01-01",
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        english.lines().count(),
+        1,
+        "only the header after 2099: {english}"
+    );
+    assert!(english.starts_with("TIME"));
+
+    // A corrupted row: the API answers a clean 500, /healthz 503 with the reason, and the CLI
+    // exits 1 with a message naming table, column and row (no panic).
+    let db = daemon.dir.path().join("netpatrol.db");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+            .await
+            .unwrap();
+        let done = sqlx::query("UPDATE findings SET port = 'abc' WHERE port IS NOT NULL")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert!(done.rows_affected() > 0);
+        pool.close().await;
+    });
+    let r = get(addr, "/api/v1/findings");
+    assert_eq!(r.status, 500, "{}", r.body);
+    let message = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("findings") && message.contains("port"),
+        "{message}"
+    );
+    let h = get_as(addr, "/healthz", None);
+    assert_eq!(h.status, 503, "{}", h.body);
+    assert!(
+        h.json()["store"].as_str().unwrap().contains("port"),
+        "{}",
+        h.body
+    );
+    let month = chrono::Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%Y-%m")
+        .to_string();
+    let (code, _, stderr) = netpatrol(&[
+        "bulletin",
+        "-c",
+        config.to_str().unwrap(),
+        "--period",
+        &month,
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("corrupt store") && stderr.contains("column port"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -47,6 +47,7 @@ fn tool(name: &str) -> PathBuf {
 }
 
 /// A response: status and body.
+#[derive(Debug)]
 struct Reply {
     status: u16,
     body: String,
@@ -189,6 +190,14 @@ fn demo_yaml(dir: &Path, shift: u16, listen: SocketAddr, extra: &str) -> String 
         &text[..start],
         list.join(", "),
         &text[end..],
+    )
+}
+
+/// A config with one small loopback segment (never scanned by these tests) and the daemon
+/// settings; `extra` goes in the `daemon` section.
+fn small_yaml(listen: SocketAddr, extra: &str) -> String {
+    format!(
+        "segments:\n  - {{name: lab, network: other, cidrs: [127.112.9.0/30]}}\ndaemon:\n  listen: {listen}\n  api_token_env: {TOKEN_ENV}\n  read_token_env: {READ_ENV}\n{extra}"
     )
 }
 
@@ -1142,4 +1151,261 @@ fn every_route_needs_a_credential_readers_only_read_and_every_action_is_audited(
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// PEM text of `label` blocks.
+fn pem(label: &str, ders: &[&[u8]]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in ders {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str(&format!("-----BEGIN {label}-----\n"));
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(chunk).unwrap());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+    }
+    out
+}
+
+/// Write `leaf`'s chain and key as `dir/name.pem` and `dir/name.key`.
+fn write_leaf(dir: &Path, name: &str, leaf: &support::tls::Leaf) {
+    let chain: Vec<&[u8]> = leaf.chain.iter().map(|c| c.as_ref()).collect();
+    std::fs::write(dir.join(format!("{name}.pem")), pem("CERTIFICATE", &chain)).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.key")),
+        pem("PRIVATE KEY", &[leaf.key.secret_der()]),
+    )
+    .unwrap();
+}
+
+/// A response over TLS, and the server's leaf certificate; `Err` when the handshake or the
+/// exchange failed.
+fn https(
+    addr: SocketAddr,
+    client: &std::sync::Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Reply, Vec<u8>), String> {
+    assert!(addr.ip().is_loopback());
+    let tcp =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let conn = rustls::ClientConnection::new(client.clone(), name).map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let result = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Err(format!("no response: {result:?}"));
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status: {head}"))?;
+    let leaf = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+        .unwrap_or_default();
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((Reply { status, body }, leaf))
+}
+
+#[test]
+fn tls_with_required_client_certificates_and_bcrypt_basic_auth() {
+    use base64::Engine;
+    let pki = support::tls::Pki::new("netpatrol web test CA");
+    let server = pki.leaf(&["127.112.0.2"], (2025, 1, 1), (2035, 1, 1));
+    let client_leaf = pki.leaf(&["operator-workstation"], (2025, 1, 1), (2035, 1, 1));
+    let hash = bcrypt::hash("scrape-pw", 4).unwrap();
+    let ca_pem = pki.ca_pem();
+    let web = format!(
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\nbasic_auth_users:\n  prometheus: '{hash}'\n"
+    );
+    let daemon = Daemon::spawn(
+        "127.112.0.2",
+        |dir, addr| {
+            write_leaf(dir, "server", &server);
+            std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+            std::fs::write(dir.join("web.yml"), &web).unwrap();
+            small_yaml(addr, "  web_config: web.yml\n")
+        },
+        &[(TOKEN_ENV, TOKEN)],
+    );
+    let addr = daemon.addr;
+    wait_for("the daemon to listen", Duration::from_secs(60), || {
+        daemon.check_alive();
+        TcpStream::connect(addr).ok()
+    });
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+    };
+    let with_cert = std::sync::Arc::new(
+        builder()
+            .with_client_auth_cert(client_leaf.chain.clone(), client_leaf.clone_key())
+            .unwrap(),
+    );
+    let without_cert = std::sync::Arc::new(builder().with_no_client_auth());
+
+    // With the client certificate: served over TLS, the server's certificate the configured one.
+    let (r, leaf) = https(addr, &with_cert, "GET", "/healthz", &[]).expect("TLS exchange");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(leaf, server.chain[0].as_ref());
+    // Without one: refused in the handshake.
+    let refused = https(addr, &without_cert, "GET", "/healthz", &[]);
+    assert!(
+        refused.is_err(),
+        "served without a client certificate: {refused:?}"
+    );
+    // Plain HTTP to the TLS listener gets no HTTP answer.
+    let mut plain = TcpStream::connect(addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = plain.read_to_end(&mut raw);
+    assert!(!raw.starts_with(b"HTTP/1.1 200"), "plain HTTP served");
+
+    // Basic auth users make /metrics ask for credentials: bcrypt user, or a token.
+    let basic = |user: &str, pw: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pw}"))
+        )
+    };
+    let get_tls = |path: &str, auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        https(addr, &with_cert, "GET", path, &headers)
+            .expect("TLS exchange")
+            .0
+    };
+    assert_eq!(get_tls("/metrics", None).status, 401);
+    let scrape = get_tls("/metrics", Some(&basic("prometheus", "scrape-pw")));
+    assert_eq!(scrape.status, 200);
+    assert!(
+        scrape.body.contains("netpatrol_build_info"),
+        "{}",
+        scrape.body
+    );
+    assert_eq!(
+        get_tls("/metrics", Some(&basic("prometheus", "wrong"))).status,
+        401
+    );
+    assert_eq!(
+        get_tls("/metrics", Some(&basic("nobody", "scrape-pw"))).status,
+        401
+    );
+    assert_eq!(
+        get_tls("/metrics", Some(&format!("Bearer {TOKEN}"))).status,
+        200
+    );
+    assert_eq!(
+        get_tls("/api/v1/findings", Some(&basic("prometheus", "scrape-pw"))).status,
+        200
+    );
+    let post = https(
+        addr,
+        &with_cert,
+        "POST",
+        "/api/v1/scans",
+        &[("Authorization", &basic("prometheus", "scrape-pw"))],
+    )
+    .unwrap()
+    .0;
+    assert_eq!(
+        post.status, 403,
+        "basic-auth users only read: {}",
+        post.body
+    );
+
+    // A renewed certificate is served after SIGHUP.
+    let renewed = pki.leaf(&["127.112.0.2"], (2025, 6, 1), (2036, 1, 1));
+    write_leaf(daemon.dir.path(), "server", &renewed);
+    signal(&daemon.child, "HUP");
+    wait_for("the renewed certificate", Duration::from_secs(20), || {
+        let (_, leaf) = https(addr, &with_cert, "GET", "/healthz", &[]).ok()?;
+        (leaf == renewed.chain[0].as_ref()).then_some(())
+    });
+}
+
+#[test]
+fn a_slow_header_client_is_closed_while_others_are_served() {
+    let daemon = Daemon::start_with(
+        "127.112.0.3",
+        |_, addr| small_yaml(addr, ""),
+        &[(TOKEN_ENV, TOKEN)],
+    );
+    let addr = daemon.addr;
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
+    let request = b"GET /api/v1/findings HTTP/1.1\r\nHost: slow\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut closed = false;
+    let mut trickled = 0;
+    // One header byte a second, for far longer than the header timeout.
+    for (i, byte) in request.iter().enumerate().take(30) {
+        if slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 256];
+        match slow.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                closed = true; // an answer (408) and the close follow
+                break;
+            }
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        trickled = i + 1;
+        // Meanwhile another client is served.
+        if i == 2 {
+            assert_eq!(get(addr, "/api/v1/findings").status, 200);
+        }
+    }
+    assert!(closed, "the slow client was still connected after 30 s");
+    // Within the 10 s the issue allows (the header timeout is 5 s; a byte a second).
+    assert!(trickled <= 10, "closed only after {trickled} bytes");
+    assert_eq!(get(addr, "/api/v1/findings").status, 200);
 }

@@ -255,15 +255,25 @@ async fn serve_demo(
     store: &Store,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let loaded = crate::daemon::Loaded::new(config.clone(), rules.clone())
+    let mut loaded = crate::daemon::Loaded::new(config.clone(), rules.clone())
         .map_err(|problems| anyhow::anyhow!("demo daemon: {}", problems.join("; ")))?;
+    // The API needs a token; without one in the environment the demo makes one up.
+    let token = match &loaded.access.operator {
+        Some(t) => t.clone(),
+        None => {
+            let t = crate::daemon::access::random_token()
+                .map_err(|_| anyhow::anyhow!("demo daemon: no randomness for a token"))?;
+            loaded.access.operator = Some(t.clone());
+            t
+        }
+    };
     let daemon = crate::daemon::Daemon::new(loaded, store.clone());
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:9750").await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     eprintln!(
-        "netpatrol demo: metrics at http://{0}/metrics, API at http://{0}/api/v1/findings",
+        "netpatrol demo: metrics at http://{0}/metrics, API at http://{0}/api/v1/findings (curl -H 'Authorization: Bearer {token}' http://{0}/api/v1/findings)",
         listener.local_addr()?
     );
     tokio::spawn(daemon.clone().scheduler(stop.clone()));

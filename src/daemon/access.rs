@@ -230,3 +230,10 @@ pub fn secret(var: &str) -> Result<Option<String>, String> {
         Err(_) => Ok(None),
     }
 }
+
+/// A fresh random token (32 bytes, hex), for the demo.
+pub fn random_token() -> Result<String, ring::error::Unspecified> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1409,3 +1409,66 @@ fn a_slow_header_client_is_closed_while_others_are_served() {
     assert!(trickled <= 10, "closed only after {trickled} bytes");
     assert_eq!(get(addr, "/api/v1/findings").status, 200);
 }
+
+#[test]
+fn a_bad_web_config_is_refused_with_every_problem_named() {
+    use netpatrol::daemon::web::WebConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let problems = |path: &Path| WebConfig::load(path).expect_err("refused").join("\n");
+
+    // Several problems at once, each named.
+    let p = problems(&write(
+        "many.yml",
+        "tls_server_config:\n  cert_file: missing.pem\n  key_file: missing.key\n  client_auth_type: RequireAndVerifyClientCert\nbasic_auth_users:\n  alice: plaintext-password\n",
+    ));
+    assert!(
+        p.contains("basic_auth_users.alice: not a bcrypt hash"),
+        "{p}"
+    );
+    assert!(p.contains("missing.pem"), "{p}");
+    assert!(p.contains("missing.key"), "{p}");
+    assert!(p.contains("client_ca_file is required"), "{p}");
+    assert!(p.lines().all(|l| l.contains("many.yml")), "{p}");
+
+    // Keys netpatrol does not implement are refused by name.
+    let p = problems(&write(
+        "unknown.yml",
+        "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_AES_128_GCM_SHA256]\n",
+    ));
+    assert!(p.contains("cipher_suites"), "{p}");
+    let p = problems(&write(
+        "auth.yml",
+        "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequestClientCert\n",
+    ));
+    assert!(
+        p.contains("RequestClientCert") && p.contains("not supported"),
+        "{p}"
+    );
+
+    // A good one: basic auth only (no TLS).
+    let hash = bcrypt::hash("pw", 4).unwrap();
+    let ok = WebConfig::load(&write(
+        "ok.yml",
+        &format!("basic_auth_users:\n  prometheus: '{hash}'\n"),
+    ))
+    .expect("loads");
+    assert!(ok.tls.is_none() && ok.has_users());
+    assert!(ok.check_user("prometheus", "pw"));
+    assert!(!ok.check_user("prometheus", "pw "));
+    assert!(!ok.check_user("nobody", "pw"));
+
+    // The daemon does not start on a bad web config: exit 64 with the reason.
+    let listen: SocketAddr = "127.112.0.4:1".parse().unwrap();
+    let config = write(
+        "netpatrol.yaml",
+        &small_yaml(listen, "  web_config: many.yml\n"),
+    );
+    let (code, _, stderr) = netpatrol(&["daemon", "-c", config.to_str().unwrap()]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("not a bcrypt hash"), "{stderr}");
+}

@@ -116,6 +116,13 @@ pub async fn run(cli: Cli) -> ExitCode {
 fn check_config(path: &Path) -> ExitCode {
     match load_all(path) {
         Ok((config, rules)) => {
+            // The daemon's token files and web config (TLS files, bcrypt hashes) too.
+            if let Err(problems) = crate::daemon::access::Access::load(&config.daemon) {
+                for p in problems {
+                    eprintln!("{p}");
+                }
+                return ExitCode::from(EXIT_USAGE);
+            }
             println!(
                 "{}: ok ({} segments, {} departments, {} approvals, {} projects, {} ports, {} rules, {} waivers)",
                 path.display(),

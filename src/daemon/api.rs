@@ -1,9 +1,10 @@
 //! HTTP: `/metrics`, `/healthz` and the JSON API of CONTRACT.md §4, served by axum.
 //!
 //! Input: requests and the shared [`Daemon`]. Output: responses; every error is JSON
-//! `{"error": "..."}` with its status (400 bad request, 401 no or wrong token, 403 no token
-//! configured, 404, 405, 413 body over [`BODY_LIMIT`], 500 store failure, 503 stopping or
-//! unhealthy).
+//! `{"error": "..."}` with its status (400 bad request, 401 no or wrong credentials, 403 a
+//! reader posting or no token configured, 404, 405, 413 body over [`BODY_LIMIT`], 429 scan
+//! queue full, 500 store failure, 503 stopping or unhealthy: `/healthz` names the store
+//! failure, e.g. a corrupt row the API met).
 //!
 //! Authentication ([`super::access`]): every route but `/healthz` needs a credential; GET
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
@@ -20,9 +21,8 @@
 //! TLS (web config `tls_server_config`): rustls with the ring provider; each connection takes
 //! the TLS config in force, so a reload (SIGHUP) serves renewed certificates at once.
 
-use std::sync::Arc;
-
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;

@@ -11,15 +11,23 @@
 //!   runs at a time: a scan takes a lock per segment (in name order, so two scans cannot
 //!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
 //!   pending or running skips its tick;
-//! - a reload that fails (config, registers, rules, a cron, the token file) changes nothing: the
-//!   old [`Loaded`] stays, the problems are logged at ERROR and `netpatrol_config_reload_success`
-//!   reads 0; scans already running finish with the config they started with;
+//! - a reload that fails (config, registers, rules, a cron, a token file, the web config)
+//!   changes nothing: the old [`Loaded`] stays, the problems are logged at ERROR and
+//!   `netpatrol_config_reload_success` reads 0; scans already running finish with the config
+//!   they started with;
 //! - shutdown, within [`GRACE`]: the scheduler stops, scans in flight are cancelled (and recorded
 //!   as incomplete by `scan_and_record`), the store is flushed and closed, the HTTP server
-//!   (exporter) goes last; exit 0.
+//!   (exporter) goes last; exit 0;
+//! - a reload that leaves a role without its token says so (WARN) and in
+//!   `netpatrol_api_token_configured{role}`; renewed TLS certificates are served from the next
+//!   connection on.
 //!
 //! Schedules are cron expressions in the organisation's timezone; missed ticks (suspend, clock
 //! jumps, a long scan) are skipped, never caught up.
+//!
+//! Submodules: `api` (routes, accept loop, limits, audit), `access` (tokens, roles, the
+//! decision per request), `web` (the exporter-toolkit web config), `audit` (the `audit`
+//! command).
 
 pub mod access;
 pub mod api;
@@ -103,7 +111,7 @@ pub fn load(path: &Path) -> Result<Loaded, Vec<String>> {
 }
 
 impl Loaded {
-    /// Compile the schedules of a loaded config and read its API token (what `demo` uses to
+    /// Compile the schedules of a loaded config, read its tokens and its web config (what `demo`
     /// serve the API over its own config).
     pub fn new(config: Config, rules: RuleSet) -> Result<Loaded, Vec<String>> {
         let mut problems = Vec::new();

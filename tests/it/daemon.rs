@@ -1462,13 +1462,15 @@ fn a_bad_web_config_is_refused_with_every_problem_named() {
     assert!(!ok.check_user("prometheus", "pw "));
     assert!(!ok.check_user("nobody", "pw"));
 
-    // The daemon does not start on a bad web config: exit 64 with the reason.
+    // check-config and the daemon refuse it: exit 64 with the reason.
     let listen: SocketAddr = "127.112.0.4:1".parse().unwrap();
     let config = write(
         "netpatrol.yaml",
         &small_yaml(listen, "  web_config: many.yml\n"),
     );
-    let (code, _, stderr) = netpatrol(&["daemon", "-c", config.to_str().unwrap()]);
-    assert_eq!(code, 64, "{stderr}");
-    assert!(stderr.contains("not a bcrypt hash"), "{stderr}");
+    for command in ["check-config", "daemon"] {
+        let (code, _, stderr) = netpatrol(&[command, "-c", config.to_str().unwrap()]);
+        assert_eq!(code, 64, "{command}: {stderr}");
+        assert!(stderr.contains("not a bcrypt hash"), "{command}: {stderr}");
+    }
 }

@@ -238,10 +238,8 @@ fn holder_is_dead(owner: &str) -> bool {
     let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
-    if host != here || pid.parse::<u32>().is_err() {
-        return false;
-    }
-    pid.parse::<u32>().is_ok_and(|p| p != std::process::id())
+    host == here
+        && pid.parse::<u32>().is_ok_and(|p| p != std::process::id())
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 

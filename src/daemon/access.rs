@@ -93,6 +93,9 @@ fn credential(header: &str) -> Credential<'_> {
     Credential::Other
 }
 
+/// Bcrypt checks running at once, at most.
+static BCRYPT_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// Whether `given` is `expected`, in constant time.
 fn same(given: &str, expected: &str) -> bool {
     let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
@@ -186,6 +189,11 @@ impl Access {
             }
             Credential::Basic { user, password } => match users {
                 Some(web) => {
+                    // Bcrypt is slow by design: a few checks at a time, so a flood of
+                    // guesses cannot take every core (the scans need them).
+                    let Ok(_slot) = BCRYPT_SLOTS.acquire().await else {
+                        return Err(Refusal::Unauthenticated { presented: None });
+                    };
                     let (web, name) = (web.clone(), user.clone());
                     let ok = tokio::task::spawn_blocking(move || web.check_user(&name, &password))
                         .await

@@ -84,7 +84,13 @@ pub struct WebConfig {
     pub client_auth: ClientAuth,
     /// user -> bcrypt hash.
     users: BTreeMap<String, String>,
+    /// SHA-256 of `user:password` pairs bcrypt accepted: a scraper presenting the same
+    /// credentials every few seconds costs one bcrypt check per reload, not one per scrape.
+    accepted: Arc<std::sync::Mutex<std::collections::HashSet<[u8; 32]>>>,
 }
+
+/// Accepted credentials remembered, at most (then the memory starts afresh).
+const ACCEPTED_KEPT: usize = 64;
 
 impl std::fmt::Debug for WebConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,6 +162,7 @@ impl WebConfig {
             tls,
             client_auth,
             users: file.basic_auth_users,
+            accepted: Arc::default(),
         })
     }
 
@@ -167,13 +174,36 @@ impl WebConfig {
     /// Whether `password` is `user`'s. Slow by design (bcrypt): call it off the async
     /// threads. An unknown user costs as much as a wrong password.
     pub fn check_user(&self, user: &str, password: &str) -> bool {
-        match self.users.get(user) {
+        let mut pair = ring::digest::Context::new(&ring::digest::SHA256);
+        pair.update(user.as_bytes());
+        pair.update(b":");
+        pair.update(password.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(pair.finish().as_ref());
+        let remembered = |k: &[u8; 32]| {
+            self.accepted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(k)
+        };
+        if remembered(&key) {
+            return true;
+        }
+        let ok = match self.users.get(user) {
             Some(hash) => bcrypt::verify(password, hash).unwrap_or(false),
             None => {
                 let _ = bcrypt::verify(password, DUMMY_HASH);
                 false
             }
+        };
+        if ok {
+            let mut accepted = self.accepted.lock().unwrap_or_else(|p| p.into_inner());
+            if accepted.len() >= ACCEPTED_KEPT {
+                accepted.clear();
+            }
+            accepted.insert(key);
         }
+        ok
     }
 }
 

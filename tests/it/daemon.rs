@@ -1474,3 +1474,40 @@ fn a_bad_web_config_is_refused_with_every_problem_named() {
         assert!(stderr.contains("not a bcrypt hash"), "{command}: {stderr}");
     }
 }
+
+#[test]
+fn idle_connections_are_capped_and_closed() {
+    let daemon = Daemon::start_with(
+        "127.112.0.5",
+        |_, addr| small_yaml(addr, ""),
+        &[(TOKEN_ENV, TOKEN)],
+    );
+    let addr = daemon.addr;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", daemon.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = fds();
+    // More idle connections than the daemon keeps open (the rest wait in the backlog).
+    let cap = netpatrol::daemon::api::MAX_CONNECTIONS;
+    let idle: Vec<TcpStream> = (0..cap + 150)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok())
+        .collect();
+    assert!(idle.len() > cap, "only {} connections made", idle.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let held = fds();
+    assert!(
+        held <= before + cap + 8,
+        "{held} descriptors open with {} idle clients (before: {before}, cap {cap})",
+        idle.len()
+    );
+    // The idle ones are closed by the header timeout; a real client is then served.
+    let r = wait_for(
+        "a request served past the idle clients",
+        Duration::from_secs(60),
+        || Some(get(addr, "/api/v1/findings")).filter(|r| r.status == 200),
+    );
+    assert_eq!(r.status, 200);
+    drop(idle);
+}

@@ -14,7 +14,8 @@
 //!
 //! Limits: at most [`MAX_CONNECTIONS`] connections open (the accept loop waits for a free
 //! slot, so descriptors are never exhausted); a request's headers (and a TLS handshake) must
-//! arrive within [`HEADER_TIMEOUT`], idle keep-alive connections are closed after it too;
+//! arrive within [`HEADER_TIMEOUT`], idle keep-alive connections are closed after it too; a
+//! request (its body read, its handler) answers 408 after [`REQUEST_TIMEOUT`];
 //! bodies over [`BODY_LIMIT`] answer 413; more than `daemon.max_queued_scans` scans accepted
 //! and not finished answer 429.
 //!
@@ -55,6 +56,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send a request's headers (from the connection's start or the end of
 /// the previous response) and to complete a TLS handshake.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time a request may take from its headers to its response (body read included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The client's address, put in each request's extensions by the accept loop.
 #[derive(Debug, Clone, Copy)]
@@ -215,7 +219,21 @@ pub async fn serve(
             let service = hyper::service::service_fn(
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(Peer(peer));
-                    router.clone().oneshot(request.map(Body::new))
+                    let call = router.clone().oneshot(request.map(Body::new));
+                    async move {
+                        // A body trickled in, or a handler stuck on a locked store: the
+                        // connection slot is not held for ever.
+                        match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+                            Ok(response) => response,
+                            Err(_) => {
+                                tracing::warn!(%peer, "request timed out; answered 408");
+                                Ok(error(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "the request took too long",
+                                ))
+                            }
+                        }
+                    }
                 },
             );
             let mut builder = hyper::server::conn::http1::Builder::new();

@@ -98,6 +98,18 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Outbox { config, flush } => {
             crate::bulletin::outbox_command(config.as_deref(), flush).await
         }
+        Command::Audit {
+            config,
+            since,
+            lang,
+        } => {
+            crate::daemon::audit::audit_command(
+                config.as_deref(),
+                since.as_deref(),
+                lang.as_deref(),
+            )
+            .await
+        }
     }
 }
 
@@ -233,7 +245,7 @@ async fn scan_command(
         Format::Json => serde_json::to_string_pretty(&report)? + "\n",
     };
     match output {
-        Some(path) => std::fs::write(path, text)
+        Some(path) => crate::output::write_file(path, text.as_bytes())
             .with_context(|| format!("cannot write the report to {}", path.display()))?,
         None => print!("{text}"),
     }
@@ -259,14 +271,24 @@ async fn serve_demo(
     store: &Store,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let daemon =
-        crate::daemon::Daemon::new(crate::daemon::Loaded::from(loaded.clone()), store.clone());
+    let mut loaded = crate::daemon::Loaded::from(loaded.clone());
+    // The API needs a token; without one in the environment the demo makes one up.
+    let token = match &loaded.access.operator {
+        Some(t) => t.clone(),
+        None => {
+            let t = crate::daemon::access::random_token()
+                .map_err(|_| anyhow::anyhow!("demo daemon: no randomness for a token"))?;
+            loaded.access.operator = Some(t.clone());
+            t
+        }
+    };
+    let daemon = crate::daemon::Daemon::new(loaded, store.clone());
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:9750").await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
     eprintln!(
-        "netpatrol demo: metrics at http://{0}/metrics, API at http://{0}/api/v1/findings",
+        "netpatrol demo: metrics at http://{0}/metrics, API at http://{0}/api/v1/findings (curl -H 'Authorization: Bearer {token}' http://{0}/api/v1/findings)",
         listener.local_addr()?
     );
     tokio::spawn(daemon.clone().scheduler(stop.clone()));
@@ -322,7 +344,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
             report::table(config, &report, std::io::stdout().is_terminal())
         );
         let path: PathBuf = out.join("last-scan.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        crate::output::write_file(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
         eprintln!("netpatrol demo: report written to {}", path.display());
         let written = crate::bulletin::demo(config, rules, &loaded.templates, &store, out).await?;
         for file in written {

@@ -107,6 +107,17 @@ pub enum Command {
         #[arg(long)]
         flush: bool,
     },
+    /// The API actions the daemon recorded (等级保护 2.0 安全审计).
+    Audit {
+        #[arg(short, long, env = "NETPATROL_CONFIG")]
+        config: Option<PathBuf>,
+        /// From this day (YYYY-MM-DD, organisation timezone) or instant (RFC 3339).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Table headers: zh (default) or en.
+        #[arg(long, value_name = "LANG")]
+        lang: Option<String>,
+    },
     /// 演示：在本机回环地址上模拟一个区的网络并巡检 / Demo: scan a simulated district on loopback
     Demo {
         /// Exit after the first scan.

@@ -264,10 +264,8 @@ impl Bulletin {
         let mut written = Vec::new();
         for (ext, bytes) in files {
             let path = dir.join(format!("{}.{ext}", self.stem));
-            // Write beside, then rename: a reader never sees half a file.
-            let tmp = dir.join(format!(".{}.{ext}.tmp", self.stem));
-            std::fs::write(&tmp, bytes).map_err(fail(&tmp))?;
-            std::fs::rename(&tmp, &path).map_err(fail(&path))?;
+            // Beside, then renamed; no symlink followed (`write_file`).
+            crate::output::write_file(&path, bytes).map_err(fail(&path))?;
             written.push(path);
         }
         Ok(written)

@@ -170,8 +170,14 @@ pub async fn flush(
     let pending = store.outbox_due(due).await?;
     if !pending.is_empty() {
         let mailer = Mailer::new(smtp, &config.trust)?;
+        let owner = lease_owner();
         for m in pending {
-            match mailer.send(&m.sender, &m.recipients, &m.message).await {
+            if !claim(store, &m.key, &owner).await? {
+                tracing::info!(key = %m.key, "mail being sent by another flush; skipped");
+                continue;
+            }
+            let message = with_message_id(&m.message, &message_id(&m));
+            match mailer.send(&m.sender, &m.recipients, &message).await {
                 Ok(()) => {
                     store.mail_sent(&m.key, Utc::now()).await?;
                     tracing::info!(key = %m.key, "mail sent");
@@ -206,9 +212,109 @@ pub async fn flush(
     Ok(outcome)
 }
 
+/// How long a claimed message is reserved for its sender: longer than one SMTP exchange can
+/// take (each step is bounded by the mailer's timeout), so a slow send is not sent twice.
+const LEASE: chrono::Duration = chrono::Duration::minutes(10);
+
+/// This process's lease owner name: `host/pid/start`, so a later flush on the same host can
+/// tell that the holder died (its pid is gone) and take the message over at once.
+fn lease_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string());
+    format!(
+        "{host}/{}/{}",
+        std::process::id(),
+        Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    )
+}
+
+/// Whether the lease holder `owner` is a process of this host that no longer runs.
+fn holder_is_dead(owner: &str) -> bool {
+    let mut parts = owner.split('/');
+    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
+        return false;
+    };
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    host == here
+        && pid.parse::<u32>().is_ok_and(|p| p != std::process::id())
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Claim `key` for `owner`; take over a lease whose holder died on this host.
+async fn claim(store: &Store, key: &str, owner: &str) -> Result<bool, BulletinError> {
+    let now = Utc::now();
+    if store.claim_mail(key, owner, now, now + LEASE).await? {
+        return Ok(true);
+    }
+    match store.mail_lease_owner(key).await? {
+        Some(holder) if holder_is_dead(&holder) => {
+            tracing::warn!(key, holder = %holder, "the last sender of this mail died; sending it again");
+            Ok(store
+                .take_over_mail(key, &holder, owner, now + LEASE)
+                .await?)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// A stable `Message-ID` for an outbox message: from its key and when it was queued (a
+/// forced re-send is a new message), at the sender's domain. The same on every attempt, so
+/// recipients can drop a duplicate.
+pub fn message_id(m: &crate::store::OutboxMail) -> String {
+    let seed = format!("{}\n{}", m.key, crate::store::timestamp(m.created_at));
+    let digest = ring::digest::digest(&ring::digest::SHA256, seed.as_bytes());
+    let hex: String = digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let domain = m
+        .sender
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
+        .unwrap_or("netpatrol.invalid");
+    format!("<{hex}.netpatrol@{domain}>")
+}
+
+/// `message` with `Message-ID: id` as its first header, replacing one it may carry.
+pub fn with_message_id(message: &str, id: &str) -> String {
+    let (head, body) = message.split_once("\r\n\r\n").unwrap_or((message, ""));
+    let mut out = format!("Message-ID: {id}\r\n");
+    let mut skipping = false;
+    for line in head.split("\r\n") {
+        let continuation = line.starts_with(' ') || line.starts_with('\t');
+        if continuation && skipping {
+            continue;
+        }
+        skipping = line
+            .split_once(':')
+            .is_some_and(|(name, _)| name.trim().eq_ignore_ascii_case("message-id"));
+        if !skipping {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_id_is_put_first_and_replaces_one() {
+        let m = "From: a@b\r\nMessage-ID: <old@x>\r\n foo\r\nSubject: s\r\n\r\nbody\r\n";
+        let out = with_message_id(m, "<new@b>");
+        assert_eq!(
+            out,
+            "Message-ID: <new@b>\r\nFrom: a@b\r\nSubject: s\r\n\r\nbody\r\n"
+        );
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

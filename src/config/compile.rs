@@ -21,6 +21,7 @@ use croner::Cron;
 
 use super::{Config, ConfigErrors, Problem, parse_cron};
 use crate::bulletin::{BulletinError, Templates};
+use crate::daemon::access::Access;
 use crate::rules::RuleSet;
 
 /// The checks that run on a validated config, by name, in order: the table of contents of the
@@ -32,6 +33,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("rules", check_rules),
     ("schedules", check_schedules),
     ("templates", check_templates),
+    ("access", check_access),
     ("secrets", check_secrets),
 ];
 
@@ -46,7 +48,7 @@ struct Compiler {
     rules: Option<RuleSet>,
     schedule: Option<Schedule>,
     templates: Option<Templates>,
-    secrets: Secrets,
+    access: Access,
 }
 
 fn check_rules(c: &mut Compiler) {
@@ -67,8 +69,18 @@ fn check_templates(c: &mut Compiler) {
     }
 }
 
+/// The daemon's tokens (operator, read) and its web config (TLS files, bcrypt users).
+fn check_access(c: &mut Compiler) {
+    match Access::load(&c.config.daemon) {
+        Ok(access) => c.access = access,
+        Err(more) => c
+            .problems
+            .extend(more.into_iter().map(|m| Problem::new(&c.config.source, m))),
+    }
+}
+
 fn check_secrets(c: &mut Compiler) {
-    c.secrets = secrets(&c.config, &mut c.problems, &mut c.warnings);
+    secrets(&c.config, &c.access, &mut c.problems, &mut c.warnings);
 }
 
 /// The compiled schedules of a config.
@@ -80,17 +92,6 @@ pub struct Schedule {
     pub bulletin: Cron,
 }
 
-/// The secrets the config names, read from the environment (or `VAR_FILE` files).
-///
-/// The place for every credential the daemon and mail need: a new one (a read-only API token,
-/// the web config's users) is a field here, read in [`Loaded::compile`]'s secrets check.
-#[derive(Debug, Clone, Default)]
-pub struct Secrets {
-    /// The API bearer token (`daemon.api_token_env`); `None` = none configured (POST is
-    /// refused).
-    pub api_token: Option<String>,
-}
-
 /// A config that can run: everything a command or the daemon needs, proven at load.
 #[derive(Debug, Clone)]
 pub struct Loaded {
@@ -98,7 +99,8 @@ pub struct Loaded {
     pub rules: RuleSet,
     pub schedule: Schedule,
     pub templates: Arc<Templates>,
-    pub secrets: Secrets,
+    /// The daemon's tokens and web config.
+    pub access: Access,
     /// What works less than the operator may think (a listener without a token), to print.
     pub warnings: Vec<Problem>,
 }
@@ -130,7 +132,7 @@ impl Loaded {
             rules: None,
             schedule: None,
             templates: None,
-            secrets: Secrets::default(),
+            access: Access::default(),
         };
         for (name, check) in CHECKS {
             let before = c.problems.len();
@@ -147,7 +149,7 @@ impl Loaded {
                 rules,
                 schedule,
                 templates: Arc::new(templates),
-                secrets: c.secrets,
+                access: c.access,
                 warnings: c.warnings,
             }),
             _ => Err(dedup(c.problems)),
@@ -221,18 +223,17 @@ fn template_problem(config: &Config, error: BulletinError) -> Problem {
     }
 }
 
-/// The secrets the config needs. A token file that cannot be read is an error; a listener
-/// without any token, or mail naming a password variable that is not set, a warning.
-fn secrets(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Problem>) -> Secrets {
+/// What the secrets mean for the config: a listener without the operator token, or mail
+/// naming a password variable that is not set, is a warning; a password file that cannot be
+/// read an error. (The tokens themselves are read by the access check.)
+fn secrets(
+    config: &Config,
+    access: &Access,
+    problems: &mut Vec<Problem>,
+    warnings: &mut Vec<Problem>,
+) {
     let var = &config.daemon.api_token_env;
-    let api_token = match secret(var) {
-        Ok(token) => token,
-        Err(message) => {
-            problems.push(Problem::new(&config.source, message));
-            None
-        }
-    };
-    if config.daemon.listen.is_some() && api_token.is_none() {
+    if config.daemon.listen.is_some() && access.operator.is_none() {
         let message = format!(
             "warning: daemon.listen is set but neither {var} nor {var}_FILE is: POST /api/v1/scans will be refused"
         );
@@ -255,7 +256,6 @@ fn secrets(config: &Config, problems: &mut Vec<Problem>, warnings: &mut Vec<Prob
             Err(message) => problems.push(Problem::new(&config.source, message)),
         }
     }
-    Secrets { api_token }
 }
 
 /// A secret: the variable `var`, else the file named by `var_FILE` (systemd credentials,

@@ -34,7 +34,7 @@ mod registers;
 mod validate;
 
 pub use crate::problem::{Position, Problem};
-pub use compile::{Loaded, Schedule, Secrets, print_problems, secret};
+pub use compile::{Loaded, Schedule, print_problems, secret};
 pub use model::*;
 pub use ports::named_port_set;
 pub use validate::{canonical_net, parse_cron};

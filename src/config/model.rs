@@ -200,6 +200,12 @@ pub struct DaemonSettings {
     /// Environment variable holding the API bearer token. Default `NETPATROL_API_TOKEN`.
     pub api_token_env: String,
     pub scans: Vec<ScheduledScan>,
+    /// Environment variable holding the read-only token. Default `NETPATROL_READ_TOKEN`.
+    pub read_token_env: String,
+    /// The exporter-toolkit web config file (absolute or relative to the config's directory).
+    pub web_config: Option<std::path::PathBuf>,
+    /// Scans accepted and not finished, at most (API submissions beyond answer 429). Default 8.
+    pub max_queued_scans: usize,
 }
 
 #[derive(Debug, Clone)]

@@ -339,6 +339,17 @@ pub struct DaemonConfig {
     /// Scheduled scans; default none.
     #[serde(default)]
     pub scans: Vec<ScheduledScanConfig>,
+    /// Environment variable holding the read-only token (GET routes); default
+    /// NETPATROL_READ_TOKEN.
+    #[serde(default)]
+    pub read_token_env: Option<String>,
+    /// Web configuration file (Prometheus exporter-toolkit format: TLS, basic auth), relative
+    /// to the config file; default none (plain HTTP, no basic auth).
+    #[serde(default)]
+    pub web_config: Option<Text>,
+    /// Scans accepted by the API and not yet finished, at most; more answer 429. Default 8.
+    #[serde(default)]
+    pub max_queued_scans: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

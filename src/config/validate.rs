@@ -689,6 +689,9 @@ impl Validator {
                 listen_at: None,
                 api_token_env: default_env,
                 scans: Vec::new(),
+                read_token_env: "NETPATROL_READ_TOKEN".to_string(),
+                web_config: None,
+                max_queued_scans: 8,
             };
         };
         if let Some(secret) = &raw.api_token {
@@ -726,6 +729,12 @@ impl Validator {
                 segments: s.segments.iter().map(|n| n.value.clone()).collect(),
             });
         }
+        if raw.max_queued_scans == Some(0) {
+            self.problems.push(Problem::new(
+                &self.config.file,
+                "daemon.max_queued_scans must be at least 1",
+            ));
+        }
         DaemonSettings {
             listen,
             listen_at: raw
@@ -734,6 +743,17 @@ impl Validator {
                 .map(|l| self.config.position(l, "listen")),
             api_token_env: raw.api_token_env.unwrap_or(default_env),
             scans,
+            read_token_env: raw
+                .read_token_env
+                .unwrap_or_else(|| "NETPATROL_READ_TOKEN".to_string()),
+            web_config: raw.web_config.map(|t| {
+                self.config
+                    .file
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(&t.value)
+            }),
+            max_queued_scans: raw.max_queued_scans.map_or(8, |n| n as usize),
         }
     }
 

@@ -1,39 +1,72 @@
 //! HTTP: `/metrics`, `/healthz` and the JSON API of docs/api.md, served by axum.
 //!
 //! Input: requests and the shared [`Daemon`]. Output: responses; every error is JSON
-//! `{"error": "..."}` with its status (400 bad request, 401 no or wrong token, 403 no token
-//! configured, 404, 405, 413 body over [`BODY_LIMIT`], 500 store failure, 503 stopping or
-//! unhealthy).
+//! `{"error": "..."}` with its status (400 bad request, 401 no or wrong credentials, 403 a
+//! reader posting or no token configured, 404, 405, 413 body over [`BODY_LIMIT`], 429 scan
+//! queue full, 500 store failure, 503 stopping or unhealthy: `/healthz` names the store
+//! failure, e.g. a corrupt row the API met).
 //!
-//! Authentication: `POST /api/v1/scans` needs `Authorization: Bearer TOKEN`, the token being
-//! the one the daemon loaded (see `daemon::load`); it is compared in constant time (SHA-256 of
-//! both, then a constant-time comparison, so neither content nor length leaks through timing).
-//! The read routes are open, like `/metrics`: bind `daemon.listen` to an address only the
-//! monitoring network reaches.
+//! Authentication ([`super::access`]): every route but `/healthz` needs a credential; GET
+//! the read token, the operator token or a basic-auth user, POST the operator token (a reader
+//! posting gets 403); `/metrics` only when the web config has basic-auth users. Every request
+//! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
+//! line): time, principal, peer, method, route, status, what it started or why it was refused.
+//!
+//! Limits: at most [`MAX_CONNECTIONS`] connections open (the accept loop waits for a free
+//! slot, so descriptors are never exhausted); a request's headers (and a TLS handshake) must
+//! arrive within [`HEADER_TIMEOUT`], idle keep-alive connections are closed after it too; a
+//! request (its body read, its handler) answers 408 after [`REQUEST_TIMEOUT`];
+//! bodies over [`BODY_LIMIT`] answer 413; more than `daemon.max_queued_scans` scans accepted
+//! and not finished answer 429.
+//!
+//! TLS (web config `tls_server_config`): rustls with the ring provider; each connection takes
+//! the TLS config in force, so a reload (SIGHUP) serves renewed certificates at once.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
+use super::access::{Need, Refusal};
 use super::{Daemon, SubmitError};
 use crate::finding::{self, Finding};
 use crate::output::metrics;
 use crate::rules::Severity;
-use crate::store::FindingFilter;
+use crate::store::{AuditEntry, FindingFilter};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// Connections open at once, at most; the next waits in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Time a client has to send a request's headers (from the connection's start or the end of
+/// the previous response) and to complete a TLS handshake.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Time a request may take from its headers to its response (body read included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client's address, put in each request's extensions by the accept loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub SocketAddr);
+
+/// What a handler's action did, for the audit (a response extension).
+#[derive(Debug, Clone)]
+struct AuditNote(String);
 
 type Shared = Arc<Daemon>;
 
@@ -53,34 +86,225 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(daemon.clone(), guard))
         .with_state(daemon)
 }
 
+/// Authenticate, authorise and audit every request (`/healthz` passes untouched).
+async fn guard(State(daemon): State<Shared>, mut request: Request, next: Next) -> Response {
+    let route = request.uri().path().to_string();
+    if route == "/healthz" {
+        return next.run(request).await;
+    }
+    let method = request.method().clone();
+    let need = if route == "/metrics" && method == Method::GET {
+        Need::Metrics
+    } else if method == Method::GET || method == Method::HEAD {
+        Need::Read
+    } else {
+        Need::Operate
+    };
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .map_or_else(|| "-".to_string(), |p| p.0.to_string());
+    let loaded = daemon.current();
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let (principal, response, reason) =
+        match loaded.access.check(need, authorization.as_deref()).await {
+            Ok(principal) => {
+                let label = principal.label();
+                request.extensions_mut().insert(principal);
+                (label, next.run(request).await, None)
+            }
+            Err(Refusal::Unauthenticated { presented }) => {
+                let mut response = error(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong credentials (Authorization: Bearer TOKEN)",
+                );
+                let challenge = if loaded.access.web.as_ref().is_some_and(|w| w.has_users()) {
+                    "Bearer, Basic realm=\"netpatrol\""
+                } else {
+                    "Bearer"
+                };
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                let who = presented.unwrap_or_else(|| "-".to_string());
+                (who, response, Some("unauthenticated"))
+            }
+            Err(Refusal::Forbidden { who, reason }) => {
+                (who, error(StatusCode::FORBIDDEN, reason), Some(reason))
+            }
+        };
+    let status = response.status();
+    // Scrapes come every few seconds: only refused ones are worth a record.
+    if need == Need::Metrics && status.is_success() {
+        return response;
+    }
+    let detail = response
+        .extensions()
+        .get::<AuditNote>()
+        .map(|n| n.0.clone())
+        .or(reason.map(str::to_string));
+    tracing::info!(
+        principal = %principal,
+        peer = %peer,
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
+        detail = detail.as_deref().unwrap_or(""),
+        "api request"
+    );
+    let entry = AuditEntry {
+        at: Utc::now(),
+        principal,
+        peer,
+        method: method.to_string(),
+        route,
+        status: status.as_u16(),
+        detail,
+    };
+    if let Err(e) = daemon.store.audit(&entry).await {
+        tracing::error!(error = %e, "cannot record the audit entry");
+    }
+    response
+}
+
 /// Serve [`router`] on `listener` until `stop` is cancelled (then finish the requests in
-/// flight).
+/// flight, for a few seconds at most): HTTP/1.1, over TLS when the web config in force says
+/// so, within the limits of the module doc.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     daemon: Arc<Daemon>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(daemon))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
+    let router = router(daemon.clone());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // Out of descriptors, most likely: wait rather than spin.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let tls = daemon
+            .current()
+            .access
+            .web
+            .as_ref()
+            .and_then(|w| w.tls.clone());
+        let router = router.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(Peer(peer));
+                    let call = router.clone().oneshot(request.map(Body::new));
+                    async move {
+                        // A body trickled in, or a handler stuck on a locked store: the
+                        // connection slot is not held for ever.
+                        match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+                            Ok(response) => response,
+                            Err(_) => {
+                                tracing::warn!(%peer, "request timed out; answered 408");
+                                Ok(error(
+                                    StatusCode::REQUEST_TIMEOUT,
+                                    "the request took too long",
+                                ))
+                            }
+                        }
+                    }
+                },
+            );
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let result = match tls {
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    watcher.watch(builder.serve_connection(io, service)).await
+                }
+                Some(config) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let io = hyper_util::rt::TokioIo::new(tls);
+                            watcher.watch(builder.serve_connection(io, service)).await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(5), graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::debug!("connections still open at shutdown; dropped");
+    }
+    Ok(())
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-async fn metrics_text(State(daemon): State<Shared>) -> Response {
+async fn metrics_text(State(daemon): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| String::from_utf8_lossy(v.as_bytes()).contains("application/openmetrics-text"));
     let loaded = daemon.current();
-    match metrics::render(&daemon.store, &loaded.config, &daemon.metrics, Utc::now()).await {
-        Ok(text) => (
+    let rendered =
+        metrics::render(&daemon.store, &loaded.config, &daemon.metrics, Utc::now()).await;
+    match rendered {
+        Ok(text) if openmetrics => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(metrics::CONTENT_TYPE),
             )],
             text,
+        )
+            .into_response(),
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(metrics::TEXT_CONTENT_TYPE),
+            )],
+            metrics::to_text_format(&text),
         )
             .into_response(),
         Err(e) => {
@@ -92,7 +316,10 @@ async fn metrics_text(State(daemon): State<Shared>) -> Response {
 
 async fn healthz(State(daemon): State<Shared>) -> Response {
     let scheduler = daemon.scheduler_running();
-    let store = daemon.store.ping().await;
+    let store = match daemon.store.ping().await {
+        Ok(()) => daemon.store_problem().map_or(Ok(()), Err),
+        Err(e) => Err(e.to_string()),
+    };
     let status = if scheduler && store.is_ok() {
         StatusCode::OK
     } else {
@@ -101,7 +328,7 @@ async fn healthz(State(daemon): State<Shared>) -> Response {
     let body = json!({
         "status": if status == StatusCode::OK { "ok" } else { "unavailable" },
         "scheduler": if scheduler { "running" } else { "stopped" },
-        "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+        "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
         "config_reload_success": daemon.metrics.reload_ok(),
     });
     (status, axum::Json(body)).into_response()
@@ -164,13 +391,14 @@ async fn findings(
         severity,
         rule: q.rule,
     };
-    let list: Vec<Finding> = match daemon.store.open_findings(&filter).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(error = %e, "findings query failed");
-            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        }
-    };
+    let list: Vec<Finding> =
+        match daemon.note_store("findings", daemon.store.open_findings(&filter).await) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "findings query failed");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+        };
     let loaded = daemon.current();
     let config = &loaded.config;
     let tz = config.organisation.timezone;
@@ -223,39 +451,10 @@ struct ScanBody {
     segments: Vec<String>,
 }
 
-/// Whether the request carries the bearer token `expected`.
-fn authorised(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.trim().as_bytes());
-    let (a, b) = (digest(given), digest(expected));
-    a.as_ref().ct_eq(b.as_ref()).into()
-}
-
 async fn submit_scan(
     State(daemon): State<Shared>,
-    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let loaded = daemon.current();
-    let Some(token) = loaded.token.as_deref() else {
-        return error(StatusCode::FORBIDDEN, "no API token configured");
-    };
-    if !authorised(&headers, token) {
-        let mut response = error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
-    }
     let body = match body {
         Ok(b) => b,
         Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -290,6 +489,19 @@ async fn submit_scan(
                 response.headers_mut().insert(header::LOCATION, v);
             }
             response
+                .extensions_mut()
+                .insert(AuditNote(format!("scan {id}")));
+            response
+        }
+        Err(e @ SubmitError::QueueFull(_)) => {
+            let mut response = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            response
+                .extensions_mut()
+                .insert(AuditNote("refused: scan queue full".to_string()));
+            response
         }
         Err(e @ SubmitError::UnknownSegment(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ SubmitError::Stopping) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
@@ -303,10 +515,12 @@ async fn scan_state(State(daemon): State<Shared>, Path(id): Path<String>) -> Res
     };
     if let Some(job) = daemon.job(&id) {
         let report = match (&job.scan_id, job.state.is_done()) {
-            (Some(run), true) => match daemon.store.report(run).await {
-                Ok(r) => r,
-                Err(e) => return store_error(e),
-            },
+            (Some(run), true) => {
+                match daemon.note_store("report", daemon.store.report(run).await) {
+                    Ok(r) => r,
+                    Err(e) => return store_error(e),
+                }
+            }
             _ => None,
         };
         return axum::Json(json!({

@@ -12,18 +12,29 @@
 //!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
 //!   pending or running skips its tick;
 //! - the start and every reload go through `config::Loaded::compile`, the step `check-config`
-//!   runs: a reload that fails (anything `check-config` rejects) changes nothing: the old
-//!   [`Loaded`] stays, each problem is logged at ERROR worded as `check-config` prints it, and
+//!   runs (config, registers, rules, crons, token files, the web config): a reload that fails
+//!   changes nothing: the old [`Loaded`] stays, each problem is logged at ERROR worded as
+//!   `check-config` prints it, and
 //!   `netpatrol_config_reload_success` reads 0; scans already running finish with the config
 //!   they started with;
 //! - shutdown, within [`GRACE`]: the scheduler stops, scans in flight are cancelled (and recorded
 //!   as incomplete by `scan_and_record`), the store is flushed and closed, the HTTP server
-//!   (exporter) goes last; exit 0.
+//!   (exporter) goes last; exit 0;
+//! - a reload that leaves a role without its token says so (WARN) and in
+//!   `netpatrol_api_token_configured{role}`; renewed TLS certificates are served from the next
+//!   connection on.
 //!
 //! Schedules are cron expressions in the organisation's timezone; missed ticks (suspend, clock
 //! jumps, a long scan) are skipped, never caught up.
+//!
+//! Submodules: `api` (routes, accept loop, limits, audit), `access` (tokens, roles, the
+//! decision per request), `web` (the exporter-toolkit web config), `audit` (the `audit`
+//! command).
 
+pub mod access;
 pub mod api;
+pub mod audit;
+pub mod web;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
@@ -74,10 +85,8 @@ pub struct Loaded {
     pub config: Config,
     pub rules: RuleSet,
     pub schedule: Schedule,
-    /// The API bearer token; `None` = none configured (POST is refused).
-    pub token: Option<String>,
-    /// Every secret the compile step read (the token above among them).
-    pub secrets: config::Secrets,
+    /// Tokens and web config (TLS, basic auth), read by the compile step.
+    pub access: access::Access,
     /// The bulletin templates, compiled with the config.
     pub templates: Arc<crate::bulletin::Templates>,
     pub limits: Arc<Limits>,
@@ -87,8 +96,7 @@ impl From<config::Loaded> for Loaded {
     fn from(compiled: config::Loaded) -> Loaded {
         let limits = Limits::new(compiled.config.scan.rate, compiled.config.scan.concurrency);
         Loaded {
-            token: compiled.secrets.api_token.clone(),
-            secrets: compiled.secrets,
+            access: compiled.access,
             config: compiled.config,
             rules: compiled.rules,
             schedule: compiled.schedule,
@@ -186,6 +194,8 @@ pub enum SubmitError {
     UnknownSegment(String),
     #[error("the daemon is stopping")]
     Stopping,
+    #[error("{0} scans are queued or running already (daemon.max_queued_scans); try again later")]
+    QueueFull(usize),
 }
 
 /// The daemon's shared state.
@@ -201,6 +211,9 @@ pub struct Daemon {
     scan_cancel: CancellationToken,
     scheduler_running: AtomicBool,
     next_id: AtomicU64,
+    /// The last failure of each kind of store read the API made, until one succeeds again:
+    /// `/healthz` reports them (a corrupt row is not seen by a plain ping).
+    store_problems: Mutex<std::collections::BTreeMap<&'static str, String>>,
 }
 
 /// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
@@ -231,6 +244,37 @@ impl Daemon {
             scan_cancel: CancellationToken::new(),
             scheduler_running: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            store_problems: Mutex::default(),
+        })
+    }
+
+    /// Remember how the store read `what` last went (for `/healthz`); `result` passes through.
+    pub fn note_store<T>(
+        &self,
+        what: &'static str,
+        result: Result<T, crate::store::StoreError>,
+    ) -> Result<T, crate::store::StoreError> {
+        let mut problems = lock(&self.store_problems);
+        match &result {
+            Ok(_) => {
+                problems.remove(what);
+            }
+            Err(e) => {
+                problems.insert(what, e.to_string());
+            }
+        }
+        result
+    }
+
+    /// The store failures the API saw last and that have not been read successfully since.
+    pub fn store_problem(&self) -> Option<String> {
+        let problems = lock(&self.store_problems);
+        (!problems.is_empty()).then(|| {
+            problems
+                .iter()
+                .map(|(what, e)| format!("{what}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         })
     }
 
@@ -251,7 +295,17 @@ impl Daemon {
 
     /// Queue a scan of `segments` (empty = all) and return its id at once; it runs as soon as
     /// no other scan holds one of its segments.
+    /// More than `daemon.max_queued_scans` scans queued or running refuse it.
     pub fn submit(self: &Arc<Self>, segments: Vec<String>) -> Result<String, SubmitError> {
+        let max = self.current().config.daemon.max_queued_scans;
+        let pending = lock(&self.jobs)
+            .by_id
+            .values()
+            .filter(|j| !j.state.is_done())
+            .count();
+        if pending >= max {
+            return Err(SubmitError::QueueFull(pending));
+        }
         self.enqueue(segments, "api", None)
     }
 
@@ -440,6 +494,8 @@ impl Daemon {
                 } else {
                     new
                 };
+                warn_dropped_tokens(&old, &new);
+                self.metrics.tokens(&new.access);
                 self.loaded.send_replace(Arc::new(new));
                 self.metrics.reloaded(true, now);
                 tracing::info!(config = %path.display(), "configuration reloaded");
@@ -591,6 +647,23 @@ impl Daemon {
     }
 }
 
+/// A reload that leaves a role without its token disables what it allowed: say so.
+fn warn_dropped_tokens(old: &Loaded, new: &Loaded) {
+    let (o, n) = (&old.access, &new.access);
+    if o.operator.is_some() && n.operator.is_none() {
+        tracing::warn!(
+            var = %new.config.daemon.api_token_env,
+            "the reload left no operator token: POST /api/v1/scans is refused (403) from now on"
+        );
+    }
+    if o.read.is_some() && n.read.is_none() {
+        tracing::warn!(
+            var = %new.config.daemon.read_token_env,
+            "the reload left no read token: it no longer reads the API"
+        );
+    }
+}
+
 /// The first tick of `cron` after `t`, reading the cron in `tz`.
 fn next_after(cron: &Cron, t: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
     cron.find_next_occurrence(&t.with_timezone(&tz), false)
@@ -619,10 +692,12 @@ pub async fn run(config_path: &Path) -> ExitCode {
         }
     };
     let listen = loaded.config.daemon.listen;
-    let token_configured = loaded.token.is_some();
+    let token_configured = loaded.access.operator.is_some();
     let token_env = loaded.config.daemon.api_token_env.clone();
+    let tls = loaded.access.web.as_ref().is_some_and(|w| w.tls.is_some());
     let daemon = Daemon::new(loaded, store.clone());
     daemon.metrics.reloaded(true, Utc::now());
+    daemon.metrics.tokens(&daemon.current().access);
 
     // Signal handlers before anything runs, so an early SIGTERM is not the default (death).
     let (mut hup, mut term) = match (
@@ -654,7 +729,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
                 "no API token configured: POST /api/v1/scans is refused"
             );
         }
-        tracing::info!(%addr, "serving /metrics, /healthz and /api/v1");
+        tracing::info!(%addr, tls, "serving /metrics, /healthz and /api/v1");
         let (daemon, stop) = (daemon.clone(), exporter_stop.clone());
         tasks.spawn(async move {
             if let Err(error) = api::serve(listener, daemon, stop).await {

@@ -30,6 +30,7 @@
 //! | `netpatrol_outbox_messages` | gauge | `state` | mail by outbox state (`queued` always present) |
 //! | `netpatrol_config_reload_success` | gauge (0/1) | | whether the last (re)load was applied |
 //! | `netpatrol_config_last_reload_timestamp_seconds` | gauge | | when the last (re)load was attempted |
+//! | `netpatrol_api_token_configured` | gauge (0/1) | `role` (`operator`, `read`) | whether the config in force has that token |
 //! | `process_resident_memory_bytes`, `process_start_time_seconds`, `process_cpu_seconds_total` | | | from `/proc/self` |
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -53,6 +54,44 @@ use crate::store::{FindingCount, LatestRun, PlacementCount, Store, StoreError};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The classic Prometheus text format, served unless OpenMetrics is asked for (`Accept`):
+/// what `curl | promtool check metrics` and older scrapers read.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// [`render`]'s OpenMetrics text in the classic Prometheus text format (0.0.4): a counter
+/// family's `# HELP`/`# TYPE` name its `_total` samples (OpenMetrics names the family without
+/// the suffix, which promtool reads as samples without help); `# UNIT` and `# EOF` dropped.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find(|p| line.starts_with(p));
+        match meta {
+            Some(prefix) => {
+                let rest = &line[prefix.len()..];
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) && !name.ends_with("_total") {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
 
 /// TLS versions `netpatrol_tls_protocol_accepted` has a series for, oldest first.
 pub const TLS_VERSIONS: [&str; 5] = ["SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"];
@@ -106,6 +145,8 @@ pub struct DaemonMetrics {
     scans_running: Gauge,
     reload_success: Gauge,
     reload_timestamp: Gauge<f64, AtomicU64>,
+    /// Whether each role's API token is configured (1) or not (0).
+    tokens: Family<RoleLabels, Gauge>,
     /// Scrape-time cache of recorded runs' inventory.
     inventory: InventoryCache,
 }
@@ -117,6 +158,7 @@ impl Default for DaemonMetrics {
             scans_running: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
+            tokens: Family::default(),
             inventory: InventoryCache::default(),
         }
     }
@@ -144,10 +186,29 @@ impl DaemonMetrics {
         self.reload_timestamp.set(unix(at));
     }
 
+    /// Which API tokens the config in force has.
+    pub fn tokens(&self, access: &crate::daemon::access::Access) {
+        for (role, set) in [
+            ("operator", access.operator.is_some()),
+            ("read", access.read.is_some()),
+        ] {
+            self.tokens
+                .get_or_create(&RoleLabels {
+                    role: role.to_string(),
+                })
+                .set(i64::from(set));
+        }
+    }
+
     /// Whether the last (re)load was applied.
     pub fn reload_ok(&self) -> bool {
         self.reload_success.get() == 1
     }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RoleLabels {
+    role: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -450,6 +511,11 @@ pub async fn render(
         "netpatrol_config_last_reload_timestamp_seconds",
         "When config, registers and rules were last (re)loaded, successfully or not",
         daemon.reload_timestamp.clone(),
+    );
+    registry.register(
+        "netpatrol_api_token_configured",
+        "Whether the API token of a role (operator: scans; read: GET) is configured (1) or not (0)",
+        daemon.tokens.clone(),
     );
     process(&mut registry);
 

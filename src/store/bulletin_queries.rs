@@ -5,11 +5,9 @@
 //! (organisation calendar) into them. Timestamps are compared as text, which orders correctly
 //! because the store writes them all in one RFC 3339 form.
 
-use chrono::{DateTime, Utc};
-use sqlx::Row;
-
-use super::{Store, StoreError, finding_from_row, parse_time, timestamp};
+use super::{Cells, Store, StoreError, finding_from_row, timestamp};
 use crate::finding::Finding;
+use chrono::{DateTime, Utc};
 
 /// A scan run started in the period.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,14 +62,13 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let id: String = r.get("id");
+                let c = Cells::new(r, "scan_runs", "id");
                 Ok(PeriodRun {
-                    state: r.get("state"),
-                    started_at: parse_time(&r.get::<String, _>("started_at"))
-                        .ok_or_else(|| StoreError::Corrupt(format!("scan {id}: bad started_at")))?,
-                    segments: serde_json::from_str(&r.get::<String, _>("segments"))?,
-                    addresses: u64::try_from(r.get::<i64, _>("addresses")).unwrap_or(0),
-                    id,
+                    id: c.get("id")?,
+                    state: c.get("state")?,
+                    started_at: c.time("started_at")?,
+                    segments: c.json("segments")?,
+                    addresses: c.int("addresses")?,
                 })
             })
             .collect()
@@ -95,15 +92,17 @@ impl Store {
         .bind(timestamp(to))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| PeriodHost {
-                ip: r.get("ip"),
-                segment: r.get("segment"),
-                network: r.get("network"),
-                department: r.get("department"),
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "hosts", "ip");
+                Ok(PeriodHost {
+                    ip: c.get("ip")?,
+                    segment: c.get("segment")?,
+                    network: c.get("network")?,
+                    department: c.get("department")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Services seen in a scan started in `[from, to)`: the latest observation of each.
@@ -124,13 +123,13 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut out: Vec<PeriodService> = Vec::new();
-        for r in rows {
+        for r in &rows {
+            let c = Cells::new(r, "observations", "ip");
             let service = PeriodService {
-                ip: r.get("ip"),
-                port: u16::try_from(r.get::<i64, _>("port")).unwrap_or(0),
-                seen_at: parse_time(&r.get::<String, _>("started_at"))
-                    .ok_or_else(|| StoreError::Corrupt("observation: bad scan time".into()))?,
-                data: serde_json::from_str(&r.get::<String, _>("data"))?,
+                ip: c.get("ip")?,
+                port: c.int("port")?,
+                seen_at: c.time("started_at")?,
+                data: c.json("data")?,
             };
             // Ordered by address, port and time: a later row replaces the earlier one.
             match out.last_mut() {
@@ -177,13 +176,11 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let fingerprint: String = r.get("fingerprint");
+                let c = Cells::new(r, "finding_events", "fingerprint");
                 Ok(FindingEvent {
-                    at: parse_time(&r.get::<String, _>("at")).ok_or_else(|| {
-                        StoreError::Corrupt(format!("event of {fingerprint}: bad time"))
-                    })?,
-                    event: r.get("event"),
-                    fingerprint,
+                    at: c.time("at")?,
+                    event: c.get("event")?,
+                    fingerprint: c.get("fingerprint")?,
                 })
             })
             .collect()
@@ -227,7 +224,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        u32::try_from(number)
-            .map_err(|_| StoreError::Corrupt(format!("bulletin {period}: bad number")))
+        u32::try_from(number).map_err(|_| StoreError::CorruptRow {
+            table: "bulletins",
+            column: "number".to_string(),
+            row: period.to_string(),
+            detail: format!("out of range: {number}"),
+        })
     }
 }

@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -25,8 +26,10 @@ use crate::finding::{Event, Finding, State};
 use crate::observation::{RunState, ScanObservations, ScanRun};
 use crate::rules::Severity;
 
+mod audit;
 mod bulletin_queries;
 mod outbox;
+pub use audit::AuditEntry;
 pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
 
@@ -39,6 +42,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_findings.sql")),
     (3, include_str!("migrations/0003_outbox.sql")),
     (4, include_str!("migrations/0004_daemon.sql")),
+    // 5 and 6 are reserved for work merged later (engine coverage, config).
+    (7, include_str!("migrations/0007_audit.sql")),
+    (8, include_str!("migrations/0008_outbox_lease.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +65,123 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
     #[error("cannot encode or decode JSON in the store: {0}")]
     Encode(#[from] serde_json::Error),
-    #[error("store holds a bad value: {0}")]
-    Corrupt(String),
+    /// A value in the store that does not read as what the schema promises (a mistyped
+    /// column written by hand, a truncated JSON document): the row is named so the operator
+    /// can find and fix it.
+    #[error("corrupt store: table {table}, column {column}, row {row}: {detail}")]
+    CorruptRow {
+        table: &'static str,
+        column: String,
+        /// The row's key (id, fingerprint, key), or `-` for an aggregate.
+        row: String,
+        detail: String,
+    },
+}
+
+/// One row read column by column: every value goes through `try_get`, and a value that does
+/// not decode is a [`StoreError::CorruptRow`] naming the table, the column and the row.
+pub(crate) struct Cells<'r> {
+    row: &'r SqliteRow,
+    table: &'static str,
+    id: String,
+}
+
+impl<'r> Cells<'r> {
+    /// A row of `table` identified by its column `id_column` (text or integer).
+    pub(crate) fn new(row: &'r SqliteRow, table: &'static str, id_column: &str) -> Cells<'r> {
+        let id = row
+            .try_get::<String, _>(id_column)
+            .or_else(|_| row.try_get::<i64, _>(id_column).map(|n| n.to_string()))
+            .unwrap_or_else(|_| format!("({id_column} unreadable)"));
+        Cells { row, table, id }
+    }
+
+    /// An aggregate row (a `GROUP BY` result): no single row to name.
+    pub(crate) fn aggregate(row: &'r SqliteRow, table: &'static str) -> Cells<'r> {
+        Cells {
+            row,
+            table,
+            id: "-".to_string(),
+        }
+    }
+
+    pub(crate) fn bad(&self, column: &str, detail: impl Into<String>) -> StoreError {
+        StoreError::CorruptRow {
+            table: self.table,
+            column: column.to_string(),
+            row: self.id.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    /// Column `column`, decoded as `T`.
+    pub(crate) fn get<T>(&self, column: &str) -> Result<T, StoreError>
+    where
+        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        self.row
+            .try_get::<T, _>(column)
+            .map_err(|e| self.bad(column, decode_detail(e)))
+    }
+
+    /// A text column holding an RFC 3339 timestamp.
+    pub(crate) fn time(&self, column: &str) -> Result<DateTime<Utc>, StoreError> {
+        let text: String = self.get(column)?;
+        parse_time(&text).ok_or_else(|| self.bad(column, format!("not a timestamp: {text:?}")))
+    }
+
+    /// A nullable timestamp column.
+    pub(crate) fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.get::<Option<String>>(column)? {
+            None => Ok(None),
+            Some(text) => parse_time(&text)
+                .map(Some)
+                .ok_or_else(|| self.bad(column, format!("not a timestamp: {text:?}"))),
+        }
+    }
+
+    /// A text column holding JSON.
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        column: &str,
+    ) -> Result<T, StoreError> {
+        let text: String = self.get(column)?;
+        serde_json::from_str(&text).map_err(|e| self.bad(column, format!("bad JSON: {e}")))
+    }
+
+    /// An integer column that must fit `T` (a port, a count).
+    pub(crate) fn int<T: TryFrom<i64>>(&self, column: &str) -> Result<T, StoreError> {
+        let n: i64 = self.get(column)?;
+        T::try_from(n).map_err(|_| self.bad(column, format!("out of range: {n}")))
+    }
+
+    /// A nullable integer column that must fit `T`.
+    pub(crate) fn opt_int<T: TryFrom<i64>>(&self, column: &str) -> Result<Option<T>, StoreError> {
+        match self.get::<Option<i64>>(column)? {
+            None => Ok(None),
+            Some(n) => T::try_from(n)
+                .map(Some)
+                .map_err(|_| self.bad(column, format!("out of range: {n}"))),
+        }
+    }
+
+    /// A text column parsed by `parse` (an enum's name, a date).
+    pub(crate) fn parsed<T>(
+        &self,
+        column: &str,
+        parse: impl FnOnce(&str) -> Option<T>,
+    ) -> Result<T, StoreError> {
+        let text: String = self.get(column)?;
+        parse(&text).ok_or_else(|| self.bad(column, format!("unexpected value {text:?}")))
+    }
+}
+
+/// What went wrong decoding a column, without the sqlx wrapper's noise.
+fn decode_detail(e: sqlx::Error) -> String {
+    match e {
+        sqlx::Error::ColumnDecode { source, .. } => source.to_string(),
+        other => other.to_string(),
+    }
 }
 
 /// A host as the store remembers it across scans.
@@ -352,15 +473,7 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredRun {
-                id: r.get("id"),
-                state: r.get("state"),
-                started_at: r.get("started_at"),
-                finished_at: r.get("finished_at"),
-            })
-            .collect())
+        rows.iter().map(run_from_row).collect()
     }
 
     pub async fn hosts(&self) -> Result<Vec<StoredHost>, StoreError> {
@@ -369,16 +482,18 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredHost {
-                ip: r.get("ip"),
-                segment: r.get("segment"),
-                ptr: r.get("ptr"),
-                first_seen: r.get("first_seen"),
-                last_seen: r.get("last_seen"),
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "hosts", "ip");
+                Ok(StoredHost {
+                    ip: c.get("ip")?,
+                    segment: c.get("segment")?,
+                    ptr: c.get("ptr")?,
+                    first_seen: c.get("first_seen")?,
+                    last_seen: c.get("last_seen")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub async fn services(&self) -> Result<Vec<StoredService>, StoreError> {
@@ -387,16 +502,18 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| StoredService {
-                ip: r.get("ip"),
-                port: u16::try_from(r.get::<i64, _>("port")).unwrap_or(0),
-                service: r.get("service"),
-                first_seen: r.get("first_seen"),
-                last_seen: r.get("last_seen"),
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "services", "ip");
+                Ok(StoredService {
+                    ip: c.get("ip")?,
+                    port: c.int("port")?,
+                    service: c.get("service")?,
+                    first_seen: c.get("first_seen")?,
+                    last_seen: c.get("last_seen")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Every finding, open and resolved.
@@ -418,10 +535,12 @@ impl Store {
         .bind(fingerprint)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get("at"), r.get("event")))
-            .collect())
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "finding_events", "at");
+                Ok((c.get("at")?, c.get("event")?))
+            })
+            .collect()
     }
 
     /// When each address last answered, over every scan recorded.
@@ -429,14 +548,12 @@ impl Store {
         let rows = sqlx::query("SELECT ip, last_seen FROM hosts")
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                let ip: String = r.get("ip");
-                let at: String = r.get("last_seen");
-                Some((ip.parse().ok()?, parse_time(&at)?))
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "hosts", "ip");
+                Ok((c.parsed("ip", |s| s.parse().ok())?, c.time("last_seen")?))
             })
-            .collect())
+            .collect()
     }
 
     /// The JSON report a run recorded, if any.
@@ -447,7 +564,14 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(match text.flatten() {
-            Some(t) => Some(serde_json::from_str(&t)?),
+            Some(t) => Some(
+                serde_json::from_str(&t).map_err(|e| StoreError::CorruptRow {
+                    table: "scan_runs",
+                    column: "report".to_string(),
+                    row: run_id.to_string(),
+                    detail: format!("bad JSON: {e}"),
+                })?,
+            ),
             None => None,
         })
     }
@@ -467,46 +591,40 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn finding_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Finding, StoreError> {
-    let bad = |what: &str| {
-        StoreError::Corrupt(format!(
-            "finding {}: bad {what}",
-            r.get::<String, _>("fingerprint")
-        ))
-    };
-    let time = |col: &str| -> Result<DateTime<Utc>, StoreError> {
-        parse_time(&r.get::<String, _>(col)).ok_or_else(|| bad(col))
-    };
-    let opt_time = |col: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
-        match r.get::<Option<String>, _>(col) {
-            None => Ok(None),
-            Some(t) => parse_time(&t).map(Some).ok_or_else(|| bad(col)),
-        }
-    };
+fn finding_from_row(r: &SqliteRow) -> Result<Finding, StoreError> {
+    let c = Cells::new(r, "findings", "fingerprint");
     Ok(Finding {
-        fingerprint: r.get("fingerprint"),
-        rule: r.get("rule"),
-        severity: Severity::parse(&r.get::<String, _>("severity"))
-            .ok_or_else(|| bad("severity"))?,
-        subject: Subject::parse(&r.get::<String, _>("subject")).ok_or_else(|| bad("subject"))?,
-        ip: r.get("ip"),
-        port: r
-            .get::<Option<i64>, _>("port")
-            .and_then(|p| u16::try_from(p).ok()),
-        segment: r.get("segment"),
-        department: r.get("department"),
-        project: r.get("project"),
-        approval: r.get("approval"),
-        title: serde_json::from_str(&r.get::<String, _>("title"))?,
-        evidence: serde_json::from_str(&r.get::<String, _>("evidence"))?,
-        basis: serde_json::from_str(&r.get::<String, _>("basis"))?,
-        first_seen: time("first_seen")?,
-        last_seen: time("last_seen")?,
-        due: r.get::<String, _>("due").parse().map_err(|_| bad("due"))?,
-        state: State::parse(&r.get::<String, _>("state")).ok_or_else(|| bad("state"))?,
-        absent_scans: u32::try_from(r.get::<i64, _>("absent_scans")).unwrap_or(0),
-        resolved_at: opt_time("resolved_at")?,
-        reopened_at: opt_time("reopened_at")?,
+        fingerprint: c.get("fingerprint")?,
+        rule: c.get("rule")?,
+        severity: c.parsed("severity", Severity::parse)?,
+        subject: c.parsed("subject", Subject::parse)?,
+        ip: c.get("ip")?,
+        port: c.opt_int("port")?,
+        segment: c.get("segment")?,
+        department: c.get("department")?,
+        project: c.get("project")?,
+        approval: c.get("approval")?,
+        title: c.json("title")?,
+        evidence: c.json("evidence")?,
+        basis: c.json("basis")?,
+        first_seen: c.time("first_seen")?,
+        last_seen: c.time("last_seen")?,
+        due: c.parsed("due", |s| s.parse().ok())?,
+        state: c.parsed("state", State::parse)?,
+        absent_scans: c.int("absent_scans")?,
+        resolved_at: c.opt_time("resolved_at")?,
+        reopened_at: c.opt_time("reopened_at")?,
+    })
+}
+
+/// A `scan_runs` row's id, state and times.
+pub(crate) fn run_from_row(r: &SqliteRow) -> Result<StoredRun, StoreError> {
+    let c = Cells::new(r, "scan_runs", "id");
+    Ok(StoredRun {
+        id: c.get("id")?,
+        state: c.get("state")?,
+        started_at: c.get("started_at")?,
+        finished_at: c.get("finished_at")?,
     })
 }
 

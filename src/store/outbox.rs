@@ -5,11 +5,15 @@
 //! has a unique key (`period|kind|recipient`): enqueueing the same period's mail again does
 //! nothing unless forced. States: `queued` (waiting, possibly after failed attempts, until
 //! `next_attempt_at`), `sent`, `failed` (a permanent SMTP refusal or too many attempts).
+//!
+//! Exactly once: a sender claims a message ([`Store::claim_mail`], a lease with an owner and
+//! an expiry) before sending it, and clears the lease when it records the outcome. A sender
+//! killed mid-send leaves its lease; it expires, or is taken over at once by a later sender
+//! that sees its holder is dead ([`Store::take_over_mail`]): the message is sent again (one
+//! duplicate at most, under the same `Message-ID`), never lost.
 
+use super::{Cells, Store, StoreError, timestamp};
 use chrono::{DateTime, Utc};
-use sqlx::Row;
-
-use super::{Store, StoreError, parse_time, timestamp};
 
 /// A message to put in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +110,8 @@ impl Store {
                sender = excluded.sender, recipients = excluded.recipients,
                subject = excluded.subject, message = excluded.message, state = 'queued',
                attempts = 0, created_at = excluded.created_at,
-               next_attempt_at = excluded.next_attempt_at, sent_at = NULL, last_error = NULL",
+               next_attempt_at = excluded.next_attempt_at, sent_at = NULL, last_error = NULL,
+               lease_until = NULL, lease_owner = NULL",
         )
         .bind(&mail.key)
         .bind(&mail.kind)
@@ -157,23 +162,80 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        Ok(OutboxState::ALL
-            .into_iter()
-            .map(|s| {
-                let n = rows
-                    .iter()
-                    .find(|r| r.get::<String, _>("state") == s.as_str())
-                    .map_or(0, |r| r.get::<i64, _>("n"));
-                (s, u64::try_from(n).unwrap_or(0))
-            })
-            .collect())
+        let mut counts: Vec<(OutboxState, u64)> =
+            OutboxState::ALL.into_iter().map(|s| (s, 0)).collect();
+        for r in &rows {
+            let c = Cells::aggregate(r, "outbox");
+            let state = c.parsed("state", OutboxState::parse)?;
+            let n: u64 = c.int("n")?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+                slot.1 = n;
+            }
+        }
+        Ok(counts)
     }
 
-    /// Record a successful delivery.
+    /// Claim queued message `key` for `owner` until `until`: true when no one else holds an
+    /// unexpired lease on it (then only `owner` sends it). One conditional UPDATE, so two
+    /// flushes racing for a message cannot both win (portable SQL: no row locks needed).
+    pub async fn claim_mail(
+        &self,
+        key: &str,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_until = $1, lease_owner = $2
+             WHERE key = $3 AND state = 'queued' AND (lease_until IS NULL OR lease_until < $4)",
+        )
+        .bind(timestamp(until))
+        .bind(owner)
+        .bind(key)
+        .bind(timestamp(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Who holds the lease on queued message `key`, if anyone.
+    pub async fn mail_lease_owner(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let owner: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT lease_owner FROM outbox WHERE key = $1 AND state = 'queued'",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(owner.flatten())
+    }
+
+    /// Take over the lease `dead` held on `key` (its holder is known to have died): true when
+    /// it was still `dead`'s.
+    pub async fn take_over_mail(
+        &self,
+        key: &str,
+        dead: &str,
+        owner: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE outbox SET lease_until = $1, lease_owner = $2
+             WHERE key = $3 AND state = 'queued' AND lease_owner = $4",
+        )
+        .bind(timestamp(until))
+        .bind(owner)
+        .bind(key)
+        .bind(dead)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Record a successful delivery (and drop the lease).
     pub async fn mail_sent(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = $2,
-               last_error = NULL WHERE key = $1",
+               last_error = NULL, lease_until = NULL, lease_owner = NULL WHERE key = $1",
         )
         .bind(key)
         .bind(timestamp(now))
@@ -196,7 +258,8 @@ impl Store {
         };
         sqlx::query(
             "UPDATE outbox SET state = $2, attempts = attempts + 1,
-               next_attempt_at = COALESCE($3, next_attempt_at), last_error = $4 WHERE key = $1",
+               next_attempt_at = COALESCE($3, next_attempt_at), last_error = $4,
+               lease_until = NULL, lease_owner = NULL WHERE key = $1",
         )
         .bind(key)
         .bind(state.as_str())
@@ -209,25 +272,20 @@ impl Store {
 }
 
 fn mail_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxMail, StoreError> {
-    let key: String = r.get("key");
-    let bad = |what: &str| StoreError::Corrupt(format!("outbox {key}: bad {what}"));
-    let time = |col: &str| parse_time(&r.get::<String, _>(col)).ok_or_else(|| bad(col));
+    let c = Cells::new(r, "outbox", "key");
     Ok(OutboxMail {
-        kind: r.get("kind"),
-        period: r.get("period"),
-        sender: r.get("sender"),
-        recipients: serde_json::from_str(&r.get::<String, _>("recipients"))?,
-        subject: r.get("subject"),
-        message: r.get("message"),
-        state: OutboxState::parse(&r.get::<String, _>("state")).ok_or_else(|| bad("state"))?,
-        attempts: u32::try_from(r.get::<i64, _>("attempts")).unwrap_or(0),
-        created_at: time("created_at")?,
-        next_attempt_at: time("next_attempt_at")?,
-        sent_at: match r.get::<Option<String>, _>("sent_at") {
-            None => None,
-            Some(t) => Some(parse_time(&t).ok_or_else(|| bad("sent_at"))?),
-        },
-        last_error: r.get("last_error"),
-        key,
+        key: c.get("key")?,
+        kind: c.get("kind")?,
+        period: c.get("period")?,
+        sender: c.get("sender")?,
+        recipients: c.json("recipients")?,
+        subject: c.get("subject")?,
+        message: c.get("message")?,
+        state: c.parsed("state", OutboxState::parse)?,
+        attempts: c.int("attempts")?,
+        created_at: c.time("created_at")?,
+        next_attempt_at: c.time("next_attempt_at")?,
+        sent_at: c.opt_time("sent_at")?,
+        last_error: c.get("last_error")?,
     })
 }

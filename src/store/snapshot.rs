@@ -7,11 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
-use sqlx::Row;
-
-use super::{Store, StoreError, StoredRun, finding_from_row, parse_time};
+use super::{Cells, Store, StoreError, StoredRun, finding_from_row, run_from_row};
 use crate::finding::Finding;
+use chrono::{DateTime, NaiveDate, Utc};
 
 /// The latest complete scan that covered a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +88,8 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.get("n"), row.get("last")))
+        let c = Cells::aggregate(&row, "scan_runs");
+        Ok((c.get("n")?, c.get("last")?))
     }
 
     /// One run's row, if the store has it.
@@ -100,12 +99,7 @@ impl Store {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.map(|r| StoredRun {
-            id: r.get("id"),
-            state: r.get("state"),
-            started_at: r.get("started_at"),
-            finished_at: r.get("finished_at"),
-        }))
+        row.as_ref().map(run_from_row).transpose()
     }
 
     /// For each segment named, the latest complete scan that covered it. Segments never
@@ -132,12 +126,11 @@ impl Store {
             }
             offset += rows.len() as i64;
             for r in rows {
-                let covered: Vec<String> = serde_json::from_str(&r.get::<String, _>("segments"))?;
+                let c = Cells::new(&r, "scan_runs", "id");
+                let covered: Vec<String> = c.json("segments")?;
                 let run = LatestRun {
-                    id: r.get("id"),
-                    finished_at: r
-                        .get::<Option<String>, _>("finished_at")
-                        .and_then(|t| parse_time(&t)),
+                    id: c.get("id")?,
+                    finished_at: c.opt_time("finished_at")?,
                 };
                 for name in covered {
                     if wanted.remove(name.as_str()) {
@@ -163,16 +156,18 @@ impl Store {
         .bind(scan_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| PlacementCount {
-                segment: r.get("segment"),
-                network: r.get("network"),
-                department: r.get("department"),
-                hosts: r.get("hosts"),
-                services: r.get("services"),
+        rows.iter()
+            .map(|r| {
+                let c = Cells::aggregate(r, "observations");
+                Ok(PlacementCount {
+                    segment: c.get("segment")?,
+                    network: c.get("network")?,
+                    department: c.get("department")?,
+                    hosts: c.get("hosts")?,
+                    services: c.get("services")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Service observations of scan `scan_id` that hold TLS facts.
@@ -188,18 +183,22 @@ impl Store {
         .bind(scan_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|r| {
-                Some(TlsRow {
-                    ip: r.get("ip"),
-                    port: u16::try_from(r.get::<Option<i64>, _>("port")?).ok()?,
-                    segment: r.get("segment"),
-                    department: r.get("department"),
-                    data: r.get("data"),
-                })
-            })
-            .collect())
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let c = Cells::new(r, "observations", "ip");
+            // A service observation without a port names no endpoint: nothing to export.
+            let Some(port) = c.opt_int("port")? else {
+                continue;
+            };
+            out.push(TlsRow {
+                ip: c.get("ip")?,
+                port,
+                segment: c.get("segment")?,
+                department: c.get("department")?,
+                data: c.get("data")?,
+            });
+        }
+        Ok(out)
     }
 
     /// Open findings counted by rule, severity and department, with how many are overdue
@@ -218,16 +217,18 @@ impl Store {
         .bind(today.to_string())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FindingCount {
-                rule: r.get("rule"),
-                severity: r.get("severity"),
-                department: r.get("department"),
-                count: r.get("n"),
-                overdue: r.get("overdue"),
+        rows.iter()
+            .map(|r| {
+                let c = Cells::aggregate(r, "findings");
+                Ok(FindingCount {
+                    rule: c.get("rule")?,
+                    severity: c.get("severity")?,
+                    department: c.get("department")?,
+                    count: c.get("n")?,
+                    overdue: c.get("overdue")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Open findings of `rule` counted by segment and department.
@@ -243,36 +244,38 @@ impl Store {
         .bind(rule)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get("segment"), r.get("department"), r.get("n")))
-            .collect())
+        rows.iter()
+            .map(|r| {
+                let c = Cells::aggregate(r, "findings");
+                Ok((c.get("segment")?, c.get("department")?, c.get("n")?))
+            })
+            .collect()
     }
 
     /// The scope (what waivers look at) of each open finding of `rule`.
     pub async fn open_finding_scopes(&self, rule: &str) -> Result<Vec<FindingScope>, StoreError> {
         let rows = sqlx::query(
-            "SELECT rule, severity, department, segment, ip, port, project, due
+            "SELECT fingerprint, rule, severity, department, segment, ip, port, project, due
              FROM findings WHERE state = 'open' AND rule = $1",
         )
         .bind(rule)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FindingScope {
-                rule: r.get("rule"),
-                severity: r.get("severity"),
-                department: r.get("department"),
-                segment: r.get("segment"),
-                ip: r.get("ip"),
-                port: r
-                    .get::<Option<i64>, _>("port")
-                    .and_then(|p| u16::try_from(p).ok()),
-                project: r.get("project"),
-                due: r.get("due"),
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "findings", "fingerprint");
+                Ok(FindingScope {
+                    rule: c.get("rule")?,
+                    severity: c.get("severity")?,
+                    department: c.get("department")?,
+                    segment: c.get("segment")?,
+                    ip: c.get("ip")?,
+                    port: c.opt_int("port")?,
+                    project: c.get("project")?,
+                    due: c.get("due")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Open findings matching `filter`, most severe first, then oldest first.
@@ -305,10 +308,12 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get("probe"), r.get("reason"), r.get("n")))
-            .collect())
+        rows.iter()
+            .map(|r| {
+                let c = Cells::aggregate(r, "probe_errors");
+                Ok((c.get("probe")?, c.get("reason")?, c.get("n")?))
+            })
+            .collect()
     }
 
     /// Outbox messages counted by state; `None` while the store has no outbox table.
@@ -324,10 +329,12 @@ impl Store {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
             .fetch_all(&self.pool)
             .await?;
-        Ok(Some(
-            rows.into_iter()
-                .map(|r| (r.get("state"), r.get("n")))
-                .collect(),
-        ))
+        rows.iter()
+            .map(|r| {
+                let c = Cells::aggregate(r, "outbox");
+                Ok((c.get("state")?, c.get("n")?))
+            })
+            .collect::<Result<_, _>>()
+            .map(Some)
     }
 }

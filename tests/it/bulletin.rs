@@ -3,7 +3,7 @@
 //!
 //! `UPDATE_GOLDEN=1 cargo test bulletin` rewrites `tests/golden/*`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -689,4 +689,177 @@ async fn mail_survives_smtp_down_and_is_sent_once_over_starttls() {
     // Without a config: a usage error.
     let (code, _, stderr) = netpatrol(&["outbox"], None).await;
     assert_eq!(code, 64, "{stderr}");
+}
+
+/// The Message-ID of a received message.
+fn message_id(m: &crate::support::smtp::Received) -> String {
+    Part::parse(&m.data)
+        .header("message-id")
+        .unwrap_or_else(|| panic!("no Message-ID in:\n{}", m.data))
+        .to_string()
+}
+
+#[tokio::test]
+async fn concurrent_flushes_send_each_message_once_and_a_killed_flush_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("netpatrol test mail CA");
+    let ip = [127, 112, 1, 1];
+    let port = {
+        let l = std::net::TcpListener::bind(SocketAddr::from((ip, 0))).unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let extra = format!(
+        "smtp: {{host: 127.112.1.1, port: {port}, security: none, from: \"网络安全巡检 <netpatrol@example.gov.cn>\"}}\n"
+    );
+    let yaml = config_yaml("区人社局", &extra);
+    let config_path = dir.path().join("netpatrol.yaml");
+    std::fs::write(&config_path, &yaml).unwrap();
+    {
+        let (config, rules) = load(dir.path(), &yaml);
+        let store = Store::open(&config.store.path).await.unwrap();
+        fill(&store, &rules).await;
+        store.close().await;
+    }
+    let cfg = config_path.to_str().unwrap();
+    // Queued while SMTP is down.
+    let (code, _, stderr) = netpatrol(
+        &["bulletin", "-c", cfg, "--period", "2026-11", "--send"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+
+    // Two flushes at once (an operator and the daemon): each message delivered once.
+    let sink = SmtpSink::start(SocketAddr::from((ip, port)), &pki).await;
+    let args = ["outbox", "-c", cfg, "--flush"];
+    let (a, b) = tokio::join!(netpatrol(&args, None), netpatrol(&args, None));
+    assert!(!a.2.contains("panicked") && !b.2.contains("panicked"));
+    let messages = sink.messages();
+    let mut rcpts: Vec<String> = messages.iter().flat_map(|m| m.rcpt.clone()).collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [
+            "leader@example.gov.cn",
+            "xxk@rsj.example.gov.cn",
+            "xxzx@wsj.example.gov.cn"
+        ],
+        "flushes: {a:?} {b:?}"
+    );
+    let ids: BTreeSet<String> = messages.iter().map(message_id).collect();
+    assert_eq!(ids.len(), 3, "one Message-ID each: {ids:?}");
+    assert!(
+        ids.iter().all(|id| id.ends_with("@example.gov.cn>")),
+        "{ids:?}"
+    );
+    let (code, stdout, _) = netpatrol(&["outbox", "-c", cfg], None).await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("0 queued, 0 failed, 3 sent"), "{stdout}");
+
+    // Queued again (forced) and a flush killed in the middle of DATA: nothing is lost, and the
+    // message is sent again with the same Message-ID.
+    sink.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_netpatrol"))
+        .args([
+            "bulletin", "-c", cfg, "--period", "2026-11", "--send", "--force",
+        ])
+        .env_remove("NETPATROL_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sink.stalled.lock().unwrap().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flush never reached DATA"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    sink.stall.store(false, std::sync::atomic::Ordering::SeqCst);
+    let before = sink.messages().len();
+    let (code, stdout, stderr) = netpatrol(&["outbox", "-c", cfg, "--flush"], None).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("0 queued, 0 failed, 3 sent"), "{stdout}");
+    let resent: Vec<_> = sink.messages()[before..].to_vec();
+    assert_eq!(resent.len(), 3, "every message of the killed flush is sent");
+    let stalled = sink.stalled.lock().unwrap()[0].clone();
+    let again: Vec<_> = resent.iter().filter(|m| m.rcpt == stalled.rcpt).collect();
+    assert_eq!(again.len(), 1, "sent once more, no more");
+    assert_eq!(message_id(again[0]), message_id(&stalled));
+    let new_ids: BTreeSet<String> = resent.iter().map(message_id).collect();
+    assert!(
+        new_ids.is_disjoint(&ids),
+        "a forced re-send is a new message"
+    );
+}
+
+#[tokio::test]
+async fn written_files_never_follow_a_planted_symlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config_yaml("区人社局", "");
+    let config_path = dir.path().join("netpatrol.yaml");
+    std::fs::write(&config_path, &yaml).unwrap();
+    {
+        let (config, rules) = load(dir.path(), &yaml);
+        let store = Store::open(&config.store.path).await.unwrap();
+        fill(&store, &rules).await;
+        store.close().await;
+    }
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    // At the temporary name the bulletin used to write through, and at a final name.
+    let planted = [
+        out.join(".网络安全通报-2026-11.html.tmp"),
+        out.join("网络安全通报-2026-11.txt"),
+    ];
+    for link in &planted {
+        std::os::unix::fs::symlink(&victim, link).unwrap();
+    }
+    let (code, _, stderr) = netpatrol(
+        &[
+            "bulletin",
+            "-c",
+            config_path.to_str().unwrap(),
+            "--period",
+            "2026-11",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let text = out.join("网络安全通报-2026-11.txt");
+    let meta = std::fs::symlink_metadata(&text).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the link was replaced by the file"
+    );
+    assert!(std::fs::read_to_string(&text).unwrap().contains("2026"));
+    // No temporary file left behind (the planted link aside).
+    let leftovers: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") && !n.starts_with(".网络安全通报-2026-11.html.tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // The same for any file netpatrol writes (scan --output, demo reports).
+    let report = dir.path().join("report.json");
+    std::os::unix::fs::symlink(&victim, &report).unwrap();
+    netpatrol::output::write_file(&report, b"{}").unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), "{}");
+    assert!(
+        std::fs::symlink_metadata(&report)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
 }

@@ -543,7 +543,7 @@ fn the_compile_step_checks_rules_and_secrets_after_the_config() {
         "{SEGMENTS}daemon:\n  listen: 127.111.0.1:9750\n  api_token_env: NETPATROL_TEST_NEVER_SET\n"
     );
     let loaded = config::Loaded::compile_str(&text, Path::new("np.yaml")).unwrap();
-    assert!(loaded.secrets.api_token.is_none());
+    assert!(loaded.access.operator.is_none());
     assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
     assert!(
         loaded.warnings[0]

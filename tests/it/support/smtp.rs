@@ -2,6 +2,7 @@
 //! test CA) and AUTH PLAIN/LOGIN, accepting MAIL/RCPT/DATA and keeping what it received.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::CertificateDer;
@@ -28,6 +29,11 @@ pub struct Received {
 pub struct SmtpSink {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// While set, a session that has read a message's DATA neither keeps it nor answers: the
+    /// client hangs mid-DATA (so a test can kill it there). The messages held so are in
+    /// `stalled`.
+    pub stall: Arc<AtomicBool>,
+    pub stalled: Arc<Mutex<Vec<Received>>>,
     task: JoinHandle<()>,
 }
 
@@ -54,13 +60,21 @@ impl SmtpSink {
         let listener = TcpListener::bind(addr).await.expect("bind smtp sink");
         let addr = listener.local_addr().unwrap();
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let stall: Arc<AtomicBool> = Arc::default();
+        let stalled: Arc<Mutex<Vec<Received>>> = Arc::default();
         let store = received.clone();
+        let (stall_flag, stalled_store) = (stall.clone(), stalled.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
                 let store = store.clone();
+                let (stall, stalled) = (stall_flag.clone(), stalled_store.clone());
                 tokio::spawn(async move {
-                    let mut session = Session::default();
+                    let mut session = Session {
+                        stall,
+                        stalled,
+                        ..Session::default()
+                    };
                     let Some(stream) = session.run(stream, true, &store).await else {
                         return;
                     };
@@ -75,6 +89,8 @@ impl SmtpSink {
         SmtpSink {
             addr,
             received,
+            stall,
+            stalled,
             task,
         }
     }
@@ -89,6 +105,8 @@ struct Session {
     tls: bool,
     auth: Option<(String, String)>,
     current: Option<Received>,
+    stall: Arc<AtomicBool>,
+    stalled: Arc<Mutex<Vec<Received>>>,
 }
 
 impl Session {
@@ -172,6 +190,10 @@ impl Session {
                 }
                 if let Some(mut c) = self.current.take() {
                     c.data = data;
+                    if self.stall.load(Ordering::SeqCst) {
+                        self.stalled.lock().unwrap().push(c.clone());
+                        std::future::pending::<()>().await;
+                    }
                     store.lock().unwrap().push(c);
                 }
                 "250 queued\r\n".into()

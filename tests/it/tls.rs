@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use netpatrol::config::{NetworkKind, Segment, TrustSettings};
-use netpatrol::probe::tls::{self, TlsFacts, TlsSpec, Trust, wire};
+use netpatrol::probe::tls::{self, TlsFacts, TlsSpec, TlsVersion, Trust, wire};
 use netpatrol::scope::{Limits, Scope, Target};
 
 use crate::support::tls::{
@@ -56,7 +56,7 @@ async fn posture(server: std::net::SocketAddr, spec: &TlsSpec) -> TlsFacts {
 }
 
 fn versions(f: &TlsFacts) -> Vec<&str> {
-    f.versions.iter().map(String::as_str).collect()
+    f.versions.iter().map(|v| v.as_str()).collect()
 }
 
 #[tokio::test]
@@ -85,7 +85,7 @@ async fn modern_rustls_endpoint() {
     let took = started.elapsed();
     assert_eq!(versions(&f), ["TLSv1.2", "TLSv1.3"]);
     assert!(f.weak_ciphers.is_empty(), "{:?}", f.weak_ciphers);
-    assert_eq!(f.cipher_classes["TLSv1.2"], Vec::<String>::new());
+    assert_eq!(f.cipher_classes[&TlsVersion::Tls12], Vec::<String>::new());
     assert!(!f.tlcp);
     assert!(f.incomplete.is_empty(), "{:?}", f.incomplete);
     let cert = f.cert.as_ref().expect("certificate facts");
@@ -94,7 +94,7 @@ async fn modern_rustls_endpoint() {
     assert_eq!(cert.sans, ["www.lab.test"]);
     assert!(!cert.self_signed);
     assert!(!cert.trusted);
-    assert!(cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(true));
     assert_eq!(cert.key, "EC-P256");
     assert_eq!(cert.key_bits, 256);
     assert_eq!(cert.signature, "ecdsa-with-SHA256");
@@ -112,7 +112,7 @@ async fn modern_rustls_endpoint() {
     let f = posture(server.addr, &s).await;
     let cert = f.cert.unwrap();
     assert!(cert.trusted);
-    assert!(!cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(false));
 
     // The contract's JSON fields are all there.
     let json = serde_json::to_value(posture(server.addr, &spec(Trust::default(), &[], 1500)).await)
@@ -166,7 +166,7 @@ async fn expired_self_signed_certificate() {
     assert!(cert.days_left < -365 * 4, "{}", cert.days_left);
     assert!(cert.self_signed);
     assert!(!cert.trusted);
-    assert!(cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(true));
     assert_eq!(cert.not_before, "2020-01-01T00:00:00Z");
 }
 
@@ -188,7 +188,7 @@ async fn openssl_tls10_only_with_rsa1024_sha1() {
     .await;
     assert_eq!(versions(&f), ["TLSv1.0"]);
     assert!(
-        f.cipher_classes["TLSv1.0"].contains(&"cbc_only".to_string()),
+        f.cipher_classes[&TlsVersion::Tls10].contains(&"cbc_only".to_string()),
         "{:?}",
         f.cipher_classes
     );
@@ -197,7 +197,11 @@ async fn openssl_tls10_only_with_rsa1024_sha1() {
     assert_eq!(cert.key_bits, 1024);
     assert_eq!(cert.signature, "sha1WithRSAEncryption");
     assert!(cert.self_signed);
-    assert!(cert.hostname_match, "CN is used when there is no SAN");
+    assert_eq!(
+        cert.hostname_match,
+        Some(true),
+        "CN is used when there is no SAN"
+    );
 }
 
 #[tokio::test]
@@ -233,7 +237,7 @@ async fn openssl_null_and_anonymous_suites() {
     let f = posture(server.addr, &spec(Trust::default(), &[], 1500)).await;
     let took = started.elapsed();
     assert!(versions(&f).contains(&"TLSv1.2"), "{:?}", f.versions);
-    let classes = &f.cipher_classes["TLSv1.2"];
+    let classes = &f.cipher_classes[&TlsVersion::Tls12];
     assert!(classes.contains(&"null".to_string()), "{classes:?}");
     assert!(classes.contains(&"anon".to_string()), "{classes:?}");
     assert!(
@@ -278,9 +282,9 @@ async fn canned_3des_rc4_export_server() {
             f.weak_ciphers
         );
     }
-    for v in ["TLSv1.0", "TLSv1.2"] {
+    for v in [TlsVersion::Tls10, TlsVersion::Tls12] {
         assert_eq!(
-            f.cipher_classes[v],
+            f.cipher_classes[&v],
             ["export", "rc4", "3des", "cbc_only", "no_forward_secrecy"],
             "{v}"
         );
@@ -289,7 +293,7 @@ async fn canned_3des_rc4_export_server() {
         .cert
         .expect("certificate from the plaintext Certificate message");
     assert_eq!(cert.subject, "CN=old.lab.test");
-    assert!(cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(true));
 }
 
 #[tokio::test]

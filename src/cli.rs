@@ -28,6 +28,17 @@ pub enum Format {
     Json,
 }
 
+/// `netpatrol probe` kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeWhat {
+    /// TLS and TLCP posture: versions, every accepted suite, certificates.
+    Tls,
+    /// The web page: status, HSTS, login form, admin paths.
+    Http,
+    /// The greeting and the service check (unauthenticated access).
+    Service,
+}
+
 /// `--fail-on` values: the rules' severities.
 fn parse_severity(s: &str) -> Result<Severity, String> {
     Severity::parse(s).ok_or_else(|| format!("unknown severity {s:?} (one of {})", Severity::NAMES))
@@ -59,6 +70,28 @@ pub enum Command {
         /// Exit 3 when a finding of this severity or higher is open (waived ones do not count).
         #[arg(long, value_name = "SEVERITY", value_parser = parse_severity)]
         fail_on: Option<Severity>,
+    },
+    /// Probe one endpoint and show its facts and the exchanges that produced them.
+    Probe {
+        /// tls, http or service.
+        #[arg(value_enum)]
+        what: ProbeWhat,
+        /// The endpoint, IP:PORT (IPv6 as [ADDR]:PORT).
+        #[arg(value_name = "IP:PORT")]
+        endpoint: std::net::SocketAddr,
+        /// The config: its segments must declare the address (without it, only loopback
+        /// addresses may be probed), and its trust anchors and timeouts are used.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Host name to send (SNI, Host header) and to match the certificate against.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Output format. Default: readable text on a terminal, JSON otherwise.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Language of the text output: zh or en. Default: the config's bulletin.lang, else zh.
+        #[arg(long, value_name = "LANG")]
+        lang: Option<String>,
     },
     /// Run scheduled scans and bulletins and serve HTTP (not built yet).
     Daemon {

@@ -20,6 +20,7 @@ pub mod observation;
 pub mod output;
 pub mod pass;
 pub mod probe;
+pub mod probe_cmd;
 pub mod reconcile;
 pub mod rules;
 pub mod scan;

@@ -345,3 +345,118 @@ async fn every_accepted_suite_in_the_servers_order() {
     );
     assert!(f.cipher_classes[&TlsVersion::Tls12].is_empty());
 }
+
+#[tokio::test]
+async fn probe_command_shows_facts_and_exchanges() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = SmPki::new(dir.path());
+    let server = TongsuoServer::start(ip("127.113.7.1"), &pki, &[]).await;
+    let bin = env!("CARGO_BIN_EXE_netpatrol");
+    let probe = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin)
+                .args(&args)
+                .output()
+                .expect("netpatrol runs")
+        })
+    };
+
+    // Loopback without a config; the SM2 root through a config's trust.ca_files.
+    let yaml = format!(
+        "segments:\n  - {{name: s, network: other, cidrs: [127.113.7.0/30]}}\n\
+         trust: {{ca_files: [\"{}\"]}}\n",
+        pki.root.display()
+    );
+    std::fs::write(dir.path().join("netpatrol.yaml"), yaml).unwrap();
+    let config = dir.path().join("netpatrol.yaml").display().to_string();
+    let addr = server.addr.to_string();
+    let out = probe(vec![
+        "probe".into(),
+        "tls".into(),
+        addr.clone(),
+        "-c".into(),
+        config.clone(),
+        "--name".into(),
+        "gm.lab.test".into(),
+        "--format".into(),
+        "json".into(),
+    ])
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["facts"]["tlcp"], true);
+    assert_eq!(json["facts"]["tlcp_certs"][1]["trusted"], true);
+    assert_eq!(
+        json["facts"]["accepted_suites"]["TLCP"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+    let exchanges = json["exchanges"].as_array().unwrap();
+    assert!(
+        exchanges
+            .iter()
+            .any(|e| e["step"] == "TLCP" && e["sent"]["client_version"] == "TLCP"),
+        "{exchanges:?}"
+    );
+
+    // Readable text, in English on request.
+    let out = probe(vec![
+        "probe".into(),
+        "tls".into(),
+        addr.clone(),
+        "--format".into(),
+        "table".into(),
+        "--lang".into(),
+        "en".into(),
+    ])
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("Exchanges:"), "{text}");
+    assert!(text.contains("[TLCP] hello TLCP (record 0x0101)"), "{text}");
+
+    // A closed port: the probe failed, exit 1.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.113.7.2:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = probe(vec!["probe".into(), "tls".into(), closed.to_string()])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+
+    // Outside the config's segments, and a non-loopback address without one: refused (64).
+    let out = probe(vec![
+        "probe".into(),
+        "tls".into(),
+        "127.113.8.1:443".into(),
+        "-c".into(),
+        config,
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no segment declared"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = probe(vec![
+        "probe".into(),
+        "service".into(),
+        "192.0.2.1:22".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+}

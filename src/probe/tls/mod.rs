@@ -810,6 +810,7 @@ impl Ctx<'_> {
             Some(c) => format!("{} certificates", c.len()),
             None => "no certificate".into(),
         };
+        // rustls builds its own hello: what it offers is known, not its exact bytes.
         let sent = HelloSummary {
             client_version: "TLSv1.2".into(),
             supported_versions: vec!["TLSv1.3".into(), "TLSv1.2".into()],

@@ -542,3 +542,78 @@ fn parsers_survive_random_bytes() {
         );
     }
 }
+
+#[tokio::test]
+async fn x509_v1_certificate_read_by_the_tls_and_the_https_probe() {
+    // Debian's OpenSSL makes an X.509 v1 certificate with `x509 -req -signkey` (no
+    // extensions); webpki refuses to parse those, rustls with it. `s_server -www` answers
+    // HTTP over TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, csr, crt) = (
+        dir.path().join("v1.key"),
+        dir.path().join("v1.csr"),
+        dir.path().join("v1.crt"),
+    );
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=v1.lab.test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["x509", "-req", "-days", "30", "-in"])
+            .arg(&csr)
+            .arg("-signkey")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl made the v1 certificate");
+    for (i, versions) in [["-tls1_2"], ["-tls1_3"]].iter().enumerate() {
+        let server = OpensslServer::start(
+            ip(&format!("127.113.20.{}", i + 1)),
+            &crt,
+            &key,
+            &[versions[0], "-www"],
+        )
+        .await;
+        let f = posture(server.addr, &spec(Trust::default(), &["v1.lab.test"], 1500)).await;
+        let cert = f.cert.expect("the v1 certificate is parsed");
+        assert_eq!(cert.subject, "CN=v1.lab.test");
+        assert_eq!(cert.hostname_match, Some(true));
+
+        netpatrol::probe::http::install_crypto_provider();
+        let http_spec = netpatrol::probe::http::HttpSpec {
+            timeout: Duration::from_millis(3000),
+            admin_paths: Vec::new(),
+            ..Default::default()
+        };
+        let page = netpatrol::probe::http::probe(
+            &target(server.addr.ip()),
+            server.addr.port(),
+            true,
+            &http_spec,
+            &Limits::new(0, 8),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{versions:?}: https probe failed on a v1 certificate: {e}"))
+        .expect("an HTTP answer");
+        assert_eq!(page.status, 200, "{versions:?}");
+        assert_eq!(page.scheme, "https");
+    }
+}

@@ -13,11 +13,13 @@ use chrono::Utc;
 use indicatif::ProgressBar;
 use netpatrol::config::{NetworkKind, Segment};
 use netpatrol::finding;
+use netpatrol::pass::scan_and_record;
 use netpatrol::probe::tls::{self, TlsFacts, TlsSpec, TlsVersion, Trust, wire};
 use netpatrol::reconcile::History;
 use netpatrol::rules::RuleSet;
 use netpatrol::scan::{self, ScanRequest};
 use netpatrol::scope::{Limits, Scope};
+use netpatrol::store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::config;
@@ -94,6 +96,49 @@ async fn findings_of_scan(addr: SocketAddr, ca_files: &[&std::path::Path]) -> Ve
     a.current.iter().map(|f| f.rule.clone()).collect()
 }
 
+/// A whole scan recorded in a store: the rules that fired, the report's JSON, and the stored
+/// observation of the one service.
+async fn recorded_scan(
+    addr: SocketAddr,
+    ca_files: &[&std::path::Path],
+) -> (Vec<String>, serde_json::Value, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca: Vec<String> = ca_files
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    let config = config(
+        dir.path(),
+        &format!(
+            "scan: {{icmp: false, ports: [{port}], rate: 0, dns: {{enabled: false}}}}\n\
+             trust: {{ca_files: [{ca}]}}\n\
+             segments:\n  - {{name: s, network: other, cidrs: [{ip}/32]}}\n",
+            port = addr.port(),
+            ip = addr.ip(),
+            ca = ca.join(", "),
+        ),
+    );
+    let rules = RuleSet::load(&config).expect("built-in rules load");
+    let store = Store::open(&config.store.path).await.unwrap();
+    let (obs, report) = scan_and_record(
+        &config,
+        &rules,
+        &store,
+        &ScanRequest::all(),
+        Limits::new(0, 64),
+        ProgressBar::hidden(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let rows = store.tls_observations(&obs.run.id).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    let stored: serde_json::Value = serde_json::from_str(&rows[0].data).unwrap();
+    store.close().await;
+    let fired = report.findings.iter().map(|f| f.rule.clone()).collect();
+    (fired, serde_json::to_value(&report).unwrap(), stored)
+}
+
 #[tokio::test]
 async fn tongsuo_tlcp_server_with_its_sm2_root_trusted() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,8 +204,23 @@ async fn tongsuo_tlcp_server_with_its_sm2_root_trusted() {
     assert_eq!(json["accepted_suites"]["TLCP"].as_array().unwrap().len(), 4);
     assert!(json.get("exchanges").is_none());
 
-    // Through a whole scan and the built-in rules: no trust or usage finding.
-    let fired = findings_of_scan(server.addr, &[&pki.root]).await;
+    // Through a whole recorded scan: the report's JSON and the store hold every suite.
+    let (fired, report, stored) = recorded_scan(server.addr, &[&pki.root]).await;
+    let svc = &report["hosts"][0]["services"][0];
+    assert_eq!(
+        svc["tls"]["accepted_suites"]["TLCP"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "{svc}"
+    );
+    assert_eq!(
+        stored["tls"]["accepted_suites"]["TLCP"],
+        svc["tls"]["accepted_suites"]["TLCP"]
+    );
+    assert_eq!(stored["tls"]["tlcp_certs"][0]["trusted"], true);
+    // No trust or usage finding from the built-in rules.
     for rule in [
         "tls.cert_untrusted",
         "tls.tlcp_cert_usage",

@@ -153,8 +153,10 @@ pub async fn run(
             // HTTPS first (it fails fast on a plaintext port), then plain HTTP.
             for tls in [true, false] {
                 let scheme = if tls { "https" } else { "http" };
+                let step = tokio::time::Instant::now();
                 let result = http::probe(&target, port, tls, &spec, &limits).await;
-                out.exchanges.push(http_exchange(scheme, &result));
+                out.exchanges
+                    .push(http_exchange(scheme, &result, step.elapsed()));
                 if let Ok(Some(facts)) = result {
                     out.facts = serde_json::to_value(&facts).unwrap_or_default();
                     out.ok = true;
@@ -185,6 +187,7 @@ pub async fn run(
                         },
                         elapsed_ms: open.connect_time.as_millis() as u64,
                     });
+                    let step = tokio::time::Instant::now();
                     let checked =
                         service::probe(&target, port, &identity, &open.greeting, timeout, &limits)
                             .await;
@@ -199,7 +202,7 @@ pub async fn run(
                         step: "check".into(),
                         sent: Default::default(),
                         answer: check,
-                        elapsed_ms: 0,
+                        elapsed_ms: step.elapsed().as_millis() as u64,
                     });
                     out.facts = serde_json::json!({
                         "service": identity.service,
@@ -220,7 +223,11 @@ pub async fn run(
     Ok(out)
 }
 
-fn http_exchange(scheme: &str, result: &Result<Option<http::HttpFacts>, Failure>) -> Exchange {
+fn http_exchange(
+    scheme: &str,
+    result: &Result<Option<http::HttpFacts>, Failure>,
+    took: Duration,
+) -> Exchange {
     let answer = match result {
         Ok(Some(f)) => format!(
             "status {}{}",
@@ -237,7 +244,7 @@ fn http_exchange(scheme: &str, result: &Result<Option<http::HttpFacts>, Failure>
         step: format!("GET / ({scheme})"),
         sent: Default::default(),
         answer,
-        elapsed_ms: 0,
+        elapsed_ms: took.as_millis() as u64,
     }
 }
 

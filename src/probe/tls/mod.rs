@@ -140,7 +140,9 @@ pub struct TlsFacts {
 pub struct Exchange {
     /// What the exchange was for ("TLSv1.2", "TLCP", "detect", "rustls").
     pub step: String,
-    /// The hello: record and client version, suites offered, extensions.
+    /// The hello: record and client version, suites offered, extensions (left out of the
+    /// JSON for exchanges that send no ClientHello).
+    #[serde(skip_serializing_if = "HelloSummary::is_empty")]
     pub sent: HelloSummary,
     /// What came back, in words: "ServerHello TLSv1.2 TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
     /// 2 certificates", "alert 40", "closed without answer", ...
@@ -168,6 +170,11 @@ fn version_label(v: u16) -> String {
 }
 
 impl HelloSummary {
+    /// Nothing known of a hello (an exchange that sent none).
+    pub fn is_empty(&self) -> bool {
+        *self == HelloSummary::default()
+    }
+
     fn of(hello: &[u8]) -> HelloSummary {
         let Some(info) = wire::parse_client_hello(hello) else {
             return HelloSummary::default();

@@ -92,9 +92,9 @@ pub struct TlsFacts {
     /// SM suites accepted: TLCP ("ECC_SM4_CBC_SM3", ...), in a TLS 1.2 hello, and RFC 8998
     /// ("TLS_SM4_GCM_SM3", ...).
     pub sm_suites: Vec<String>,
-    /// Every accepted suite per version (TLCP included), in the server's order of preference
-    /// (the order it picked them from shrinking offers). IANA names; GB/T 38636 names for the
-    /// TLCP suites.
+    /// Every accepted suite per version (TLCP included), in the order the server picked them
+    /// from ever smaller offers: its preference when it enforces one, else the probe's offer
+    /// order. IANA names; GB/T 38636 names for the TLCP suites, which IANA does not list.
     pub accepted_suites: BTreeMap<TlsVersion, Vec<String>>,
     /// TLCP key exchanges accepted: "ECC" (SM2 encryption of the pre-master secret) and/or
     /// "ECDHE" (SM2 key agreement).

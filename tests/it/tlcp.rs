@@ -520,3 +520,47 @@ async fn probe_command_shows_facts_and_exchanges() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
+
+#[test]
+fn tlcp_cert_usage_rule_judges_only_tlcp_services() {
+    use netpatrol::facts::{Facts, Subject};
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "segments:\n  - {name: s, network: other, cidrs: [192.0.2.0/24]}\n",
+    );
+    let set = RuleSet::load(&config).unwrap();
+    let rule = set
+        .get("tls.tlcp_cert_usage")
+        .expect("in the built-in pack");
+    assert_eq!(rule.severity, netpatrol::rules::Severity::Medium);
+    assert!(
+        rule.basis.iter().any(|b| b.contains("GB/T 38636")),
+        "{:?}",
+        rule.basis
+    );
+    let fired = |problems: Option<&[&str]>| {
+        let mut f = Facts::new();
+        f.set("host.ip", "192.0.2.10");
+        f.set("service.port", 443i64);
+        f.set("tls.enabled", true);
+        if let Some(p) = problems {
+            f.set("tls.tlcp", true);
+            f.set(
+                "tls.tlcp_cert_problems",
+                p.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            );
+        }
+        set.evaluate(Subject::Service, &f)
+            .into_iter()
+            .filter(|h| h.rule.id == "tls.tlcp_cert_usage")
+            .map(|h| h.evidence.en.clone())
+            .collect::<Vec<_>>()
+    };
+    let hits = fired(Some(&["swapped"]));
+    assert_eq!(hits.len(), 1);
+    assert!(hits[0].contains("swapped"), "{}", hits[0]);
+    assert!(fired(Some(&[])).is_empty());
+    // Not TLCP: the fact is unknown, and unknown is not a finding.
+    assert!(fired(None).is_empty());
+}

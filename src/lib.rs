@@ -5,8 +5,8 @@
 //! (report, metrics, mail) and `bulletin`. `scan` runs the probes of one scan; `pass` takes a
 //! scan through assessment to the report and the store, for `app` and `daemon` alike;
 //! `daemon` schedules passes and serves HTTP (`daemon::api`); `lab` is the simulated district
-//! on loopback used by `demo` and the tests; `cli` and `app` are the command line and its
-//! wiring.
+//! on loopback used by `demo` and the tests; `probe_cmd` runs one probe on one endpoint for
+//! `netpatrol probe`; `cli` and `app` are the command line and its wiring.
 
 pub mod app;
 pub mod bulletin;

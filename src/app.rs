@@ -74,6 +74,14 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Daemon { config } => crate::daemon::run(&config).await,
+        Command::Probe {
+            what,
+            endpoint,
+            config,
+            name,
+            format,
+            lang,
+        } => probe_command(what, endpoint, config.as_deref(), name, format, lang).await,
         Command::Bulletin {
             config,
             period,
@@ -262,6 +270,64 @@ async fn scan_command(
         return Ok(ExitCode::from(EXIT_FAIL_ON));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `netpatrol probe`: 64 for a bad config or an address it may not probe, 1 when the probe
+/// failed, else 0.
+async fn probe_command(
+    what: crate::cli::ProbeWhat,
+    endpoint: std::net::SocketAddr,
+    config: Option<&Path>,
+    name: Option<String>,
+    format: Option<Format>,
+    lang: Option<String>,
+) -> ExitCode {
+    use crate::probe_cmd::{self, Kind};
+    let config = match config {
+        Some(path) => match config::load(path) {
+            Ok(c) => Some(c),
+            Err(errors) => {
+                eprint!("{errors}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+        None => None,
+    };
+    let kind = match what {
+        crate::cli::ProbeWhat::Tls => Kind::Tls,
+        crate::cli::ProbeWhat::Http => Kind::Http,
+        crate::cli::ProbeWhat::Service => Kind::Service,
+    };
+    let outcome = match probe_cmd::run(kind, endpoint, config.as_ref(), name).await {
+        Ok(o) => o,
+        Err(error) => {
+            eprintln!("netpatrol: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let lang = lang
+        .or_else(|| config.as_ref().map(|c| c.bulletin.lang.clone()))
+        .unwrap_or_else(|| "zh".into());
+    let format = format.unwrap_or(if std::io::stdout().is_terminal() {
+        Format::Table
+    } else {
+        Format::Json
+    });
+    match format {
+        Format::Json => match serde_json::to_string_pretty(&outcome) {
+            Ok(j) => println!("{j}"),
+            Err(error) => {
+                eprintln!("netpatrol: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Format::Table => print!("{}", probe_cmd::text(&outcome, &lang)),
+    }
+    if outcome.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// Serve `/metrics`, `/healthz` and the API of the demo on 127.0.0.1:9750 (or a free port when

@@ -31,6 +31,17 @@ pub enum Format {
     Json,
 }
 
+/// `netpatrol probe` kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProbeWhat {
+    /// TLS and TLCP posture: versions, every accepted suite, certificates.
+    Tls,
+    /// The web page: status, HSTS, login form, admin paths.
+    Http,
+    /// The greeting and the service check (unauthenticated access).
+    Service,
+}
+
 /// `--fail-on` values: the rules' severities.
 fn parse_severity(s: &str) -> Result<Severity, String> {
     Severity::parse(s).ok_or_else(|| format!("unknown severity {s:?} (one of {})", Severity::NAMES))
@@ -64,6 +75,28 @@ pub enum Command {
         /// Exit 3 when a finding of this severity or higher is open (waived ones do not count).
         #[arg(long, value_name = "SEVERITY", value_parser = parse_severity)]
         fail_on: Option<Severity>,
+    },
+    /// 探测单个服务，显示事实及交互过程 / Probe one endpoint: its facts and the exchanges behind them
+    Probe {
+        /// tls, http or service.
+        #[arg(value_enum)]
+        what: ProbeWhat,
+        /// The endpoint, IP:PORT (IPv6 as [ADDR]:PORT).
+        #[arg(value_name = "IP:PORT")]
+        endpoint: std::net::SocketAddr,
+        /// The config: its segments must declare the address (without it, only loopback
+        /// addresses may be probed), and its trust anchors and timeouts are used.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Host name to send (SNI, Host header) and to match the certificate against.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Output format. Default: readable text on a terminal, JSON otherwise.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Language of the text output: zh or en. Default: the config's bulletin.lang, else zh.
+        #[arg(long, value_name = "LANG")]
+        lang: Option<String>,
     },
     /// 守护进程：定时巡检与通报，提供 HTTP 接口 / Daemon: scheduled scans and bulletins, HTTP API
     Daemon {

@@ -278,6 +278,20 @@ pub const CATALOGUE: &[FactDef] = &[
         TLS,
         "accepted SM suites (TLCP or RFC 8998)",
     ),
+    def(
+        "tls.tlcp_cert_problems",
+        List,
+        S,
+        TLS,
+        "TLCP certificate roles gone wrong (GB/T 38636): swapped, signing_certificate_cannot_sign, encryption_certificate_cannot_encrypt, ..._missing; unknown when not TLCP",
+    ),
+    def(
+        "tls.tlcp_certs_trusted",
+        Bool,
+        S,
+        TLS,
+        "both TLCP certificates chain to a trusted root; unknown when not TLCP",
+    ),
     def("cert.subject", Str, S, TLS, "certificate subject"),
     def(
         "cert.days_left",

@@ -18,7 +18,7 @@ use chrono::{Months, NaiveDate};
 use crate::config::{Approval, Asset, Config, ProjectStage};
 use crate::facts::{Facts, Subject};
 use crate::observation::{HostObservation, ScanObservations};
-use crate::probe::tls::TlsFacts;
+use crate::probe::tls::{TlsFacts, TlsVersion};
 
 /// Where a host stands in the registers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -308,34 +308,41 @@ fn host_subjects(
     out.push(h);
 }
 
-/// Legacy protocol versions (SSLv3, TLS 1.0, TLS 1.1).
-const LEGACY_VERSIONS: [&str; 3] = ["SSLv3", "TLSv1.0", "TLSv1.1"];
-
 /// TLS facts of a service. `names_known`: the host goes by some name (PTR, project asset
 /// name); without one, whether the certificate matches "the host name" cannot be judged and
-/// `cert.hostname_match` stays unknown.
+/// `cert.hostname_match` stays unknown (as the probe's `hostname_match: null` says, unless the
+/// certificate covers the address itself).
 fn tls_facts(f: &mut Facts, tls: Option<&TlsFacts>, names_known: bool) {
     f.set("tls.enabled", tls.is_some());
     let Some(tls) = tls else { return };
-    f.set("tls.versions", tls.versions.clone());
-    f.set(
-        "tls.legacy_versions",
+    let names = |keep: fn(&TlsVersion) -> bool| -> Vec<String> {
         tls.versions
             .iter()
-            .filter(|v| LEGACY_VERSIONS.contains(&v.as_str()))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+            .filter(|v| keep(v))
+            .map(|v| v.to_string())
+            .collect()
+    };
+    f.set("tls.versions", names(|_| true));
+    f.set("tls.legacy_versions", names(|v| v.legacy()));
     f.set("tls.weak_ciphers", tls.weak_ciphers.clone());
     f.set("tls.tlcp", tls.tlcp);
     f.set("tls.sm_suites", tls.sm_suites.clone());
+    if tls.tlcp {
+        f.set("tls.tlcp_cert_problems", tls.tlcp_cert_problems.clone());
+        f.set(
+            "tls.tlcp_certs_trusted",
+            tls.tlcp_certs.len() >= 2 && tls.tlcp_certs.iter().all(|c| c.trusted),
+        );
+    }
     if let Some(cert) = tls.cert.as_ref().or(tls.tlcp_certs.first()) {
         f.set("cert.subject", cert.subject.as_str());
         f.set("cert.days_left", cert.days_left);
         f.set("cert.self_signed", cert.self_signed);
         f.set("cert.trusted", cert.trusted);
-        if names_known {
-            f.set("cert.hostname_match", cert.hostname_match);
+        if let Some(m) = cert.hostname_match
+            && (names_known || m)
+        {
+            f.set("cert.hostname_match", m);
         }
         f.set("cert.key", cert.key.as_str());
         f.set("cert.key_bits", i64::from(cert.key_bits));

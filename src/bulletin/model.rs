@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{BulletinError, Period};
 use crate::config::{Config, NetworkKind, ProjectStage};
 use crate::finding::{Finding, State, waiver_for};
+use crate::probe::tls::TlsVersion;
 use crate::rules::{RuleSet, Severity};
 use crate::store::{PeriodService, Store};
 
@@ -734,17 +735,16 @@ impl Ctx<'_> {
                 (!t.is_null()).then_some((s, t))
             })
             .collect();
-        let versions = |t: &serde_json::Value| -> Vec<String> {
+        let versions = |t: &serde_json::Value| -> Vec<TlsVersion> {
             t.get("versions")
                 .and_then(|v| v.as_array())
                 .map(|a| {
                     a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .filter_map(|v| v.as_str().and_then(TlsVersion::parse))
                         .collect()
                 })
                 .unwrap_or_default()
         };
-        let legacy = ["SSLv3", "TLSv1.0", "TLSv1.1"];
         let is_sm = |t: &serde_json::Value| {
             t.get("tlcp").and_then(|v| v.as_bool()).unwrap_or(false)
                 || t.get("sm_suites")
@@ -808,11 +808,11 @@ impl Ctx<'_> {
             endpoints,
             tls13: tls
                 .iter()
-                .filter(|(_, t)| versions(t).iter().any(|v| v == "TLSv1.3"))
+                .filter(|(_, t)| versions(t).contains(&TlsVersion::Tls13))
                 .count(),
             legacy: tls
                 .iter()
-                .filter(|(_, t)| versions(t).iter().any(|v| legacy.contains(&v.as_str())))
+                .filter(|(_, t)| versions(t).iter().any(|v| v.legacy()))
                 .count(),
             sm,
             sm_pct: if endpoints == 0 {

@@ -48,6 +48,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
 use crate::config::{Config, WaiverTarget};
+use crate::probe::tls::TlsVersion;
 use crate::probe::{ProbeKind, Reason};
 use crate::reconcile;
 use crate::store::{FindingCount, LatestRun, PlacementCount, Store, StoreError};
@@ -93,8 +94,15 @@ pub fn to_text_format(openmetrics: &str) -> String {
     out
 }
 
-/// TLS versions `netpatrol_tls_protocol_accepted` has a series for, oldest first.
-pub const TLS_VERSIONS: [&str; 5] = ["SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2", "TLSv1.3"];
+/// TLS versions `netpatrol_tls_protocol_accepted` has a series for, oldest first (TLCP is
+/// told by the SM gauge).
+pub const TLS_VERSIONS: [TlsVersion; 5] = [
+    TlsVersion::Ssl3,
+    TlsVersion::Tls10,
+    TlsVersion::Tls11,
+    TlsVersion::Tls12,
+    TlsVersion::Tls13,
+];
 
 /// Upper bounds of the scan duration buckets, seconds: from a loopback demo to a night's /16.
 const SCAN_BUCKETS: [f64; 12] = [
@@ -324,7 +332,7 @@ struct TlsEndpoint {
     segment: String,
     department: String,
     not_after: Option<f64>,
-    versions: Vec<&'static str>,
+    versions: Vec<TlsVersion>,
     sm: bool,
 }
 
@@ -347,7 +355,11 @@ impl RunInventory {
                         .map(|at| at.timestamp() as f64),
                     versions: TLS_VERSIONS
                         .into_iter()
-                        .filter(|v| tls.versions.iter().any(|t| t == v))
+                        .filter(|v| {
+                            tls.versions
+                                .iter()
+                                .any(|t| TlsVersion::parse(t) == Some(*v))
+                        })
                         .collect(),
                     sm: tls.tlcp || !tls.sm_suites.is_empty(),
                     department: label(row.department.as_deref()),

@@ -400,9 +400,97 @@ fn tls_config() -> rustls::ClientConfig {
     CONFIG.clone()
 }
 
-/// Accepts every certificate, but still checks that the handshake signatures are sound.
+/// Accepts every certificate, but still checks that the handshake signatures are sound. An
+/// X.509 v1 (or v2) certificate, which webpki refuses to parse (`UnsupportedCertVersion`), has
+/// its handshake signature checked here against the key x509-parser reads from it, as the TLS
+/// probe reads such certificates: the page behind an old certificate is still fetched.
 #[derive(Debug)]
 struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl AnyCertificate {
+    /// The handshake signature of a pre-v3 certificate, verified with the provider's algorithm
+    /// for `dss.scheme` whose key algorithm matches the certificate's. `None` when the
+    /// certificate is v3 (webpki's verdict stands) or does not parse.
+    fn legacy_version_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+        tls13: bool,
+    ) -> Option<Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error>> {
+        use x509_parser::prelude::{FromDer, X509Certificate, X509Version};
+        let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+        if parsed.version() == X509Version::V3 {
+            return None;
+        }
+        let bad = || {
+            Some(Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadSignature,
+            )))
+        };
+        // RFC 8446 4.2.3: no PKCS#1 v1.5 or SHA-1 signatures in TLS 1.3 handshakes.
+        use rustls::SignatureScheme as S;
+        let legacy_scheme = matches!(
+            dss.scheme,
+            S::RSA_PKCS1_SHA1
+                | S::RSA_PKCS1_SHA256
+                | S::RSA_PKCS1_SHA384
+                | S::RSA_PKCS1_SHA512
+                | S::ECDSA_SHA1_Legacy
+        );
+        if tls13 && legacy_scheme {
+            return bad();
+        }
+        let key_alg = spki_algorithm(parsed.public_key().raw)?;
+        let key = &parsed.public_key().subject_public_key.data;
+        let algs = self
+            .0
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algs)| *algs)
+            .unwrap_or_default();
+        let alg = algs
+            .iter()
+            .find(|a| a.public_key_alg_id().as_ref() == key_alg)?;
+        match alg.verify_signature(key, message, dss.signature()) {
+            Ok(()) => Some(Ok(
+                rustls::client::danger::HandshakeSignatureValid::assertion(),
+            )),
+            Err(_) => bad(),
+        }
+    }
+}
+
+/// The contents of the AlgorithmIdentifier of a DER SubjectPublicKeyInfo.
+fn spki_algorithm(spki: &[u8]) -> Option<&[u8]> {
+    /// Tag 0x30 (SEQUENCE) and a definite length: the contents and what follows.
+    fn sequence(b: &[u8]) -> Option<(&[u8], &[u8])> {
+        if *b.first()? != 0x30 {
+            return None;
+        }
+        let first = usize::from(*b.get(1)?);
+        let (len, start) = if first < 0x80 {
+            (first, 2)
+        } else {
+            let n = first & 0x7f;
+            if n == 0 || n > 3 {
+                return None;
+            }
+            let len = b
+                .get(2..2 + n)?
+                .iter()
+                .fold(0usize, |acc, &x| (acc << 8) | usize::from(x));
+            (len, 2 + n)
+        };
+        let end = start.checked_add(len)?;
+        Some((b.get(start..end)?, b.get(end..)?))
+    }
+    let (outer, _) = sequence(spki)?;
+    let (alg, _) = sequence(outer)?;
+    Some(alg)
+}
 
 impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     fn verify_server_cert(
@@ -428,6 +516,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
             dss,
             &self.0.signature_verification_algorithms,
         )
+        .or_else(|e| {
+            self.legacy_version_signature(message, cert, dss, false)
+                .unwrap_or(Err(e))
+        })
     }
 
     fn verify_tls13_signature(
@@ -442,6 +534,10 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
             dss,
             &self.0.signature_verification_algorithms,
         )
+        .or_else(|e| {
+            self.legacy_version_signature(message, cert, dss, true)
+                .unwrap_or(Err(e))
+        })
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {

@@ -17,7 +17,7 @@ use netpatrol::observation::{
     HostObservation, Liveness, RunState, ScanObservations, ScanRun, ServiceObservation,
 };
 use netpatrol::probe::ProbeKind;
-use netpatrol::probe::tls::{CertFacts, TlsFacts};
+use netpatrol::probe::tls::{CertFacts, TlsFacts, TlsVersion};
 use netpatrol::rules::{RuleSet, Severity, Text};
 use netpatrol::store::Store;
 
@@ -141,7 +141,8 @@ fn cert(subject: &str, not_after: &str) -> CertFacts {
         days_left: 0,
         self_signed: false,
         trusted: true,
-        hostname_match: true,
+        hostname_match: Some(true),
+        key_usage: None,
         key: "RSA-2048".into(),
         key_bits: 2048,
         signature: "sha256WithRSAEncryption".into(),
@@ -210,12 +211,12 @@ fn scan(id: &str, started: &str, hosts: Vec<HostObservation>) -> ScanObservation
 /// Two scans (October and November 2026) and their findings, with fixed times.
 async fn fill(store: &Store, rules: &RuleSet) {
     let tls = TlsFacts {
-        versions: vec!["TLSv1.0".into(), "TLSv1.2".into()],
+        versions: vec![TlsVersion::Tls10, TlsVersion::Tls12],
         cert: Some(cert("CN=xmsb.example.gov.cn", "2026-12-10T00:00:00Z")),
         ..TlsFacts::default()
     };
     let sm = TlsFacts {
-        versions: vec!["TLSv1.2".into(), "TLSv1.3".into()],
+        versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
         tlcp: true,
         sm_suites: vec!["ECC_SM4_CBC_SM3".into()],
         cert: Some(cert(

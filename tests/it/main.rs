@@ -11,4 +11,5 @@ mod rules;
 mod scan;
 mod support;
 mod syn;
+mod tlcp;
 mod tls;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use netpatrol::config::{NetworkKind, Segment, TrustSettings};
-use netpatrol::probe::tls::{self, TlsFacts, TlsSpec, Trust, wire};
+use netpatrol::probe::tls::{self, TlsFacts, TlsSpec, TlsVersion, Trust, wire};
 use netpatrol::scope::{Limits, Scope, Target};
 
 use crate::support::tls::{
@@ -56,7 +56,7 @@ async fn posture(server: std::net::SocketAddr, spec: &TlsSpec) -> TlsFacts {
 }
 
 fn versions(f: &TlsFacts) -> Vec<&str> {
-    f.versions.iter().map(String::as_str).collect()
+    f.versions.iter().map(|v| v.as_str()).collect()
 }
 
 #[tokio::test]
@@ -85,7 +85,7 @@ async fn modern_rustls_endpoint() {
     let took = started.elapsed();
     assert_eq!(versions(&f), ["TLSv1.2", "TLSv1.3"]);
     assert!(f.weak_ciphers.is_empty(), "{:?}", f.weak_ciphers);
-    assert_eq!(f.cipher_classes["TLSv1.2"], Vec::<String>::new());
+    assert_eq!(f.cipher_classes[&TlsVersion::Tls12], Vec::<String>::new());
     assert!(!f.tlcp);
     assert!(f.incomplete.is_empty(), "{:?}", f.incomplete);
     let cert = f.cert.as_ref().expect("certificate facts");
@@ -94,7 +94,7 @@ async fn modern_rustls_endpoint() {
     assert_eq!(cert.sans, ["www.lab.test"]);
     assert!(!cert.self_signed);
     assert!(!cert.trusted);
-    assert!(cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(true));
     assert_eq!(cert.key, "EC-P256");
     assert_eq!(cert.key_bits, 256);
     assert_eq!(cert.signature, "ecdsa-with-SHA256");
@@ -112,7 +112,7 @@ async fn modern_rustls_endpoint() {
     let f = posture(server.addr, &s).await;
     let cert = f.cert.unwrap();
     assert!(cert.trusted);
-    assert!(!cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(false));
 
     // The contract's JSON fields are all there.
     let json = serde_json::to_value(posture(server.addr, &spec(Trust::default(), &[], 1500)).await)
@@ -166,7 +166,7 @@ async fn expired_self_signed_certificate() {
     assert!(cert.days_left < -365 * 4, "{}", cert.days_left);
     assert!(cert.self_signed);
     assert!(!cert.trusted);
-    assert!(cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(true));
     assert_eq!(cert.not_before, "2020-01-01T00:00:00Z");
 }
 
@@ -188,7 +188,7 @@ async fn openssl_tls10_only_with_rsa1024_sha1() {
     .await;
     assert_eq!(versions(&f), ["TLSv1.0"]);
     assert!(
-        f.cipher_classes["TLSv1.0"].contains(&"cbc_only".to_string()),
+        f.cipher_classes[&TlsVersion::Tls10].contains(&"cbc_only".to_string()),
         "{:?}",
         f.cipher_classes
     );
@@ -197,7 +197,11 @@ async fn openssl_tls10_only_with_rsa1024_sha1() {
     assert_eq!(cert.key_bits, 1024);
     assert_eq!(cert.signature, "sha1WithRSAEncryption");
     assert!(cert.self_signed);
-    assert!(cert.hostname_match, "CN is used when there is no SAN");
+    assert_eq!(
+        cert.hostname_match,
+        Some(true),
+        "CN is used when there is no SAN"
+    );
 }
 
 #[tokio::test]
@@ -233,7 +237,7 @@ async fn openssl_null_and_anonymous_suites() {
     let f = posture(server.addr, &spec(Trust::default(), &[], 1500)).await;
     let took = started.elapsed();
     assert!(versions(&f).contains(&"TLSv1.2"), "{:?}", f.versions);
-    let classes = &f.cipher_classes["TLSv1.2"];
+    let classes = &f.cipher_classes[&TlsVersion::Tls12];
     assert!(classes.contains(&"null".to_string()), "{classes:?}");
     assert!(classes.contains(&"anon".to_string()), "{classes:?}");
     assert!(
@@ -278,9 +282,9 @@ async fn canned_3des_rc4_export_server() {
             f.weak_ciphers
         );
     }
-    for v in ["TLSv1.0", "TLSv1.2"] {
+    for v in [TlsVersion::Tls10, TlsVersion::Tls12] {
         assert_eq!(
-            f.cipher_classes[v],
+            f.cipher_classes[&v],
             ["export", "rc4", "3des", "cbc_only", "no_forward_secrecy"],
             "{v}"
         );
@@ -289,7 +293,7 @@ async fn canned_3des_rc4_export_server() {
         .cert
         .expect("certificate from the plaintext Certificate message");
     assert_eq!(cert.subject, "CN=old.lab.test");
-    assert!(cert.hostname_match);
+    assert_eq!(cert.hostname_match, Some(true));
 }
 
 #[tokio::test]
@@ -536,5 +540,80 @@ fn parsers_survive_random_bytes() {
             &trust,
             Utc::now(),
         );
+    }
+}
+
+#[tokio::test]
+async fn x509_v1_certificate_read_by_the_tls_and_the_https_probe() {
+    // Debian's OpenSSL makes an X.509 v1 certificate with `x509 -req -signkey` (no
+    // extensions); webpki refuses to parse those, rustls with it. `s_server -www` answers
+    // HTTP over TLS.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, csr, crt) = (
+        dir.path().join("v1.key"),
+        dir.path().join("v1.csr"),
+        dir.path().join("v1.crt"),
+    );
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=v1.lab.test",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["x509", "-req", "-days", "30", "-in"])
+            .arg(&csr)
+            .arg("-signkey")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "openssl made the v1 certificate");
+    for (i, versions) in [["-tls1_2"], ["-tls1_3"]].iter().enumerate() {
+        let server = OpensslServer::start(
+            ip(&format!("127.113.20.{}", i + 1)),
+            &crt,
+            &key,
+            &[versions[0], "-www"],
+        )
+        .await;
+        let f = posture(server.addr, &spec(Trust::default(), &["v1.lab.test"], 1500)).await;
+        let cert = f.cert.expect("the v1 certificate is parsed");
+        assert_eq!(cert.subject, "CN=v1.lab.test");
+        assert_eq!(cert.hostname_match, Some(true));
+
+        netpatrol::probe::http::install_crypto_provider();
+        let http_spec = netpatrol::probe::http::HttpSpec {
+            timeout: Duration::from_millis(3000),
+            admin_paths: Vec::new(),
+            ..Default::default()
+        };
+        let page = netpatrol::probe::http::probe(
+            &target(server.addr.ip()),
+            server.addr.port(),
+            true,
+            &http_spec,
+            &Limits::new(0, 8),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{versions:?}: https probe failed on a v1 certificate: {e}"))
+        .expect("an HTTP answer");
+        assert_eq!(page.status, 200, "{versions:?}");
+        assert_eq!(page.scheme, "https");
     }
 }

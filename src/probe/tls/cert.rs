@@ -1,5 +1,6 @@
 //! Certificate facts: what an X.509 certificate says (x509-parser), whether its chain reaches a
-//! trust anchor (rustls-webpki), and whether it names the host.
+//! trust anchor (rustls-webpki, with ring's algorithms and SM3withSM2 from `sm`), and whether
+//! it names the host.
 //!
 //! Works on DER bytes from any source (a rustls handshake, a plaintext Certificate message, a
 //! TLCP certificate pair); a certificate that does not parse yields no facts, never a panic.
@@ -9,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use std::sync::OnceLock;
+
+use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
 use serde::Serialize;
 use x509_parser::prelude::*;
 
@@ -78,30 +81,9 @@ impl Trust {
     }
 
     fn add_pem_file(&mut self, path: &Path) -> Result<(), TlsError> {
-        let bytes = std::fs::read(path).map_err(|source| TlsError::CaFileRead {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut count = 0;
-        for (index, item) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
-            let der = item.map_err(|e| TlsError::CaFilePem {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
-            let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| TlsError::CaCert {
-                path: path.to_owned(),
-                index: index + 1,
-                reason: e.to_string(),
-            })?;
-            self.anchors.push(anchor.to_owned());
-            self.extra += 1;
-            count += 1;
-        }
-        if count == 0 {
-            return Err(TlsError::CaFileEmpty {
-                path: path.to_owned(),
-            });
-        }
+        let anchors = anchors_from_pem_file(path)?;
+        self.extra += anchors.len();
+        self.anchors.extend(anchors);
         Ok(())
     }
 
@@ -113,6 +95,35 @@ impl Trust {
     pub fn is_empty(&self) -> bool {
         self.anchors.is_empty()
     }
+}
+
+/// The trust anchors of one PEM file of `trust.ca_files` (RSA, ECDSA, SM2 roots alike: an
+/// anchor is a name and a key, whatever the algorithm). An unreadable file, a PEM error or a
+/// file without a certificate is an error naming the file.
+pub fn anchors_from_pem_file(path: &Path) -> Result<Vec<TrustAnchor<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::CaFileRead {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut anchors = Vec::new();
+    for (index, item) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
+        let der = item.map_err(|e| TlsError::CaFilePem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let anchor = webpki::anchor_from_trusted_cert(&der).map_err(|e| TlsError::CaCert {
+            path: path.to_owned(),
+            index: index + 1,
+            reason: e.to_string(),
+        })?;
+        anchors.push(anchor.to_owned());
+    }
+    if anchors.is_empty() {
+        return Err(TlsError::CaFileEmpty {
+            path: path.to_owned(),
+        });
+    }
+    Ok(anchors)
 }
 
 /// What one certificate says, and how it fares against the trust store and the host's names.
@@ -133,8 +144,10 @@ pub struct CertFacts {
     /// The chain sent by the server reaches a trust anchor (checked at a time inside the
     /// certificate's validity, so that expiry is reported by `days_left` alone).
     pub trusted: bool,
-    /// One of the host's names (or its address) is covered by the certificate.
-    pub hostname_match: bool,
+    /// One of the host's names (or its address) is covered by the certificate; `None` when no
+    /// name of the host is known (no PTR, project asset name or SNI) and the address is not
+    /// covered either: unknown is not false.
+    pub hostname_match: Option<bool>,
     /// "RSA-2048", "EC-P256", "SM2", "Ed25519", "DSA-1024", ...
     pub key: String,
     pub key_bits: u32,
@@ -146,6 +159,9 @@ pub struct CertFacts {
     pub sha256: String,
     /// Number of certificates the server sent with this one (leaf included).
     pub chain_len: usize,
+    /// The keyUsage bits ("digitalSignature", "keyEncipherment", ...); `None` when the
+    /// certificate has no keyUsage extension.
+    pub key_usage: Option<Vec<String>>,
 }
 
 /// Facts about `chain[0]`, with `chain[1..]` as intermediates. `names` are the host's names
@@ -180,6 +196,7 @@ pub fn facts(
         serial: cert.raw_serial_as_string(),
         sha256: hex(ring::digest::digest(&ring::digest::SHA256, leaf_der).as_ref()),
         chain_len: chain.len(),
+        key_usage: super::sm::key_usage(&cert),
     })
 }
 
@@ -348,9 +365,7 @@ fn chain_trusted(
         .clamp(not_before.saturating_add(1), not_after.saturating_sub(1));
     let time = UnixTime::since_unix_epoch(std::time::Duration::from_secs(at.max(0) as u64));
     ee.verify_for_usage(
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .all,
+        algorithms(),
         &trust.anchors,
         &intermediates,
         time,
@@ -361,14 +376,28 @@ fn chain_trusted(
     .is_ok()
 }
 
+/// ring's signature algorithms and SM3withSM2.
+fn algorithms() -> &'static [&'static dyn SignatureVerificationAlgorithm] {
+    static ALL: OnceLock<Vec<&'static dyn SignatureVerificationAlgorithm>> = OnceLock::new();
+    ALL.get_or_init(|| {
+        let mut v = rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .all
+            .to_vec();
+        v.extend_from_slice(super::sm::ALGORITHMS);
+        v
+    })
+}
+
 /// Whether the certificate covers one of `names` or `ip`: subjectAltName DNS names (with a
 /// left-most `*` label) and addresses; the subject CN only when there is no SAN at all.
+/// `None` when nothing covers the address and there is no name to judge.
 fn hostname_match(
     cert: &X509Certificate<'_>,
     sans: &[String],
     names: &[String],
     ip: Option<IpAddr>,
-) -> bool {
+) -> Option<bool> {
     let mut presented: Vec<String> = sans.to_vec();
     if presented.is_empty() {
         presented.extend(
@@ -382,10 +411,17 @@ fn hostname_match(
             .iter()
             .any(|p| p.parse::<IpAddr>().ok() == Some(ip))
     });
-    ip_hit
-        || names
+    if ip_hit {
+        return Some(true);
+    }
+    if names.is_empty() {
+        return None;
+    }
+    Some(
+        names
             .iter()
-            .any(|n| presented.iter().any(|p| name_matches(p, n)))
+            .any(|n| presented.iter().any(|p| name_matches(p, n))),
+    )
 }
 
 /// RFC 6125 matching of a presented name against a reference name.

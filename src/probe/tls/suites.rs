@@ -9,7 +9,7 @@ use tls_parser::{
     TlsCipherAu, TlsCipherEnc, TlsCipherEncMode, TlsCipherKx, TlsCipherMac, TlsCipherSuite,
 };
 
-use super::wire::{SSL3, TLS12, TLS13};
+use super::wire::TLS12;
 
 /// TLCP suites (GB/T 38636): id and name.
 pub const TLCP_SUITES: [(u16, &str); 4] = [
@@ -79,17 +79,32 @@ fn is_anon(s: &TlsCipherSuite) -> bool {
     s.au == TlsCipherAu::Null && s.kx != TlsCipherKx::Null
 }
 
-/// Forward secrecy: an ephemeral key exchange that also authenticates the server.
+/// One of the four TLCP suites of GB/T 38636.
+pub fn tlcp_suite(id: u16) -> bool {
+    TLCP_SUITES.iter().any(|(i, _)| *i == id)
+}
+
+/// Forward secrecy: an ephemeral key exchange that also authenticates the server (TLCP's
+/// ECDHE suites too).
 pub fn forward_secret(id: u16) -> bool {
+    if tlcp_suite(id) {
+        return matches!(id, 0xe011 | 0xe051);
+    }
     TlsCipherSuite::from_id(id)
         .is_some_and(|s| matches!(s.kx, TlsCipherKx::Dhe | TlsCipherKx::Ecdhe) && !is_anon(s))
 }
 
 pub fn aead(id: u16) -> bool {
+    if tlcp_suite(id) {
+        return matches!(id, 0xe051 | 0xe053);
+    }
     TlsCipherSuite::from_id(id).is_some_and(|s| s.mac == TlsCipherMac::Aead)
 }
 
 pub fn cbc(id: u16) -> bool {
+    if tlcp_suite(id) {
+        return matches!(id, 0xe011 | 0xe013);
+    }
     TlsCipherSuite::from_id(id).is_some_and(|s| s.enc_mode == TlsCipherEncMode::Cbc)
 }
 
@@ -161,17 +176,9 @@ pub fn sound_offer(version: u16, keep: impl Fn(u16) -> bool) -> Vec<u16> {
         .collect()
 }
 
-/// A version's contract name.
+/// A version's contract name ("unknown" for other wire values).
 pub fn version_name(v: u16) -> &'static str {
-    match v {
-        SSL3 => "SSLv3",
-        0x0301 => "TLSv1.0",
-        0x0302 => "TLSv1.1",
-        TLS12 => "TLSv1.2",
-        TLS13 => "TLSv1.3",
-        super::wire::TLCP => "TLCP",
-        _ => "unknown",
-    }
+    super::TlsVersion::from_wire(v).map_or("unknown", super::TlsVersion::as_str)
 }
 
 #[cfg(test)]

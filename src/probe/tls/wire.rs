@@ -527,6 +527,8 @@ pub struct ClientHelloInfo {
     pub client_version: u16,
     pub suites: Vec<u16>,
     pub supported_versions: Vec<u16>,
+    /// Extension types in sent order.
+    pub extensions: Vec<u16>,
 }
 
 /// Parse a ClientHello record (one record, as this module writes them).
@@ -549,6 +551,7 @@ pub fn parse_client_hello(data: &[u8]) -> Option<ClientHelloInfo> {
     let comp = usize::from(*body.get(p)?);
     p += 1 + comp;
     let mut supported_versions = Vec::new();
+    let mut extensions = Vec::new();
     if let Some(len) = body.get(p..p + 2).map(be16) {
         let exts = body.get(p + 2..p + 2 + usize::from(len))?;
         let mut q = 0;
@@ -556,6 +559,7 @@ pub fn parse_client_hello(data: &[u8]) -> Option<ClientHelloInfo> {
             let kind = be16(&exts[q..]);
             let l = usize::from(be16(&exts[q + 2..]));
             let d = exts.get(q + 4..q + 4 + l)?;
+            extensions.push(kind);
             if kind == EXT_SUPPORTED_VERSIONS && !d.is_empty() {
                 supported_versions = d[1..].chunks_exact(2).map(be16).collect();
             }
@@ -567,7 +571,52 @@ pub fn parse_client_hello(data: &[u8]) -> Option<ClientHelloInfo> {
         client_version,
         suites,
         supported_versions,
+        extensions,
     })
+}
+
+/// The name of an extension type (hex when this module does not send it).
+pub fn extension_name(kind: u16) -> String {
+    match kind {
+        EXT_SNI => "server_name",
+        EXT_SUPPORTED_GROUPS => "supported_groups",
+        EXT_EC_POINT_FORMATS => "ec_point_formats",
+        EXT_SIGNATURE_ALGORITHMS => "signature_algorithms",
+        EXT_EXTENDED_MASTER_SECRET => "extended_master_secret",
+        EXT_SUPPORTED_VERSIONS => "supported_versions",
+        EXT_PSK_MODES => "psk_key_exchange_modes",
+        EXT_KEY_SHARE => "key_share",
+        EXT_RENEGOTIATION_INFO => "renegotiation_info",
+        other => return format!("0x{other:04x}"),
+    }
+    .to_string()
+}
+
+/// The RFC 8446 name of an alert description.
+pub fn alert_name(description: u8) -> &'static str {
+    match description {
+        0 => "close_notify",
+        10 => "unexpected_message",
+        20 => "bad_record_mac",
+        22 => "record_overflow",
+        40 => "handshake_failure",
+        42 => "bad_certificate",
+        43 => "unsupported_certificate",
+        47 => "illegal_parameter",
+        48 => "unknown_ca",
+        50 => "decode_error",
+        51 => "decrypt_error",
+        70 => "protocol_version",
+        71 => "insufficient_security",
+        80 => "internal_error",
+        86 => "inappropriate_fallback",
+        90 => "user_canceled",
+        109 => "missing_extension",
+        110 => "unsupported_extension",
+        112 => "unrecognized_name",
+        120 => "no_application_protocol",
+        _ => "unknown",
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod dns;
 pub mod fakes;
 pub mod smtp;
 pub mod tls;
+pub mod tongsuo;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -145,7 +145,8 @@ impl SynScanner {
     /// `retries` resends and `timeout` after the last send means filtered. Neither is reported.
     ///
     /// Jobs go out port by port across all targets (consecutive SYNs go to different hosts).
-    /// Each SYN first waits for `limits.attempt()` unless the rate is unlimited. The concurrency
+    /// SYNs take attempts from `limits` in batches (see [`Limits::attempts`]) unless the rate is
+    /// unlimited, and each batch is sent at once. The concurrency
     /// limit does not apply: nothing is held open while waiting for replies.
     ///
     /// `progress` is called with batches of jobs, once per (target, port) when its first SYN has
@@ -355,7 +356,11 @@ impl SynScanner {
                 next = done;
             }
         } else {
+            // Attempts come from the bucket in batches; each granted batch goes out in a tight
+            // loop of non-blocking sends (no timer per SYN, which would cap the rate near the
+            // timer's resolution).
             let mut unreported = 0u64;
+            let mut granted = 0u32;
             for job in 0..group.jobs {
                 if resend && group.is_answered(job) {
                     continue;
@@ -364,11 +369,18 @@ impl SynScanner {
                     unreported += 1;
                     continue;
                 }
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => break,
-                    _ = limits.attempt() => {}
+                if granted == 0 {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    let want = u32::try_from(group.jobs - job).unwrap_or(u32::MAX);
+                    granted = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        n = limits.attempts(want) => n,
+                    };
                 }
+                granted -= 1;
                 stats.add(send_syn_async(&self.send, plan, group, job).await);
                 unreported += 1;
                 if unreported >= 64 {

@@ -3,6 +3,7 @@
 mod bulletin;
 mod config;
 mod daemon;
+mod engine;
 mod exposure;
 mod findings;
 mod probes;

@@ -17,7 +17,7 @@ use crate::config::{self, Config};
 use crate::lab::Lab;
 use crate::observation::RunState;
 use crate::output::report;
-use crate::pass::scan_and_record;
+use crate::pass::{PassError, scan_and_record};
 use crate::probe::ProbeKind;
 use crate::rules::{RuleSet, Severity};
 use crate::scan::ScanRequest;
@@ -193,7 +193,7 @@ async fn scan_command(
     let limits = Limits::new(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    let (observations, report) = scan_and_record(
+    let result = scan_and_record(
         config,
         rules,
         &store,
@@ -202,24 +202,20 @@ async fn scan_command(
         progress_bar(),
         cancel.clone(),
     )
-    .await?;
+    .await;
     store.close().await;
-
-    let to_terminal = output.is_none() && std::io::stdout().is_terminal();
-    let format = format.unwrap_or(if to_terminal {
-        Format::Table
-    } else {
-        Format::Json
-    });
-    let text = match format {
-        Format::Table => report::table(config, &report, to_terminal),
-        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+    let (observations, report) = match result {
+        Ok(done) => done,
+        Err(error) => {
+            // Not recorded (a full disk, say): the report is still printed or written, and the
+            // command fails.
+            if let Some(PassError::NotRecorded { report, .. }) = error.downcast_ref::<PassError>() {
+                write_report(config, report, format, output)?;
+            }
+            return Err(error);
+        }
     };
-    match output {
-        Some(path) => std::fs::write(path, text)
-            .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        None => print!("{text}"),
-    }
+    write_report(config, &report, format, output)?;
     if observations.run.state == RunState::Incomplete {
         return Ok(ExitCode::FAILURE);
     }
@@ -233,6 +229,31 @@ async fn scan_command(
         return Ok(ExitCode::from(EXIT_FAIL_ON));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Print the report (table on a terminal, JSON otherwise) or write it to `output`.
+fn write_report(
+    config: &Config,
+    report: &report::Report,
+    format: Option<Format>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let to_terminal = output.is_none() && std::io::stdout().is_terminal();
+    let format = format.unwrap_or(if to_terminal {
+        Format::Table
+    } else {
+        Format::Json
+    });
+    let text = match format {
+        Format::Table => report::table(config, report, to_terminal),
+        Format::Json => serde_json::to_string_pretty(report)? + "\n",
+    };
+    match output {
+        Some(path) => std::fs::write(path, text)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 /// Serve `/metrics`, `/healthz` and the API of the demo on 127.0.0.1:9750 (or a free port when

@@ -63,7 +63,7 @@ const SCAN_BUCKETS: [f64; 12] = [
 ];
 
 /// Every probe failure reason (the match below fails to compile when one is added).
-const REASONS: [Reason; 8] = [
+const REASONS: [Reason; 11] = [
     Reason::Timeout,
     Reason::Refused,
     Reason::Unreachable,
@@ -71,6 +71,9 @@ const REASONS: [Reason; 8] = [
     Reason::Reset,
     Reason::Protocol,
     Reason::Cancelled,
+    Reason::NoDescriptors,
+    Reason::NoBuffers,
+    Reason::NoLocalAddress,
     Reason::Other,
 ];
 
@@ -84,6 +87,9 @@ fn reasons_exhaustive(r: Reason) {
         | Reason::Reset
         | Reason::Protocol
         | Reason::Cancelled
+        | Reason::NoDescriptors
+        | Reason::NoBuffers
+        | Reason::NoLocalAddress
         | Reason::Other => {}
     }
 }

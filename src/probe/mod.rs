@@ -13,6 +13,7 @@
 
 pub mod banner;
 pub mod dns;
+pub mod fanout;
 pub mod http;
 pub mod icmp;
 pub mod service;
@@ -24,6 +25,8 @@ use std::fmt;
 use std::io;
 
 use serde::Serialize;
+
+pub use fanout::{Coverage, Cx, Probed, Stage, Tally, fan_out};
 
 /// Why a probe got no answer. A bounded set: these become metric label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -43,6 +46,12 @@ pub enum Reason {
     Protocol,
     /// The scan was cancelled before this probe finished.
     Cancelled,
+    /// Local: no file descriptor left (EMFILE, ENFILE).
+    NoDescriptors,
+    /// Local: no kernel memory or buffer space (ENOBUFS, ENOMEM).
+    NoBuffers,
+    /// Local: no local address or port to send from (EADDRNOTAVAIL, EADDRINUSE).
+    NoLocalAddress,
     /// Anything else the OS reported.
     Other,
 }
@@ -57,13 +66,37 @@ impl Reason {
             Reason::Reset => "reset",
             Reason::Protocol => "protocol",
             Reason::Cancelled => "cancelled",
+            Reason::NoDescriptors => "no_descriptors",
+            Reason::NoBuffers => "no_buffers",
+            Reason::NoLocalAddress => "no_local_address",
             Reason::Other => "other",
         }
+    }
+
+    /// Whether the failure happened on this machine (descriptors, buffers, local addresses,
+    /// permissions) rather than at the target: a probe that failed locally says nothing about
+    /// the target, so a scan with many of them is degraded.
+    pub fn is_local(self) -> bool {
+        matches!(
+            self,
+            Reason::NoDescriptors
+                | Reason::NoBuffers
+                | Reason::NoLocalAddress
+                | Reason::PermissionDenied
+        )
     }
 
     /// Map an OS error to its bounded reason.
     pub fn from_io(error: &io::Error) -> Reason {
         use io::ErrorKind as K;
+        // Local exhaustion first: std maps some of these to kinds shared with remote causes.
+        match error.raw_os_error() {
+            Some(EMFILE | ENFILE) => return Reason::NoDescriptors,
+            Some(ENOBUFS | ENOMEM) => return Reason::NoBuffers,
+            Some(EADDRNOTAVAIL | EADDRINUSE) => return Reason::NoLocalAddress,
+            Some(EPERM | EACCES) => return Reason::PermissionDenied,
+            _ => {}
+        }
         match error.kind() {
             K::ConnectionRefused => Reason::Refused,
             K::TimedOut | K::WouldBlock => Reason::Timeout,
@@ -71,7 +104,9 @@ impl Reason {
                 Reason::Reset
             }
             K::PermissionDenied => Reason::PermissionDenied,
-            K::HostUnreachable | K::NetworkUnreachable | K::AddrNotAvailable => Reason::Unreachable,
+            K::HostUnreachable | K::NetworkUnreachable => Reason::Unreachable,
+            K::AddrNotAvailable | K::AddrInUse => Reason::NoLocalAddress,
+            K::OutOfMemory => Reason::NoBuffers,
             K::InvalidData => Reason::Protocol,
             _ => match error.raw_os_error() {
                 // EHOSTUNREACH, ENETUNREACH on platforms where the kind is not mapped.
@@ -81,6 +116,16 @@ impl Reason {
         }
     }
 }
+
+// Linux errno values of local exhaustion (std has no stable kinds for all of them).
+const EPERM: i32 = 1;
+const ENOMEM: i32 = 12;
+const EACCES: i32 = 13;
+const ENFILE: i32 = 23;
+const EMFILE: i32 = 24;
+const EADDRINUSE: i32 = 98;
+const EADDRNOTAVAIL: i32 = 99;
+const ENOBUFS: i32 = 105;
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -190,7 +190,7 @@ async fn scan_command(
     fail_on: Option<Severity>,
 ) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.store.path).await?;
-    let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+    let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
     let result = scan_and_record(
@@ -303,7 +303,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         )
     })?;
     let store = Store::open(&config.store.path).await?;
-    let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+    let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
     eprintln!(

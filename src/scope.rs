@@ -231,6 +231,34 @@ impl Limits {
         })
     }
 
+    /// Limits for this process: raises the soft `RLIMIT_NOFILE` to its hard limit, then caps
+    /// `concurrency` to what the descriptors allow ([`DESCRIPTORS_PER_PROBE`] per probe in
+    /// flight, [`DESCRIPTORS_RESERVED`] kept for the store, the runtime and the HTTP server),
+    /// and says so in the log when it caps. Descriptors taken by other work at run time (the
+    /// daemon's HTTP clients, say) can still run out: such probes fail locally and count
+    /// against the scan's coverage.
+    pub fn for_process(rate: u32, concurrency: usize) -> Arc<Limits> {
+        let allowed = match raise_descriptor_limit() {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the descriptor limit; concurrency left as configured");
+                return Limits::new(rate, concurrency);
+            }
+        };
+        let fit = (allowed.saturating_sub(DESCRIPTORS_RESERVED) / DESCRIPTORS_PER_PROBE).max(1);
+        let fit = usize::try_from(fit).unwrap_or(usize::MAX);
+        if fit < concurrency {
+            tracing::warn!(
+                descriptors = allowed,
+                configured = concurrency,
+                capped = fit,
+                "scan.concurrency capped to what the descriptor limit (RLIMIT_NOFILE) allows; \
+                 raise the hard limit (LimitNOFILE= in the systemd unit) to lift it"
+            );
+        }
+        Limits::new(rate, concurrency.min(fit))
+    }
+
     /// Whether the rate is unlimited (rate 0): [`attempt`](Limits::attempt) then returns at
     /// once, and a sender that goes through many attempts without awaiting may skip it.
     pub fn is_unlimited(&self) -> bool {
@@ -279,4 +307,30 @@ impl Limits {
         }
         granted
     }
+}
+
+/// Descriptors a probe in flight may hold at once (a connection, and a second one while an HTTP
+/// client or a TLS probe replaces it).
+pub const DESCRIPTORS_PER_PROBE: u64 = 2;
+/// Descriptors kept aside for everything but probes: the store, the runtime, the HTTP server.
+pub const DESCRIPTORS_RESERVED: u64 = 64;
+
+/// Raises the soft descriptor limit to the hard one; returns the soft limit now in force.
+pub fn raise_descriptor_limit() -> Result<u64, nix::Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::info!(
+                    from = soft,
+                    to = hard,
+                    "descriptor limit raised to its hard limit"
+                );
+                return Ok(hard);
+            }
+            Err(error) => tracing::warn!(%error, soft, hard, "cannot raise the descriptor limit"),
+        }
+    }
+    Ok(soft)
 }

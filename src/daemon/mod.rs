@@ -127,7 +127,7 @@ impl Loaded {
         });
         match (scans, bulletin) {
             (Some(scans), Some(bulletin)) if problems.is_empty() => {
-                let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+                let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
                 Ok(Loaded {
                     config,
                     rules,

@@ -252,7 +252,16 @@ pub fn waiver_for<'a>(
     today: NaiveDate,
 ) -> Option<&'a Waiver> {
     let ip = finding.ip.as_deref().and_then(|s| s.parse().ok());
-    let projects: Vec<String> = finding.project.iter().cloned().collect();
+    // Every project the finding's host belongs to, not only the first one it names: a waiver
+    // scoped to a host's second project covers that host too.
+    let mut projects: Vec<String> = finding.project.iter().cloned().collect();
+    if let (Some(ip), Some(segment)) = (ip, finding.segment.as_deref()) {
+        for p in reconcile::place(config, segment, ip, None).projects {
+            if !projects.contains(&p) {
+                projects.push(p);
+            }
+        }
+    }
     let target = WaiverTarget {
         ip,
         port: finding.port,

@@ -350,8 +350,9 @@ pub fn table(config: &Config, report: &Report, colours: bool) -> String {
     if s.state == RunState::Degraded {
         let _ = writeln!(
             out,
-            "注意 this scan is DEGRADED: probes failed on this machine or were not attempted; \
-             its findings open, none is resolved"
+            "注意：本次扫描降级（本机故障致部分探测失败或未执行），只新增问题，不关闭问题。\
+             DEGRADED: probes failed on this machine or were not attempted; its findings open, \
+             none is resolved"
         );
     }
     for segment in &s.segments {

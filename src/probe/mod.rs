@@ -4,9 +4,17 @@
 //! `scope`) and the probe's settings. Output: facts, or a [`Failure`] with a bounded
 //! [`Reason`]. A failing target is data, never an error that stops a scan. Probes never touch
 //! metrics, the store or rules. Every network step runs under a timeout; every new connection
-//! attempt first takes a permit from the scope's [`Limits`](crate::scope::Limits).
+//! attempt first takes an attempt from the scope's [`Limits`](crate::scope::Limits) (a token
+//! bucket that grants batches).
 //!
-//! One file per protocol: `icmp` (echo), `syn` (raw SYN scan, as root), `tcp` (connect scan and
+//! The scan runs every probe through one fan-out ([`fanout`]: [`fan_out`] under a [`Cx`]),
+//! which holds the concurrency slot, bounds each probe's total time, races it against
+//! cancellation, advances progress and keeps the tally (coverage and reasons); a probe's
+//! per-target outcome is a [`Probed`]. The raw SYN sender sends whole batches and reports to the
+//! same tally. [`Reason::is_local`] separates failures of this machine (descriptors, buffers,
+//! local addresses, permissions) from failures at the target.
+//!
+//! One file per protocol (and `fanout`, the wrapper): `icmp` (echo), `syn` (raw SYN scan, as root), `tcp` (connect scan and
 //! greeting read), `dns` (reverse lookups), `banner` (service naming from greeting bytes and
 //! ports), `service` (safe identification and unauthenticated-access checks), `tls` (TLS and
 //! TLCP posture), `http` (web pages).

@@ -384,3 +384,52 @@ async fn sigterm_ends_a_scan_stuck_on_a_silent_server() {
     assert!(!status.success(), "an interrupted scan exits 1");
     assert_eq!(report(&out)["scan"]["state"], "incomplete");
 }
+
+/// The token bucket on tokio's paused clock (simulated time, so this is arithmetic, not a
+/// timing assert): many takers asking for batches get, over five seconds, the configured rate
+/// within 10%, and no one-second window gets more than the rate plus 10%.
+#[tokio::test(start_paused = true)]
+async fn the_bucket_grants_the_rate_in_batches() {
+    for rate in [100u32, 2_000, 20_000, 100_000] {
+        let limits = Limits::new(rate, 64);
+        let start = tokio::time::Instant::now();
+        let end = start + Duration::from_secs(5);
+        let grants = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut set = tokio::task::JoinSet::new();
+        for taker in 0..16u32 {
+            let (limits, grants) = (limits.clone(), grants.clone());
+            set.spawn(async move {
+                loop {
+                    let n = limits.attempts(1 + taker * 97).await;
+                    let now = tokio::time::Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    grants.lock().unwrap().push((now - start, n));
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        let mut grants = std::mem::take(&mut *grants.lock().unwrap());
+        grants.sort();
+        let total: u64 = grants.iter().map(|g| u64::from(g.1)).sum();
+        let expected = u64::from(rate) * 5;
+        assert!(
+            total.abs_diff(expected) * 10 <= expected,
+            "rate {rate}: {total} granted in 5 s, expected about {expected}"
+        );
+        let mut window = 0u64;
+        let mut first = 0;
+        for (at, n) in &grants {
+            window += u64::from(*n);
+            while grants[first].0 + Duration::from_secs(1) <= *at {
+                window -= u64::from(grants[first].1);
+                first += 1;
+            }
+            assert!(
+                window * 10 <= u64::from(rate) * 11,
+                "rate {rate}: {window} granted within one second"
+            );
+        }
+    }
+}

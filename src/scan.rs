@@ -453,6 +453,11 @@ fn deadline(timeout: Duration, steps: u32) -> Duration {
     timeout.saturating_mul(steps.max(1)) + Duration::from_secs(1)
 }
 
+/// A connect probe's overall deadline: every attempt, the greeting wait, a second of slack.
+fn connect_deadline(spec: &TcpSpec) -> Duration {
+    deadline(spec.timeout, u32::from(spec.retries) + 1) + spec.banner_wait.unwrap_or_default()
+}
+
 /// Port scan of one batch: raw SYN scan of the IPv4 targets when raw sockets are allowed (root
 /// or CAP_NET_RAW), then a connect probe (handshake time, greeting) of only the ports found
 /// open; connect scan for IPv6 targets, and for everything when SYN scanning is unavailable.
@@ -498,7 +503,7 @@ async fn port_scan(
     let stage = Stage {
         kind: ProbeKind::Tcp,
         slot: true,
-        deadline: deadline(spec.timeout, u32::from(spec.retries) + 2),
+        deadline: connect_deadline(&spec),
         planned: false,
     };
     let (jobs, limits) = (found.clone(), cx.limits.clone());
@@ -555,7 +560,7 @@ async fn connect_scan(
     let stage = Stage {
         kind: ProbeKind::Tcp,
         slot: true,
-        deadline: deadline(spec.timeout, u32::from(spec.retries) + 2),
+        deadline: connect_deadline(&spec),
         planned: true,
     };
     let t = targets.clone();
@@ -630,7 +635,7 @@ async fn tls_stage(
     let stage = Stage {
         kind: ProbeKind::Tls,
         slot: false,
-        deadline: deadline(timeout, 64),
+        deadline: deadline(timeout, 256),
         planned: false,
     };
     let (j, limits) = (jobs.clone(), cx.limits.clone());

@@ -4,7 +4,8 @@
 # netpatrol runs at `rate: 0` (as fast as it goes) and at the default rate (2,000 attempts per
 # second, run once: it takes rate-bound time by design, about 33 s for 65,535 ports).
 # As root netpatrol and nmap -sS send raw SYNs; otherwise netpatrol connect-scans and nmap -sS
-# is skipped.
+# is skipped. As root, with a C compiler, a minimal raw SYN sender and receiver (the kernel's
+# SYN->RST path with next to nothing else) gives the floor of the 256 x 1024 job.
 #
 #   benches/portscan.sh            # 5 runs each, median wall time and peak RSS
 #   RUNS=3 benches/portscan.sh
@@ -104,6 +105,13 @@ if [ -n "${DEFAULT_RATE_MANY:-}" ]; then
   runs_saved=$runs; runs=1
   measure netpatrol-many-default-rate "$bin" scan -c "$work/many-default.yaml" --probes tcp --format json
   runs=$runs_saved
+fi
+
+if $root_user && command -v cc >/dev/null; then
+  # The floor: a minimal C raw SYN sender and receiver (benches/floor/synfloor.c) over the
+  # same job shape on an address block where nothing listens.
+  cc -O2 -pthread -o "$work/synfloor" "$root/benches/floor/synfloor.c"
+  measure synfloor-many "$work/synfloor" 127.110.102 1024
 fi
 
 echo "== agreement on open ports"

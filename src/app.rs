@@ -17,7 +17,7 @@ use crate::config::{self, Config};
 use crate::lab::Lab;
 use crate::observation::RunState;
 use crate::output::report;
-use crate::pass::scan_and_record;
+use crate::pass::{PassError, scan_and_record};
 use crate::probe::ProbeKind;
 use crate::rules::{RuleSet, Severity};
 use crate::scan::ScanRequest;
@@ -227,10 +227,10 @@ async fn scan_command(
     fail_on: Option<Severity>,
 ) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.store.path).await?;
-    let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+    let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
-    let (observations, report) = scan_and_record(
+    let result = scan_and_record(
         config,
         rules,
         &store,
@@ -239,24 +239,20 @@ async fn scan_command(
         progress_bar(),
         cancel.clone(),
     )
-    .await?;
+    .await;
     store.close().await;
-
-    let to_terminal = output.is_none() && std::io::stdout().is_terminal();
-    let format = format.unwrap_or(if to_terminal {
-        Format::Table
-    } else {
-        Format::Json
-    });
-    let text = match format {
-        Format::Table => report::table(config, &report, to_terminal),
-        Format::Json => serde_json::to_string_pretty(&report)? + "\n",
+    let (observations, report) = match result {
+        Ok(done) => done,
+        Err(error) => {
+            // Not recorded (a full disk, say): the report is still printed or written, and the
+            // command fails.
+            if let Some(PassError::NotRecorded { report, .. }) = error.downcast_ref::<PassError>() {
+                write_report(config, report, format, output)?;
+            }
+            return Err(error);
+        }
     };
-    match output {
-        Some(path) => crate::output::write_file(path, text.as_bytes())
-            .with_context(|| format!("cannot write the report to {}", path.display()))?,
-        None => print!("{text}"),
-    }
+    write_report(config, &report, format, output)?;
     if observations.run.state == RunState::Incomplete {
         return Ok(ExitCode::FAILURE);
     }
@@ -283,22 +279,20 @@ async fn probe_command(
     lang: Option<String>,
 ) -> ExitCode {
     use crate::probe_cmd::{self, Kind};
-    let config = match config {
-        Some(path) => match config::load(path) {
-            Ok(c) => Some(c),
-            Err(errors) => {
-                eprint!("{errors}");
-                return ExitCode::from(EXIT_USAGE);
-            }
+    let loaded = match config {
+        Some(path) => match compile(path) {
+            Ok(loaded) => Some(loaded),
+            Err(code) => return code,
         },
         None => None,
     };
+    let config = loaded.as_ref().map(|l| &l.config);
     let kind = match what {
         crate::cli::ProbeWhat::Tls => Kind::Tls,
         crate::cli::ProbeWhat::Http => Kind::Http,
         crate::cli::ProbeWhat::Service => Kind::Service,
     };
-    let outcome = match probe_cmd::run(kind, endpoint, config.as_ref(), name).await {
+    let outcome = match probe_cmd::run(kind, endpoint, config, name).await {
         Ok(o) => o,
         Err(error) => {
             eprintln!("netpatrol: {error}");
@@ -306,7 +300,7 @@ async fn probe_command(
         }
     };
     let lang = lang
-        .or_else(|| config.as_ref().map(|c| c.bulletin.lang.clone()))
+        .or_else(|| config.map(|c| c.bulletin.lang.clone()))
         .unwrap_or_else(|| "zh".into());
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {
         Format::Table
@@ -328,6 +322,31 @@ async fn probe_command(
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// Print the report (table on a terminal, JSON otherwise) or write it to `output`.
+fn write_report(
+    config: &Config,
+    report: &report::Report,
+    format: Option<Format>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    let to_terminal = output.is_none() && std::io::stdout().is_terminal();
+    let format = format.unwrap_or(if to_terminal {
+        Format::Table
+    } else {
+        Format::Json
+    });
+    let text = match format {
+        Format::Table => report::table(config, report, to_terminal),
+        Format::Json => serde_json::to_string_pretty(report)? + "\n",
+    };
+    match output {
+        Some(path) => crate::output::write_file(path, text.as_bytes())
+            .with_context(|| format!("cannot write the report to {}", path.display()))?,
+        None => print!("{text}"),
+    }
+    Ok(())
 }
 
 /// Serve `/metrics`, `/healthz` and the API of the demo on 127.0.0.1:9750 (or a free port when
@@ -385,7 +404,7 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
     })?;
     let (config, rules) = (&loaded.config, &loaded.rules);
     let store = Store::open(&config.store.path).await?;
-    let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+    let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
     eprintln!(

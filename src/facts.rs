@@ -74,6 +74,41 @@ pub enum Kind {
     List,
 }
 
+/// What a finding is about: the subject and what identifies and places it (address, port,
+/// segment, department, projects, approval). One type from reconciliation to the lifecycle and
+/// the waivers, so no stage re-derives or drops part of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Locus {
+    pub subject: Subject,
+    pub ip: Option<std::net::IpAddr>,
+    pub port: Option<u16>,
+    pub segment: Option<String>,
+    pub department: Option<String>,
+    /// The project a project-level subject is; for hosts and services, the first project that
+    /// lists them (the one a finding names).
+    pub project: Option<String>,
+    /// Every project that lists the host (or the project itself): a waiver scoped to any of
+    /// them applies.
+    pub projects: Vec<String>,
+    pub approval: Option<String>,
+}
+
+impl Locus {
+    /// A locus of `subject` with nothing else known yet.
+    pub fn of(subject: Subject) -> Locus {
+        Locus {
+            subject,
+            ip: None,
+            port: None,
+            segment: None,
+            department: None,
+            project: None,
+            projects: Vec::new(),
+            approval: None,
+        }
+    }
+}
+
 /// What a rule is evaluated against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -13,15 +13,19 @@
 //!
 //! Waivers do not change the stored state: whether a finding is waived is decided when it is
 //! shown, from the config's exceptions and the date, so an expired waiver stops hiding it at once.
+//! A waiver is matched against the finding's [`Locus`] (every project that lists its host, not
+//! only the one the finding names).
+//!
+//! A degraded or incomplete scan (see `RunState`) covers nothing: it opens and refreshes what it
+//! saw and resolves no finding.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::config::{Asset, Config, Waiver, WaiverTarget};
-use crate::facts::Subject;
+use crate::facts::{Locus, Subject};
 use crate::observation::{RunState, ScanObservations};
 use crate::reconcile::{self, History, SubjectFacts};
 use crate::rules::{Hit, RuleSet, Severity, Text};
@@ -104,20 +108,14 @@ pub struct Observed {
     pub rule: String,
     pub severity: Severity,
     pub deadline_days: u32,
-    pub subject: Subject,
-    pub ip: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub segment: Option<String>,
-    pub department: Option<String>,
-    pub project: Option<String>,
-    pub approval: Option<String>,
+    pub locus: Locus,
     pub title: Text,
     pub evidence: Text,
     pub basis: Vec<String>,
 }
 
 /// The stable identity of a rule's finding about a subject.
-pub fn fingerprint(rule: &str, s: &SubjectFacts) -> String {
+pub fn fingerprint(rule: &str, s: &Locus) -> String {
     let ip = s.ip.map(|ip| ip.to_string()).unwrap_or_default();
     let port = s.port.map(|p| p.to_string()).unwrap_or_default();
     let (project, extra) = match s.subject {
@@ -132,17 +130,11 @@ pub fn fingerprint(rule: &str, s: &SubjectFacts) -> String {
 impl Observed {
     pub fn new(hit: &Hit<'_>, s: &SubjectFacts) -> Observed {
         Observed {
-            fingerprint: fingerprint(&hit.rule.id, s),
+            fingerprint: fingerprint(&hit.rule.id, &s.locus),
             rule: hit.rule.id.clone(),
             severity: hit.rule.severity,
             deadline_days: hit.rule.deadline_days,
-            subject: s.subject,
-            ip: s.ip,
-            port: s.port,
-            segment: s.segment.clone(),
-            department: s.department.clone(),
-            project: s.project.clone(),
-            approval: s.approval.clone(),
+            locus: s.locus.clone(),
             title: hit.rule.title.clone(),
             evidence: hit.evidence.clone(),
             basis: hit.rule.basis.clone(),
@@ -187,7 +179,7 @@ pub fn advance(
                     fingerprint: o.fingerprint.clone(),
                     rule: o.rule.clone(),
                     severity: o.severity,
-                    subject: o.subject,
+                    subject: o.locus.subject,
                     ip: None,
                     port: None,
                     segment: None,
@@ -216,12 +208,12 @@ pub fn advance(
         }
         // What the finding says follows the latest observation and rule pack.
         f.severity = o.severity;
-        f.ip = o.ip.map(|ip| ip.to_string());
-        f.port = o.port;
-        f.segment = o.segment.clone();
-        f.department = o.department.clone();
-        f.project = o.project.clone();
-        f.approval = o.approval.clone();
+        f.ip = o.locus.ip.map(|ip| ip.to_string());
+        f.port = o.locus.port;
+        f.segment = o.locus.segment.clone();
+        f.department = o.locus.department.clone();
+        f.project = o.locus.project.clone();
+        f.approval = o.locus.approval.clone();
         f.title = o.title.clone();
         f.evidence = o.evidence.clone();
         f.basis = o.basis.clone();
@@ -245,20 +237,45 @@ pub fn advance(
     (changed, events)
 }
 
+impl Finding {
+    /// The finding's locus as stored, with every project that lists its host (the stored row
+    /// names the first one only): a waiver scoped to a host's second project covers it too.
+    pub fn locus(&self, config: &Config) -> Locus {
+        let ip = self.ip.as_deref().and_then(|s| s.parse().ok());
+        let mut projects: Vec<String> = self.project.iter().cloned().collect();
+        if let (Some(ip), Some(segment)) = (ip, self.segment.as_deref()) {
+            for p in reconcile::place(config, segment, ip, None).projects {
+                if !projects.contains(&p) {
+                    projects.push(p);
+                }
+            }
+        }
+        Locus {
+            subject: self.subject,
+            ip,
+            port: self.port,
+            segment: self.segment.clone(),
+            department: self.department.clone(),
+            project: self.project.clone(),
+            projects,
+            approval: self.approval.clone(),
+        }
+    }
+}
+
 /// The waiver that hides `finding` on `today`, if any. Expired waivers hide nothing.
 pub fn waiver_for<'a>(
     config: &'a Config,
     finding: &Finding,
     today: NaiveDate,
 ) -> Option<&'a Waiver> {
-    let ip = finding.ip.as_deref().and_then(|s| s.parse().ok());
-    let projects: Vec<String> = finding.project.iter().cloned().collect();
+    let locus = finding.locus(config);
     let target = WaiverTarget {
-        ip,
-        port: finding.port,
-        segment: finding.segment.as_deref(),
-        department: finding.department.as_deref(),
-        projects: &projects,
+        ip: locus.ip,
+        port: locus.port,
+        segment: locus.segment.as_deref(),
+        department: locus.department.as_deref(),
+        projects: &locus.projects,
     };
     config
         .exceptions
@@ -291,7 +308,7 @@ pub fn assess(
         .iter()
         .flat_map(|s| {
             rules
-                .evaluate(s.subject, &s.facts)
+                .evaluate(s.locus.subject, &s.facts)
                 .into_iter()
                 .map(move |hit| Observed::new(&hit, s))
         })
@@ -383,13 +400,11 @@ mod tests {
             rule: "access.unapproved_host".into(),
             severity: Severity::High,
             deadline_days: 15,
-            subject: Subject::Host,
-            ip: Some("192.0.2.7".parse().unwrap()),
-            port: None,
-            segment: Some("a".into()),
-            department: None,
-            project: None,
-            approval: None,
+            locus: Locus {
+                ip: Some("192.0.2.7".parse().unwrap()),
+                segment: Some("a".into()),
+                ..Locus::of(Subject::Host)
+            },
             title: Text {
                 zh: "标题".into(),
                 en: "title".into(),

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::config::NetworkKind;
 use crate::probe::http::HttpFacts;
 use crate::probe::tls::TlsFacts;
-use crate::probe::{ProbeKind, Reason};
+use crate::probe::{Coverage, ProbeKind, Reason};
 
 /// One scan run: what was asked and how it ended.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +29,8 @@ pub struct ScanRun {
     pub probes: u64,
     pub probe_kinds: Vec<ProbeKind>,
     pub state: RunState,
+    /// Probes planned, answered, failed remotely and failed locally.
+    pub coverage: Coverage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -38,6 +40,10 @@ pub enum RunState {
     Complete,
     /// Stopped before it finished (Ctrl-C, shutdown); what it saw is kept, marked as partial.
     Incomplete,
+    /// Ran to the end, but blind in part: probes failed locally past
+    /// `compliance.max_local_failure_ratio`, or not every planned probe was attempted. Its
+    /// findings open; none resolves.
+    Degraded,
 }
 
 impl RunState {
@@ -46,7 +52,14 @@ impl RunState {
             RunState::Running => "running",
             RunState::Complete => "complete",
             RunState::Incomplete => "incomplete",
+            RunState::Degraded => "degraded",
         }
+    }
+
+    /// Whether the run saw everything it planned to see, so that what it did not see may be
+    /// taken as absent (findings resolve only after such runs).
+    pub fn is_complete(self) -> bool {
+        self == RunState::Complete
     }
 }
 
@@ -93,6 +106,16 @@ pub struct ServiceObservation {
     pub unauthenticated: Option<bool>,
     /// What the unauthenticated check saw (e.g. `redis_version:6.2.6`).
     pub exposure_evidence: Option<String>,
+    /// Probes that ran on this port and failed (kind and bounded reason), so that "failed" is
+    /// never read as "absent".
+    pub failures: Vec<ProbeFailure>,
+}
+
+/// One probe of one port that got no usable answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ProbeFailure {
+    pub probe: ProbeKind,
+    pub reason: Reason,
 }
 
 /// Counts of probe failures by kind and bounded reason (refusals of closed ports are not errors

@@ -3,7 +3,9 @@
 //!
 //! Pure and synchronous: inputs are the validated [`Config`], the scan's observations, what the
 //! store remembers ([`History`]) and the date; output is one [`SubjectFacts`] per host, service,
-//! scanned segment, approval of a scanned segment and project. No I/O, no clock.
+//! scanned segment, approval of a scanned segment and project: its [`Locus`] (what a finding
+//! about it is about, the one type the lifecycle and the waivers use too) and its facts. No
+//! I/O, no clock.
 //!
 //! Placement: a host's department is its segment's owner when the segment is departmental, else
 //! the department of an approval or project that covers it. An approval is valid on a day from
@@ -16,7 +18,7 @@ use std::net::IpAddr;
 use chrono::{Months, NaiveDate};
 
 use crate::config::{Approval, Asset, Config, ProjectStage};
-use crate::facts::{Facts, Subject};
+use crate::facts::{Facts, Locus, Subject};
 use crate::observation::{HostObservation, ScanObservations};
 use crate::probe::tls::{TlsFacts, TlsVersion};
 
@@ -37,33 +39,18 @@ pub struct History {
     pub last_seen: HashMap<IpAddr, NaiveDate>,
 }
 
-/// One thing a rule can be evaluated against, with what identifies it in a finding.
+/// One thing a rule can be evaluated against: its locus (what identifies it in a finding) and
+/// its facts.
 #[derive(Debug, Clone)]
 pub struct SubjectFacts {
-    pub subject: Subject,
-    pub ip: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub segment: Option<String>,
-    pub department: Option<String>,
-    /// The project a project-level subject is; for hosts and services, the first project that
-    /// lists them (see `projects` for all).
-    pub project: Option<String>,
-    pub projects: Vec<String>,
-    pub approval: Option<String>,
+    pub locus: Locus,
     pub facts: Facts,
 }
 
 impl SubjectFacts {
     fn new(subject: Subject) -> SubjectFacts {
         SubjectFacts {
-            subject,
-            ip: None,
-            port: None,
-            segment: None,
-            department: None,
-            project: None,
-            projects: Vec::new(),
-            approval: None,
+            locus: Locus::of(subject),
             facts: Facts::new(),
         }
     }
@@ -154,8 +141,8 @@ pub fn subjects(
         .filter(|s| scanned.contains(s.name.as_str()))
     {
         let mut s = SubjectFacts::new(Subject::Segment);
-        s.segment = Some(segment.name.clone());
-        s.department = segment.department.clone();
+        s.locus.segment = Some(segment.name.clone());
+        s.locus.department = segment.department.clone();
         let f = &mut s.facts;
         f.set("segment.name", segment.name.as_str());
         f.set("segment.network", segment.network.as_str());
@@ -183,9 +170,9 @@ pub fn subjects(
         .filter(|a| scanned.contains(a.segment.as_str()))
     {
         let mut s = SubjectFacts::new(Subject::Approval);
-        s.segment = Some(approval.segment.clone());
-        s.department = Some(approval.department.clone());
-        s.approval = Some(approval.id.clone());
+        s.locus.segment = Some(approval.segment.clone());
+        s.locus.department = Some(approval.department.clone());
+        s.locus.approval = Some(approval.id.clone());
         let covers = |ip: &IpAddr| approval.addresses.iter().any(|n| n.contains(ip));
         let last_seen = if seen_now.iter().any(covers) {
             Some(today)
@@ -238,12 +225,12 @@ fn host_subjects(
             .any(|a| a.expires_on.is_some_and(|end| end < today));
 
     let mut h = SubjectFacts::new(Subject::Host);
-    h.ip = Some(host.ip);
-    h.segment = Some(host.segment.clone());
-    h.department = placement.department.clone();
-    h.project = placement.projects.first().cloned();
-    h.projects = placement.projects.clone();
-    h.approval = valid.first().or(covering.first()).map(|a| a.id.clone());
+    h.locus.ip = Some(host.ip);
+    h.locus.segment = Some(host.segment.clone());
+    h.locus.department = placement.department.clone();
+    h.locus.project = placement.projects.first().cloned();
+    h.locus.projects = placement.projects.clone();
+    h.locus.approval = valid.first().or(covering.first()).map(|a| a.id.clone());
     let f = &mut h.facts;
     f.set("host.ip", host.ip.to_string());
     f.set("host.segment", host.segment.as_str());
@@ -265,13 +252,13 @@ fn host_subjects(
     let names_known = !known_names(config, host).is_empty();
     for service in &host.services {
         let mut s = h.clone();
-        s.subject = Subject::Service;
-        s.port = Some(service.port);
+        s.locus.subject = Subject::Service;
+        s.locus.port = Some(service.port);
         let approving = valid
             .iter()
             .find(|a| a.ports.as_ref().is_none_or(|p| p.contains(&service.port)));
         if let Some(a) = approving {
-            s.approval = Some(a.id.clone());
+            s.locus.approval = Some(a.id.clone());
         }
         let f = &mut s.facts;
         f.set("service.port", i64::from(service.port));
@@ -391,9 +378,9 @@ fn project_subject(
 ) -> SubjectFacts {
     let compliance = &config.compliance;
     let mut s = SubjectFacts::new(Subject::Project);
-    s.department = Some(project.department.clone());
-    s.project = Some(project.id.clone());
-    s.projects = vec![project.id.clone()];
+    s.locus.department = Some(project.department.clone());
+    s.locus.project = Some(project.id.clone());
+    s.locus.projects = vec![project.id.clone()];
     let assets: Vec<&HostObservation> = scan
         .hosts
         .iter()

@@ -3,37 +3,48 @@
 //! service naming → TLS/TLCP posture of the ports that did not greet in plaintext → safe
 //! identification and unauthenticated-access checks → web pages. Produces [`ScanObservations`]; recording them is the caller's job.
 //!
-//! Every probe goes through the process-wide [`Limits`]. Workers pull (address, port) jobs from
-//! a shared counter, so memory stays flat however large the scope: only open ports are kept.
-//! Cancelling the token stops new probes at once; what was seen so far comes back with the run
-//! marked [`RunState::Incomplete`].
+//! Every stage goes through the one fan-out of `probe::fanout` (slot, rate, deadline,
+//! cancellation, progress, tally), except the raw SYN sender, which sends whole batches and
+//! reports to the same tally. The scope is scanned in batches of [`BATCH`] addresses, each
+//! through every stage, and each finished batch's hosts go to the caller's checkpoint channel,
+//! so a killed process leaves what it saw in the store and memory stays flat however large the
+//! scope: only live hosts are kept.
+//!
+//! Cancelling the token reaches the probes in flight at once; what was seen so far comes back
+//! with the run marked [`RunState::Incomplete`]. A run that finished but failed locally past
+//! `compliance.max_local_failure_ratio`, or did not attempt every planned probe, is
+//! [`RunState::Degraded`]. Coverage (planned, answered, failed remotely or locally) is in the
+//! run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
 use indicatif::ProgressBar;
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::observation::{
-    HostObservation, Liveness, ProbeErrors, RunState, ScanObservations, ScanRun, ServiceObservation,
+    HostObservation, Liveness, ProbeFailure, RunState, ScanObservations, ScanRun,
+    ServiceObservation,
 };
 use crate::probe::banner;
 use crate::probe::dns::ReverseDns;
-use crate::probe::http::{self, HttpFacts, HttpSpec};
+use crate::probe::http::{self, HttpSpec};
 use crate::probe::icmp::Pinger;
-use crate::probe::service::{self as service_probe, ServiceFacts};
+use crate::probe::service as service_probe;
 use crate::probe::syn::SynScanner;
 use crate::probe::tcp::{self, OpenPort, TcpSpec};
 use crate::probe::tls::{self, TlsSpec, Trust};
-use crate::probe::{ProbeKind, Reason};
+use crate::probe::{Cx, ProbeKind, Probed, Reason, Stage, fan_out};
 use crate::reconcile;
 use crate::scope::{Limits, Scope, ScopeTooLarge, Target};
+
+/// Addresses scanned together through every stage before their hosts are checkpointed.
+pub const BATCH: usize = 256;
 
 /// What to scan.
 #[derive(Debug, Clone)]
@@ -61,28 +72,15 @@ pub enum ScanError {
     ScopeTooLarge(#[from] ScopeTooLarge),
 }
 
-/// Shared counters of one scan, read by the progress bar and the report.
-#[derive(Default)]
-struct Tally {
-    probes: AtomicU64,
-    errors: std::sync::Mutex<ProbeErrors>,
+/// A scan about to run: its scope, its targets and the run as the store first records it.
+pub struct Planned {
+    pub run: ScanRun,
+    targets: Vec<Target>,
+    request: ScanRequest,
 }
 
-impl Tally {
-    fn error(&self, kind: ProbeKind, reason: Reason) {
-        let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-        *errors.entry((kind, reason)).or_default() += 1;
-    }
-}
-
-/// Run one scan. `progress` (hidden when not on a terminal) advances one step per probe.
-pub async fn run(
-    config: &Config,
-    request: &ScanRequest,
-    limits: Arc<Limits>,
-    progress: ProgressBar,
-    cancel: CancellationToken,
-) -> Result<ScanObservations, ScanError> {
+/// Resolve the request into targets and a run header (`running`, nothing seen yet).
+pub fn plan(config: &Config, request: &ScanRequest) -> Result<Planned, ScanError> {
     let segments = if request.segments.is_empty() {
         config.segments.iter().collect::<Vec<_>>()
     } else {
@@ -97,71 +95,245 @@ pub async fn run(
             .collect::<Result<_, _>>()?
     };
     let scope = Scope::new(segments);
-    let targets: Arc<[Target]> = scope.targets()?.into();
+    let targets = scope.targets()?;
     let started_at = Utc::now();
     let id = format!(
         "{}-{:04x}",
         started_at.format("%Y%m%dT%H%M%S%.3fZ"),
         std::process::id() & 0xffff
     );
-    let tally = Arc::new(Tally::default());
+    Ok(Planned {
+        run: ScanRun {
+            id,
+            started_at,
+            finished_at: None,
+            segments: scope.segment_names(),
+            addresses: targets.len() as u64,
+            probes: 0,
+            probe_kinds: request.probes.iter().copied().collect(),
+            state: RunState::Running,
+            coverage: Default::default(),
+        },
+        targets,
+        request: request.clone(),
+    })
+}
+
+/// Run one scan. `progress` (hidden when not on a terminal) advances one step per probe.
+pub async fn run(
+    config: &Config,
+    request: &ScanRequest,
+    limits: Arc<Limits>,
+    progress: ProgressBar,
+    cancel: CancellationToken,
+) -> Result<ScanObservations, ScanError> {
+    let planned = plan(config, request)?;
+    Ok(execute(config, planned, &Cx::new(limits, cancel, progress), None).await)
+}
+
+/// Run a planned scan under `cx`. Each batch's live hosts are sent to `checkpoint` (when given)
+/// as soon as the batch is done; the full observations come back at the end.
+pub async fn execute(
+    config: &Config,
+    planned: Planned,
+    cx: &Cx,
+    checkpoint: Option<mpsc::UnboundedSender<Vec<HostObservation>>>,
+) -> ScanObservations {
+    let Planned {
+        mut run,
+        targets,
+        request,
+    } = planned;
     let settings = &config.scan;
     let wants = |k| request.probes.contains(&k);
-
     let ports: Arc<[u16]> = if wants(ProbeKind::Tcp) {
         settings.ports.clone().into()
     } else {
         Arc::from([])
     };
     let do_icmp = wants(ProbeKind::Icmp) && settings.icmp;
-    let total = targets.len() as u64 * (ports.len() as u64 + u64::from(do_icmp));
-    progress.set_length(total);
+
+    // Set up once per scan: the sockets and resolvers every batch shares.
+    let pinger = if do_icmp {
+        match Pinger::new() {
+            Ok(pinger) => Some(Arc::new(pinger)),
+            Err(error) => {
+                tracing::warn!(%error, "ICMP discovery skipped; liveness from TCP only");
+                cx.tally.error(ProbeKind::Icmp, Reason::PermissionDenied);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let syn = if ports.is_empty() {
+        None
+    } else {
+        match SynScanner::new() {
+            Ok(scanner) => Some(Arc::new(scanner)),
+            Err(error) => {
+                tracing::info!(%error, "SYN scan unavailable; connect scan");
+                None
+            }
+        }
+    };
+    let resolver = if wants(ProbeKind::Dns) && settings.dns.enabled {
+        match ReverseDns::new(&settings.dns, settings.timeout) {
+            Ok(r) => Some(Arc::new(r)),
+            Err(error) => {
+                tracing::warn!(%error, "reverse DNS skipped");
+                cx.tally.error(ProbeKind::Dns, Reason::Other);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let trust = if wants(ProbeKind::Tls) {
+        match Trust::load(&config.trust) {
+            Ok(trust) => Some(Arc::new(trust)),
+            Err(error) => {
+                tracing::error!(%error, "TLS probes skipped: the trust anchors do not load");
+                cx.tally.error(ProbeKind::Tls, Reason::Other);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let tools = Tools {
+        pinger,
+        syn: std::sync::Mutex::new(syn),
+        resolver,
+        trust,
+        ports,
+        spec: TcpSpec {
+            timeout: settings.timeout,
+            retries: settings.retries,
+            banner_wait: wants(ProbeKind::Banner).then_some(settings.banner_timeout),
+        },
+        identify: wants(ProbeKind::Banner),
+        web: wants(ProbeKind::Http),
+    };
+
+    // Every probe of the discovery and port scan is planned up front, whether or not the scan
+    // gets to it: a scan cut short shows as not having attempted them. (ICMP only when its
+    // socket opened: without it liveness comes from TCP alone, as the log says.)
+    let total =
+        targets.len() as u64 * (tools.ports.len() as u64 + u64::from(tools.pinger.is_some()));
+    cx.tally.plan(total);
+    cx.progress.set_length(total);
+
+    let mut hosts: Vec<HostObservation> = Vec::new();
+    for batch in targets.chunks(BATCH) {
+        if cx.cancel.is_cancelled() {
+            break;
+        }
+        let seen = scan_batch(config, &tools, batch, cx).await;
+        if let Some(sink) = &checkpoint
+            && !seen.is_empty()
+        {
+            // The receiver outlives the scan; a closed one only means nobody checkpoints.
+            let _ = sink.send(seen.clone());
+        }
+        hosts.extend(seen);
+    }
+    cx.progress.finish_and_clear();
+    hosts.sort_by_key(|h| h.ip);
+
+    run.finished_at = Some(Utc::now());
+    run.probes = cx.tally.probes();
+    run.coverage = cx.tally.coverage();
+    run.state = state_of(config, &run, cx.cancel.is_cancelled());
+    if run.state == RunState::Degraded {
+        tracing::warn!(
+            planned = run.coverage.planned,
+            answered = run.coverage.answered,
+            failed_remote = run.coverage.failed_remote,
+            failed_local = run.coverage.failed_local,
+            "scan degraded: it opens findings from what it saw and resolves none"
+        );
+    }
+    ScanObservations {
+        run,
+        hosts,
+        errors: cx.tally.errors(),
+    }
+}
+
+/// How a run that ended ended: incomplete when cancelled; degraded when it failed locally past
+/// the configured share or left planned probes unattempted; complete otherwise.
+fn state_of(config: &Config, run: &ScanRun, cancelled: bool) -> RunState {
+    let c = &run.coverage;
+    if cancelled {
+        RunState::Incomplete
+    } else if c.local_failure_ratio() > config.compliance.max_local_failure_ratio
+        || c.attempted() < c.planned
+    {
+        RunState::Degraded
+    } else {
+        RunState::Complete
+    }
+}
+
+/// What every batch of a scan shares.
+struct Tools {
+    pinger: Option<Arc<Pinger>>,
+    /// `None` once the SYN scan proved unavailable (then every batch uses the connect scan).
+    syn: std::sync::Mutex<Option<Arc<SynScanner>>>,
+    resolver: Option<Arc<ReverseDns>>,
+    trust: Option<Arc<Trust>>,
+    ports: Arc<[u16]>,
+    spec: TcpSpec,
+    identify: bool,
+    web: bool,
+}
+
+/// Every stage over one batch of targets; returns its live hosts in address order.
+async fn scan_batch(
+    config: &Config,
+    tools: &Tools,
+    batch: &[Target],
+    cx: &Cx,
+) -> Vec<HostObservation> {
+    let settings = &config.scan;
+    let targets: Arc<[Target]> = batch.into();
+    let by_ip: HashMap<IpAddr, &Target> = batch.iter().map(|t| (t.ip(), t)).collect();
 
     // Discovery: ICMP echo.
     let mut icmp_rtt: HashMap<IpAddr, Duration> = HashMap::new();
-    if do_icmp && !cancel.is_cancelled() {
-        match Pinger::new() {
-            Ok(pinger) => {
-                icmp_rtt = icmp_sweep(
-                    Arc::new(pinger),
-                    targets.clone(),
-                    settings.timeout,
-                    settings.retries,
-                    limits.clone(),
-                    tally.clone(),
-                    progress.clone(),
-                    cancel.clone(),
-                )
-                .await;
+    if let Some(pinger) = &tools.pinger {
+        let (pinger, t, limits) = (pinger.clone(), targets.clone(), cx.limits.clone());
+        let (timeout, retries) = (settings.timeout, settings.retries);
+        let stage = Stage {
+            kind: ProbeKind::Icmp,
+            slot: true,
+            deadline: deadline(timeout, u32::from(retries) + 1),
+            planned: true,
+        };
+        for (i, outcome) in fan_out(cx, stage, targets.len(), move |i| {
+            let (pinger, t, limits) = (pinger.clone(), t.clone(), limits.clone());
+            async move {
+                match pinger.ping(&t[i], timeout, retries, &limits).await {
+                    Ok(rtt) => Ok(Some(rtt)),
+                    Err(f) if f.reason == Reason::Timeout => Ok(None),
+                    Err(f) => Err(f),
+                }
             }
-            Err(error) => {
-                tracing::warn!(%error, "ICMP discovery skipped; liveness from TCP only");
-                tally.error(ProbeKind::Icmp, Reason::PermissionDenied);
-                progress.inc(targets.len() as u64);
+        })
+        .await
+        {
+            if let Probed::Found(rtt) = outcome {
+                icmp_rtt.insert(targets[i].ip(), rtt);
             }
         }
     }
 
     // Port scan, with greetings when the banner probe is on.
-    let spec = TcpSpec {
-        timeout: settings.timeout,
-        retries: settings.retries,
-        banner_wait: wants(ProbeKind::Banner).then_some(settings.banner_timeout),
-    };
-    let open = port_scan_auto(
-        targets.clone(),
-        ports,
-        spec,
-        limits.clone(),
-        tally.clone(),
-        progress.clone(),
-        cancel.clone(),
-    )
-    .await;
+    let open = port_scan(tools, targets.clone(), cx).await;
 
     // Live hosts, in address order.
     let mut hosts: BTreeMap<IpAddr, HostObservation> = BTreeMap::new();
-    let by_ip: HashMap<IpAddr, &Target> = targets.iter().map(|t| (t.ip(), t)).collect();
     fn host<'a>(
         hosts: &'a mut BTreeMap<IpAddr, HostObservation>,
         target: &Target,
@@ -193,90 +365,58 @@ pub async fn run(
     }
 
     // Reverse DNS of live hosts.
-    if wants(ProbeKind::Dns) && settings.dns.enabled && !hosts.is_empty() && !cancel.is_cancelled()
+    if let Some(resolver) = &tools.resolver
+        && !hosts.is_empty()
     {
-        match ReverseDns::new(&settings.dns, settings.timeout) {
-            Ok(resolver) => {
-                let live: Vec<Target> = hosts.keys().map(|ip| by_ip[ip].clone()).collect();
-                let names = reverse_dns(
-                    Arc::new(resolver),
-                    live,
-                    limits.clone(),
-                    tally.clone(),
-                    cancel.clone(),
-                )
-                .await;
-                for (ip, name) in names {
-                    if let Some(h) = hosts.get_mut(&ip) {
-                        h.ptr = Some(name);
-                    }
-                }
+        let live: Arc<[Target]> = hosts.keys().map(|ip| by_ip[ip].clone()).collect();
+        let (resolver, t, cx2) = (resolver.clone(), live.clone(), cx.clone());
+        let stage = Stage {
+            kind: ProbeKind::Dns,
+            slot: true,
+            deadline: deadline(settings.timeout, 3),
+            planned: false,
+        };
+        for (i, outcome) in fan_out(cx, stage, live.len(), move |i| {
+            let (resolver, t, cx) = (resolver.clone(), t.clone(), cx2.clone());
+            async move {
+                cx.attempt().await?;
+                resolver.ptr(&t[i]).await
             }
-            Err(error) => {
-                tracing::warn!(%error, "reverse DNS skipped");
-                tally.error(ProbeKind::Dns, Reason::Other);
+        })
+        .await
+        {
+            if let (Probed::Found(name), Some(h)) = (outcome, hosts.get_mut(&live[i].ip())) {
+                h.ptr = Some(name);
             }
         }
     }
+
     // TLS and TLCP posture of every open port that did not greet in plaintext.
-    if wants(ProbeKind::Tls) && !cancel.is_cancelled() {
-        match Trust::load(&config.trust) {
-            Ok(trust) => {
-                tls_stage(
-                    config,
-                    &mut hosts,
-                    &by_ip,
-                    Arc::new(trust),
-                    settings.timeout,
-                    limits.clone(),
-                    tally.clone(),
-                    cancel.clone(),
-                )
-                .await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "TLS probes skipped: the trust anchors do not load");
-                tally.error(ProbeKind::Tls, Reason::Other);
-            }
-        }
+    if let Some(trust) = &tools.trust {
+        tls_stage(
+            config,
+            &mut hosts,
+            &by_ip,
+            trust.clone(),
+            settings.timeout,
+            cx,
+        )
+        .await;
     }
     // Safe identification and unauthenticated-access checks, then the web pages.
-    if !cancel.is_cancelled() && (wants(ProbeKind::Banner) || wants(ProbeKind::Http)) {
+    if tools.identify || tools.web {
         exposure_stage(
             config,
             &mut hosts,
             &by_ip,
             &greetings,
-            (wants(ProbeKind::Banner), wants(ProbeKind::Http)),
+            (tools.identify, tools.web),
             settings.timeout,
-            limits.clone(),
-            tally.clone(),
-            cancel.clone(),
+            cx,
         )
         .await;
     }
-    progress.finish_and_clear();
-
-    let state = if cancel.is_cancelled() {
-        RunState::Incomplete
-    } else {
-        RunState::Complete
-    };
-    let errors = std::mem::take(&mut *tally.errors.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(ScanObservations {
-        run: ScanRun {
-            id,
-            started_at,
-            finished_at: Some(Utc::now()),
-            segments: scope.segment_names(),
-            addresses: targets.len() as u64,
-            probes: tally.probes.load(Ordering::Relaxed),
-            probe_kinds: request.probes.iter().copied().collect(),
-            state,
-        },
-        hosts: hosts.into_values().collect(),
-        errors,
-    })
+    hosts.into_values().collect()
 }
 
 fn service_of(open: OpenPort) -> ServiceObservation {
@@ -294,22 +434,184 @@ fn service_of(open: OpenPort) -> ServiceObservation {
         http: None,
         unauthenticated: None,
         exposure_evidence: None,
+        failures: Vec::new(),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Service names worth an HTTP request (besides any port that speaks modern TLS).
+const WEB_SERVICES: [&str; 6] = [
+    "http",
+    "https",
+    "elasticsearch",
+    "docker",
+    "kubelet",
+    "unknown",
+];
+
+/// A probe's overall deadline: `steps` steps of `timeout` each, and a second of slack.
+fn deadline(timeout: Duration, steps: u32) -> Duration {
+    timeout.saturating_mul(steps.max(1)) + Duration::from_secs(1)
+}
+
+/// A connect probe's overall deadline: every attempt, the greeting wait, a second of slack.
+fn connect_deadline(spec: &TcpSpec) -> Duration {
+    deadline(spec.timeout, u32::from(spec.retries) + 1) + spec.banner_wait.unwrap_or_default()
+}
+
+/// Port scan of one batch: raw SYN scan of the IPv4 targets when raw sockets are allowed (root
+/// or CAP_NET_RAW), then a connect probe (handshake time, greeting) of only the ports found
+/// open; connect scan for IPv6 targets, and for everything when SYN scanning is unavailable.
+/// A port that answered the SYN but then refused the connection is not reported open.
+async fn port_scan(
+    tools: &Tools,
+    targets: Arc<[Target]>,
+    cx: &Cx,
+) -> BTreeMap<IpAddr, Vec<OpenPort>> {
+    let ports = tools.ports.clone();
+    if ports.is_empty() || targets.is_empty() {
+        return BTreeMap::new();
+    }
+    let scanner = tools.syn.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(scanner) = scanner else {
+        return connect_scan(tools, targets, cx).await;
+    };
+    let (v4, v6): (Vec<Target>, Vec<Target>) =
+        targets.iter().cloned().partition(SynScanner::supports);
+    let spec = tools.spec;
+    let found = match scanner
+        .scan_cx(&v4, &ports, spec.timeout, spec.retries, cx)
+        .await
+    {
+        Ok(found) => found,
+        Err(f) if f.reason == Reason::PermissionDenied => {
+            tracing::warn!(failure = %f, "SYN scan refused; connect scan");
+            *tools.syn.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return connect_scan(tools, targets, cx).await;
+        }
+        Err(f) => {
+            tracing::warn!(failure = %f, "SYN scan failed");
+            let jobs = v4.len() * ports.len();
+            for _ in 0..jobs {
+                cx.tally.failed(ProbeKind::Tcp, f.reason);
+            }
+            cx.progress.inc(jobs as u64);
+            Vec::new()
+        }
+    };
+    // The open ports' handshakes and greetings: probes of their own, planned here.
+    let found: Arc<[(Target, u16)]> = found.into_iter().map(|(i, p)| (v4[i].clone(), p)).collect();
+    let stage = Stage {
+        kind: ProbeKind::Tcp,
+        slot: true,
+        deadline: connect_deadline(&spec),
+        planned: false,
+    };
+    let (jobs, limits) = (found.clone(), cx.limits.clone());
+    // Found(Some) connected, Found(None) refused now (not open after all); a port whose connect
+    // did not run or was cut short (cancellation) stays open on the SYN-ACK's word, without a
+    // greeting.
+    let mut connected: Vec<Option<Option<OpenPort>>> = vec![None; found.len()];
+    for (i, outcome) in fan_out(cx, stage, found.len(), move |i| {
+        let (jobs, limits) = (jobs.clone(), limits.clone());
+        async move {
+            let (target, port) = &jobs[i];
+            match tcp::probe(target, *port, &spec, &limits).await {
+                Ok(open) => Ok(Some(Some(open))),
+                // Closed since the SYN-ACK, or a firewall that answers SYNs for everything.
+                Err(f) if matches!(f.reason, Reason::Refused | Reason::Timeout) => Ok(Some(None)),
+                Err(f) => Err(f),
+            }
+        }
+    })
+    .await
+    {
+        match outcome {
+            Probed::Found(open) => connected[i] = Some(open),
+            Probed::Failed { .. } | Probed::Absent | Probed::NotRun => {}
+        }
+    }
+    let mut out: BTreeMap<IpAddr, Vec<OpenPort>> = BTreeMap::new();
+    for ((target, port), connect) in found.iter().zip(connected) {
+        let open = match connect {
+            Some(Some(open)) => open,
+            Some(None) => continue,
+            None => OpenPort {
+                port: *port,
+                connect_time: Duration::ZERO,
+                greeting: Vec::new(),
+            },
+        };
+        out.entry(target.ip()).or_default().push(open);
+    }
+    if !v6.is_empty() && !cx.cancel.is_cancelled() {
+        out.extend(connect_scan(tools, v6.into(), cx).await);
+    }
+    out
+}
+
+/// Connect scan: one fan-out over (address, port) jobs, port-major so consecutive attempts go
+/// to different hosts.
+async fn connect_scan(
+    tools: &Tools,
+    targets: Arc<[Target]>,
+    cx: &Cx,
+) -> BTreeMap<IpAddr, Vec<OpenPort>> {
+    let (ports, spec, limits) = (tools.ports.clone(), tools.spec, cx.limits.clone());
+    let stage = Stage {
+        kind: ProbeKind::Tcp,
+        slot: true,
+        deadline: connect_deadline(&spec),
+        planned: true,
+    };
+    let t = targets.clone();
+    let mut out: BTreeMap<IpAddr, Vec<OpenPort>> = BTreeMap::new();
+    for (i, outcome) in fan_out(cx, stage, targets.len() * ports.len(), move |i| {
+        let (t, ports, limits) = (t.clone(), ports.clone(), limits.clone());
+        async move {
+            let target = &t[i % t.len()];
+            let port = ports[i / t.len()];
+            match tcp::probe(target, port, &spec, &limits).await {
+                Ok(open) => Ok(Some(open)),
+                Err(f) if matches!(f.reason, Reason::Refused | Reason::Timeout) => Ok(None),
+                Err(f) => Err(f),
+            }
+        }
+    })
+    .await
+    {
+        if let Probed::Found(open) = outcome {
+            out.entry(targets[i % targets.len()].ip())
+                .or_default()
+                .push(open);
+        }
+    }
+    for ports in out.values_mut() {
+        ports.sort_by_key(|p| p.port);
+    }
+    out
+}
+
+/// The service on `ip:port` of `hosts`, when it is there.
+fn service_mut(
+    hosts: &mut BTreeMap<IpAddr, HostObservation>,
+    ip: IpAddr,
+    port: u16,
+) -> Option<&mut ServiceObservation> {
+    hosts
+        .get_mut(&ip)
+        .and_then(|h| h.services.iter_mut().find(|s| s.port == port))
+}
+
 async fn tls_stage(
     config: &Config,
     hosts: &mut BTreeMap<IpAddr, HostObservation>,
     by_ip: &HashMap<IpAddr, &Target>,
     trust: Arc<Trust>,
     timeout: Duration,
-    limits: Arc<Limits>,
-    tally: Arc<Tally>,
-    cancel: CancellationToken,
+    cx: &Cx,
 ) {
     let now = Utc::now();
-    let mut set = JoinSet::new();
+    let mut jobs = Vec::new();
     for host in hosts.values() {
         let names = reconcile::known_names(config, host);
         for service in &host.services {
@@ -324,59 +626,58 @@ async fn tls_stage(
                 trust: trust.clone(),
                 now,
             };
-            let (target, port) = (by_ip[&host.ip].clone(), service.port);
-            let (limits, tally, cancel) = (limits.clone(), tally.clone(), cancel.clone());
-            set.spawn(async move {
-                if cancel.is_cancelled() {
-                    return None;
-                }
-                tally.probes.fetch_add(1, Ordering::Relaxed);
-                match tls::probe(&target, port, &spec, &limits).await {
-                    Ok(facts) => Some((target.ip(), port, facts)),
-                    Err(f) => {
-                        tracing::debug!(ip = %target.ip(), port, failure = %f, "tls probe failed");
-                        // A silent plaintext service times out on a ClientHello: not an error.
-                        if f.reason != Reason::Timeout {
-                            tally.error(ProbeKind::Tls, f.reason);
-                        }
-                        Some((target.ip(), port, None))
-                    }
-                }
-            });
+            jobs.push((by_ip[&host.ip].clone(), service.port, spec));
         }
     }
-    while let Some(result) = set.join_next().await {
-        let Ok(Some((ip, port, facts))) = result else {
+    let jobs: Arc<[(Target, u16, TlsSpec)]> = jobs.into();
+    // The TLS probe opens one connection per version and suite it tries, each under its own
+    // slot and attempt (its module's rule); the fan-out bounds the whole probe's time.
+    let stage = Stage {
+        kind: ProbeKind::Tls,
+        slot: false,
+        deadline: deadline(timeout, 256),
+        planned: false,
+    };
+    let (j, limits) = (jobs.clone(), cx.limits.clone());
+    let outcomes = fan_out(cx, stage, jobs.len(), move |i| {
+        let (j, limits) = (j.clone(), limits.clone());
+        async move {
+            let (target, port, spec) = &j[i];
+            match tls::probe(target, *port, spec, &limits).await {
+                // A silent plaintext service times out on a ClientHello: not TLS, not a failure.
+                Err(f) if f.reason == Reason::Timeout => Ok(None),
+                other => other,
+            }
+        }
+    })
+    .await;
+    // Every probed port starts as "not TLS"; what was found or failed is filled in below.
+    for (target, port, _) in jobs.iter() {
+        if let Some(s) = service_mut(hosts, target.ip(), *port) {
+            s.tls = Some(None);
+        }
+    }
+    for (i, outcome) in outcomes {
+        let (target, port, _) = &jobs[i];
+        let Some(s) = service_mut(hosts, target.ip(), *port) else {
             continue;
         };
-        if let Some(s) = hosts
-            .get_mut(&ip)
-            .and_then(|h| h.services.iter_mut().find(|s| s.port == port))
-        {
-            s.tls = Some(facts);
+        match outcome {
+            Probed::Found(facts) => s.tls = Some(Some(facts)),
+            Probed::Failed { reason } => failed(s, ProbeKind::Tls, reason),
+            Probed::Absent | Probed::NotRun => {}
         }
     }
 }
 
-/// Service names worth an HTTP request (besides any port that speaks modern TLS).
-const WEB_SERVICES: [&str; 6] = [
-    "http",
-    "https",
-    "elasticsearch",
-    "docker",
-    "kubelet",
-    "unknown",
-];
-
-/// What the exposure stage learnt about one service.
-struct Exposure {
-    ip: IpAddr,
-    port: u16,
-    service: Option<ServiceFacts>,
-    http: Option<HttpFacts>,
+/// Keeps a failed probe on its service.
+fn failed(service: &mut ServiceObservation, probe: ProbeKind, reason: Reason) {
+    service.failures.push(ProbeFailure { probe, reason });
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One identification check: the port, what is known of its service, its greeting.
+type Check = (Target, u16, banner::Identity, Vec<u8>);
+
 async fn exposure_stage(
     config: &Config,
     hosts: &mut BTreeMap<IpAddr, HostObservation>,
@@ -384,12 +685,11 @@ async fn exposure_stage(
     greetings: &HashMap<(IpAddr, u16), Vec<u8>>,
     (identify, web): (bool, bool),
     timeout: Duration,
-    limits: Arc<Limits>,
-    tally: Arc<Tally>,
-    cancel: CancellationToken,
+    cx: &Cx,
 ) {
     http::install_crypto_provider();
-    let mut set = JoinSet::new();
+    let mut checks = Vec::new();
+    let mut fetches = Vec::new();
     for host in hosts.values() {
         let name = reconcile::known_names(config, host).into_iter().next();
         for service in &host.services {
@@ -402,313 +702,95 @@ async fn exposure_stage(
                 product: service.product.clone(),
                 version: service.version.clone(),
             };
-            let check = identify && service_probe::applies(&known, &greeting);
+            let target = by_ip[&host.ip].clone();
+            if identify && service_probe::applies(&known, &greeting) {
+                checks.push((target.clone(), service.port, known, greeting.clone()));
+            }
             let modern_tls = service
                 .tls
                 .as_ref()
                 .and_then(Option::as_ref)
                 .is_some_and(|t| t.versions.iter().any(|v| v == "TLSv1.2" || v == "TLSv1.3"));
             let is_tls = service.tls.as_ref().is_some_and(Option::is_some);
-            let fetch = web
+            if web
                 && greeting.is_empty()
-                && (modern_tls || (!is_tls && WEB_SERVICES.contains(&service.service.as_str())));
-            if !check && !fetch {
-                continue;
-            }
-            let (target, port) = (by_ip[&host.ip].clone(), service.port);
-            let (limits, tally, cancel) = (limits.clone(), tally.clone(), cancel.clone());
-            let spec = HttpSpec {
-                timeout,
-                host: name.clone(),
-                ..HttpSpec::default()
-            };
-            set.spawn(async move {
-                let mut out = Exposure {
-                    ip: target.ip(),
-                    port,
-                    service: None,
-                    http: None,
+                && (modern_tls || (!is_tls && WEB_SERVICES.contains(&service.service.as_str())))
+            {
+                let spec = HttpSpec {
+                    timeout,
+                    host: name.clone(),
+                    ..HttpSpec::default()
                 };
-                if cancel.is_cancelled() {
-                    return out;
-                }
-                if check {
-                    tally.probes.fetch_add(1, Ordering::Relaxed);
-                    match service_probe::probe(&target, port, &known, &greeting, timeout, &limits)
-                        .await
-                    {
-                        Ok(facts) => out.service = Some(facts),
-                        Err(f) => {
-                            tracing::debug!(ip = %target.ip(), port, failure = %f, "service check failed");
-                            tally.error(ProbeKind::Banner, f.reason);
-                        }
-                    }
-                }
-                if fetch {
-                    tally.probes.fetch_add(1, Ordering::Relaxed);
-                    match http::probe(&target, port, modern_tls, &spec, &limits).await {
-                        Ok(facts) => out.http = facts,
-                        Err(f) => {
-                            tracing::debug!(ip = %target.ip(), port, failure = %f, "http probe failed");
-                            if f.reason != Reason::Timeout {
-                                tally.error(ProbeKind::Http, f.reason);
-                            }
-                        }
-                    }
-                }
-                out
-            });
+                fetches.push((target, service.port, modern_tls, spec));
+            }
         }
     }
-    while let Some(result) = set.join_next().await {
-        let Ok(e) = result else { continue };
-        let Some(s) = hosts
-            .get_mut(&e.ip)
-            .and_then(|h| h.services.iter_mut().find(|s| s.port == e.port))
-        else {
+
+    // Identification and unauthenticated-access checks.
+    let checks: Arc<[Check]> = checks.into();
+    let stage = Stage {
+        kind: ProbeKind::Banner,
+        slot: true,
+        deadline: deadline(timeout, 8),
+        planned: false,
+    };
+    let (j, limits) = (checks.clone(), cx.limits.clone());
+    let outcomes = fan_out(cx, stage, checks.len(), move |i| {
+        let (j, limits) = (j.clone(), limits.clone());
+        async move {
+            let (target, port, known, greeting) = &j[i];
+            service_probe::probe(target, *port, known, greeting, timeout, &limits)
+                .await
+                .map(Some)
+        }
+    })
+    .await;
+    for (i, outcome) in outcomes {
+        let (target, port, _, _) = &checks[i];
+        let Some(s) = service_mut(hosts, target.ip(), *port) else {
             continue;
         };
-        if let Some(facts) = e.service {
-            if let Some(name) = facts.service {
-                s.service = name;
-            }
-            s.product = facts.product.or(s.product.take());
-            s.version = facts.version.or(s.version.take());
-            s.unauthenticated = facts.unauthenticated;
-            s.exposure_evidence = facts.evidence;
-        }
-        s.http = e.http;
-    }
-}
-
-/// Number of worker tasks for `jobs` jobs under `limits`.
-fn workers(limits: &Limits, jobs: usize) -> usize {
-    limits.concurrency().min(jobs).max(1)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn icmp_sweep(
-    pinger: Arc<Pinger>,
-    targets: Arc<[Target]>,
-    timeout: Duration,
-    retries: u8,
-    limits: Arc<Limits>,
-    tally: Arc<Tally>,
-    progress: ProgressBar,
-    cancel: CancellationToken,
-) -> HashMap<IpAddr, Duration> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut set = JoinSet::new();
-    for _ in 0..workers(&limits, targets.len()) {
-        let (pinger, targets, limits, tally, progress, cancel, next) = (
-            pinger.clone(),
-            targets.clone(),
-            limits.clone(),
-            tally.clone(),
-            progress.clone(),
-            cancel.clone(),
-            next.clone(),
-        );
-        set.spawn(async move {
-            let mut alive = Vec::new();
-            while !cancel.is_cancelled() {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(target) = targets.get(i) else { break };
-                tally.probes.fetch_add(1, Ordering::Relaxed);
-                let _slot = limits.slot().await;
-                match pinger.ping(target, timeout, retries, &limits).await {
-                    Ok(rtt) => alive.push((target.ip(), rtt)),
-                    Err(f) if f.reason == Reason::Timeout => {}
-                    Err(f) => {
-                        tracing::debug!(ip = %target.ip(), failure = %f, "icmp echo failed");
-                        tally.error(ProbeKind::Icmp, f.reason);
-                    }
+        match outcome {
+            Probed::Found(facts) => {
+                if let Some(name) = facts.service {
+                    s.service = name;
                 }
-                progress.inc(1);
+                s.product = facts.product.or(s.product.take());
+                s.version = facts.version.or(s.version.take());
+                s.unauthenticated = facts.unauthenticated;
+                s.exposure_evidence = facts.evidence;
             }
-            alive
-        });
-    }
-    let mut out = HashMap::new();
-    while let Some(result) = set.join_next().await {
-        out.extend(result.unwrap_or_default());
-    }
-    out
-}
-
-/// Port scan: raw SYN scan of the IPv4 targets when raw sockets are allowed (root or
-/// CAP_NET_RAW), then a connect probe (handshake time, greeting) of only the ports found open;
-/// connect scan for IPv6 targets, and for everything when SYN scanning is unavailable.
-/// A port that answered the SYN but then refused the connection is not reported open.
-async fn port_scan_auto(
-    targets: Arc<[Target]>,
-    ports: Arc<[u16]>,
-    spec: TcpSpec,
-    limits: Arc<Limits>,
-    tally: Arc<Tally>,
-    progress: ProgressBar,
-    cancel: CancellationToken,
-) -> BTreeMap<IpAddr, Vec<OpenPort>> {
-    if ports.is_empty() {
-        return BTreeMap::new();
-    }
-    let scanner = match SynScanner::new() {
-        Ok(scanner) => scanner,
-        Err(error) => {
-            tracing::info!(%error, "SYN scan unavailable; connect scan");
-            return port_scan(targets, ports, spec, limits, tally, progress, cancel).await;
+            Probed::Failed { reason } => failed(s, ProbeKind::Banner, reason),
+            Probed::Absent | Probed::NotRun => {}
         }
+    }
+
+    // The web pages.
+    let fetches: Arc<[(Target, u16, bool, HttpSpec)]> = fetches.into();
+    let stage = Stage {
+        kind: ProbeKind::Http,
+        slot: true,
+        deadline: deadline(timeout, 16),
+        planned: false,
     };
-    let (v4, v6): (Vec<Target>, Vec<Target>) =
-        targets.iter().cloned().partition(SynScanner::supports);
-    let report = |n: u64| {
-        progress.inc(n);
-        tally.probes.fetch_add(n, Ordering::Relaxed);
-    };
-    let found = match scanner
-        .scan(
-            &v4,
-            &ports,
-            spec.timeout,
-            spec.retries,
-            &limits,
-            &cancel,
-            &report,
-        )
-        .await
-    {
-        Ok(found) => found,
-        Err(f) if f.reason == Reason::PermissionDenied => {
-            tracing::warn!(failure = %f, "SYN scan refused; connect scan");
-            return port_scan(targets, ports, spec, limits, tally, progress, cancel).await;
+    let (j, limits) = (fetches.clone(), cx.limits.clone());
+    let outcomes = fan_out(cx, stage, fetches.len(), move |i| {
+        let (j, limits) = (j.clone(), limits.clone());
+        async move {
+            let (target, port, tls, spec) = &j[i];
+            http::probe(target, *port, *tls, spec, &limits).await
         }
-        Err(f) => {
-            tracing::warn!(failure = %f, "SYN scan failed");
-            tally.error(ProbeKind::Tcp, f.reason);
-            Vec::new()
-        }
-    };
-    let mut set = JoinSet::new();
-    for (i, port) in found {
-        let (target, limits) = (v4[i].clone(), limits.clone());
-        set.spawn(async move { (target.ip(), tcp::probe(&target, port, &spec, &limits).await) });
-    }
-    let mut out: BTreeMap<IpAddr, Vec<OpenPort>> = BTreeMap::new();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok((ip, Ok(open))) => out.entry(ip).or_default().push(open),
-            Ok((ip, Err(f))) => {
-                tracing::debug!(%ip, failure = %f, "SYN-open port refused the connect")
-            }
-            Err(_) => {}
+    })
+    .await;
+    for (i, outcome) in outcomes {
+        let (target, port, _, _) = &fetches[i];
+        let Some(s) = service_mut(hosts, target.ip(), *port) else {
+            continue;
+        };
+        match outcome {
+            Probed::Found(facts) => s.http = Some(facts),
+            Probed::Failed { reason } => failed(s, ProbeKind::Http, reason),
+            Probed::Absent | Probed::NotRun => {}
         }
     }
-    if !v6.is_empty() && !cancel.is_cancelled() {
-        out.extend(port_scan(v6.into(), ports, spec, limits, tally, progress, cancel).await);
-    }
-    out
-}
-
-/// Connect scan: worker tasks pull (address, port) jobs from a shared counter.
-async fn port_scan(
-    targets: Arc<[Target]>,
-    ports: Arc<[u16]>,
-    spec: TcpSpec,
-    limits: Arc<Limits>,
-    tally: Arc<Tally>,
-    progress: ProgressBar,
-    cancel: CancellationToken,
-) -> BTreeMap<IpAddr, Vec<OpenPort>> {
-    let jobs = targets.len() * ports.len();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut set = JoinSet::new();
-    for _ in 0..workers(&limits, jobs) {
-        let (targets, ports, limits, tally, progress, cancel, next) = (
-            targets.clone(),
-            ports.clone(),
-            limits.clone(),
-            tally.clone(),
-            progress.clone(),
-            cancel.clone(),
-            next.clone(),
-        );
-        set.spawn(async move {
-            let mut open = Vec::new();
-            let mut done = 0u64;
-            while !cancel.is_cancelled() {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= jobs {
-                    break;
-                }
-                // Port-major order spreads consecutive attempts over hosts.
-                let target = &targets[i % targets.len()];
-                let port = ports[i / targets.len()];
-                match tcp::probe(target, port, &spec, &limits).await {
-                    Ok(p) => open.push((target.ip(), p)),
-                    Err(f) if matches!(f.reason, Reason::Refused | Reason::Timeout) => {}
-                    Err(f) => {
-                        tracing::debug!(ip = %target.ip(), port, failure = %f, "tcp probe failed");
-                        tally.error(ProbeKind::Tcp, f.reason);
-                    }
-                }
-                done += 1;
-                // Batched so a fast scan does not contend on the shared counters.
-                if done.is_multiple_of(64) {
-                    progress.inc(64);
-                    tally.probes.fetch_add(64, Ordering::Relaxed);
-                }
-            }
-            progress.inc(done % 64);
-            tally.probes.fetch_add(done % 64, Ordering::Relaxed);
-            open
-        });
-    }
-    let mut out: BTreeMap<IpAddr, Vec<OpenPort>> = BTreeMap::new();
-    while let Some(result) = set.join_next().await {
-        for (ip, p) in result.unwrap_or_default() {
-            out.entry(ip).or_default().push(p);
-        }
-    }
-    out
-}
-
-async fn reverse_dns(
-    resolver: Arc<ReverseDns>,
-    hosts: Vec<Target>,
-    limits: Arc<Limits>,
-    tally: Arc<Tally>,
-    cancel: CancellationToken,
-) -> Vec<(IpAddr, String)> {
-    let mut set = JoinSet::new();
-    for target in hosts {
-        let (resolver, limits, tally, cancel) = (
-            resolver.clone(),
-            limits.clone(),
-            tally.clone(),
-            cancel.clone(),
-        );
-        set.spawn(async move {
-            if cancel.is_cancelled() {
-                return None;
-            }
-            let _slot = limits.slot().await;
-            limits.attempt().await;
-            tally.probes.fetch_add(1, Ordering::Relaxed);
-            match resolver.ptr(&target).await {
-                Ok(name) => name.map(|n| (target.ip(), n)),
-                Err(f) => {
-                    tracing::debug!(ip = %target.ip(), failure = %f, "reverse lookup failed");
-                    tally.error(ProbeKind::Dns, f.reason);
-                    None
-                }
-            }
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(result) = set.join_next().await {
-        if let Ok(Some(pair)) = result {
-            out.push(pair);
-        }
-    }
-    out
 }

@@ -75,6 +75,9 @@ pub struct Overview {
     pub segments_by_network: Vec<Count>,
     pub scans: usize,
     pub scans_complete: usize,
+    /// Scans that ran to the end but blind in part (`degraded`: local failures or probes not
+    /// attempted); they opened findings and resolved none.
+    pub scans_degraded: usize,
     pub addresses: u64,
     pub networks: Vec<NetworkRow>,
     pub hosts: usize,
@@ -395,6 +398,7 @@ pub async fn gather(
             .collect(),
         scans: runs.len(),
         scans_complete: runs.iter().filter(|r| r.state == "complete").count(),
+        scans_degraded: runs.iter().filter(|r| r.state == "degraded").count(),
         addresses: runs.iter().map(|r| r.addresses).max().unwrap_or(0),
         networks: network_rows,
         hosts: hosts.len(),

@@ -264,7 +264,7 @@ pub struct RuleOverride {
     pub at: Position,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ComplianceSettings {
     /// `access.approval_unused` after this many days without an answer. Default 30.
     pub approval_unused_days: u32,
@@ -277,6 +277,9 @@ pub struct ComplianceSettings {
     pub crypto_interval_months: u32,
     /// A finding resolves after this many consecutive scans without it. Default 2.
     pub resolve_after_scans: u32,
+    /// A scan whose probes failed locally (descriptors, buffers, ...) above this share of the
+    /// probes it attempted is degraded: it opens findings, resolves none. Default 0.01.
+    pub max_local_failure_ratio: f64,
 }
 
 impl Default for ComplianceSettings {
@@ -287,6 +290,7 @@ impl Default for ComplianceSettings {
             crypto_min_level: 3,
             crypto_interval_months: 12,
             resolve_after_scans: 2,
+            max_local_failure_ratio: 0.01,
         }
     }
 }

@@ -473,6 +473,11 @@ pub struct ComplianceConfig {
     /// A finding resolves after this many consecutive scans without it, at least 1; default 2.
     #[serde(default)]
     pub resolve_after_scans: Option<Spanned<u64>>,
+    /// Share (0 to 1) of a scan's attempted probes that may fail locally (descriptors,
+    /// buffers, local addresses, permissions) before the scan is degraded (it then opens
+    /// findings and resolves none); default 0.01.
+    #[serde(default)]
+    pub max_local_failure_ratio: Option<Spanned<f64>>,
 }
 
 /// One waiver (例外): a finding the bureau accepted for a while, with who and why.

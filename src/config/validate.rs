@@ -982,6 +982,19 @@ impl Validator {
                 1..=100,
                 defaults.resolve_after_scans,
             ),
+            max_local_failure_ratio: match raw.max_local_failure_ratio {
+                None => defaults.max_local_failure_ratio,
+                Some(r) if (0.0..=1.0).contains(&r.value) => r.value,
+                Some(r) => {
+                    self.problems.push(Problem::at(
+                        &self.config.file,
+                        r.referenced.line(),
+                        r.referenced.column(),
+                        format!("max_local_failure_ratio must be 0 to 1, got {}", r.value),
+                    ));
+                    defaults.max_local_failure_ratio
+                }
+            },
         }
     }
 

@@ -94,7 +94,8 @@ pub struct Loaded {
 
 impl From<config::Loaded> for Loaded {
     fn from(compiled: config::Loaded) -> Loaded {
-        let limits = Limits::new(compiled.config.scan.rate, compiled.config.scan.concurrency);
+        let limits =
+            Limits::for_process(compiled.config.scan.rate, compiled.config.scan.concurrency);
         Loaded {
             access: compiled.access,
             config: compiled.config,

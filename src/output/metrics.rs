@@ -26,6 +26,7 @@
 //! | `netpatrol_scan_duration_seconds` | histogram | | scans this daemon ran (complete or cut short) |
 //! | `netpatrol_scans_running` | gauge | | scans in flight in this daemon |
 //! | `netpatrol_scan_last_success_timestamp_seconds` | gauge | `segment` | end of the latest complete scan covering it |
+//! | `netpatrol_scan_coverage_ratio` | gauge | `segment` | (answered + failed remotely) / planned probes of the latest finished scan covering it (a degraded scan shows here) |
 //! | `netpatrol_probe_errors_total` | counter | `probe`, `reason` | summed over every recorded scan |
 //! | `netpatrol_outbox_messages` | gauge | `state` | mail by outbox state (`queued` always present) |
 //! | `netpatrol_config_reload_success` | gauge (0/1) | | whether the last (re)load was applied |
@@ -110,7 +111,7 @@ const SCAN_BUCKETS: [f64; 12] = [
 ];
 
 /// Every probe failure reason (the match below fails to compile when one is added).
-const REASONS: [Reason; 8] = [
+const REASONS: [Reason; 11] = [
     Reason::Timeout,
     Reason::Refused,
     Reason::Unreachable,
@@ -118,6 +119,9 @@ const REASONS: [Reason; 8] = [
     Reason::Reset,
     Reason::Protocol,
     Reason::Cancelled,
+    Reason::NoDescriptors,
+    Reason::NoBuffers,
+    Reason::NoLocalAddress,
     Reason::Other,
 ];
 
@@ -131,6 +135,9 @@ fn reasons_exhaustive(r: Reason) {
         | Reason::Reset
         | Reason::Protocol
         | Reason::Cancelled
+        | Reason::NoDescriptors
+        | Reason::NoBuffers
+        | Reason::NoLocalAddress
         | Reason::Other => {}
     }
 }
@@ -444,6 +451,17 @@ pub async fn render(
     let version = store.runs_version().await?;
     let cache = &daemon.inventory;
     inventory(&mut registry, store, config, &latest, cache, &version).await?;
+    let coverage = Family::<SegmentLabels, Gauge<f64, AtomicU64>>::default();
+    for (segment, ratio) in store.latest_coverage(&names).await? {
+        coverage
+            .get_or_create(&SegmentLabels { segment })
+            .set(ratio);
+    }
+    registry.register(
+        "netpatrol_scan_coverage_ratio",
+        "Probes answered or failed remotely over probes planned, latest scan of the segment",
+        coverage,
+    );
     findings(
         &mut registry,
         store,

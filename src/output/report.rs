@@ -13,7 +13,8 @@ use unicode_width::UnicodeWidthStr;
 
 use crate::config::{Config, NetworkKind};
 use crate::finding::{self, Finding};
-use crate::observation::{RunState, ScanObservations};
+use crate::observation::{ProbeFailure, RunState, ScanObservations};
+use crate::probe::Coverage;
 use crate::reconcile;
 use crate::rules::Severity;
 
@@ -66,8 +67,11 @@ pub struct ScanSection {
     pub segments: Vec<String>,
     pub addresses: u64,
     pub probes: u64,
-    /// Extension: `complete`, or `incomplete` when the scan was stopped early.
+    /// `complete`; `degraded` when probes failed locally past the threshold or not all were
+    /// attempted (it opens findings, resolves none); `incomplete` when stopped early.
     pub state: RunState,
+    /// Probes planned, answered, failed remotely and failed locally.
+    pub coverage: Coverage,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +100,8 @@ pub struct ServiceEntry {
     pub tls: Option<serde_json::Value>,
     /// Filled by the HTTP probe.
     pub http: Option<serde_json::Value>,
+    /// Probes that failed on this port: probe kind and bounded reason.
+    pub failures: Vec<ProbeFailure>,
 }
 
 fn rfc3339(t: DateTime<Utc>, tz: Tz) -> String {
@@ -172,6 +178,7 @@ pub fn build(
                             .and_then(|t| t.as_ref())
                             .and_then(|t| serde_json::to_value(t).ok()),
                         http: s.http.as_ref().and_then(|h| serde_json::to_value(h).ok()),
+                        failures: s.failures.clone(),
                     })
                     .collect(),
             }
@@ -186,6 +193,7 @@ pub fn build(
             addresses: scan.run.addresses,
             probes: scan.run.probes,
             state: scan.run.state,
+            coverage: scan.run.coverage,
         },
         hosts,
         findings,
@@ -317,6 +325,7 @@ pub fn table(config: &Config, report: &Report, colours: bool) -> String {
         match s.state {
             RunState::Complete => "complete",
             RunState::Incomplete => "INCOMPLETE",
+            RunState::Degraded => "DEGRADED",
             RunState::Running => "running",
         }
     );
@@ -328,6 +337,24 @@ pub fn table(config: &Config, report: &Report, colours: bool) -> String {
         report.hosts.len(),
         services
     );
+    let c = &s.coverage;
+    let _ = writeln!(
+        out,
+        "覆盖 coverage: {} planned, {} answered, {} failed remotely, {} failed locally ({:.1}%)",
+        c.planned,
+        c.answered,
+        c.failed_remote,
+        c.failed_local,
+        c.ratio() * 100.0
+    );
+    if s.state == RunState::Degraded {
+        let _ = writeln!(
+            out,
+            "注意：本次扫描降级（本机故障致部分探测失败或未执行），只新增问题，不关闭问题。\
+             DEGRADED: probes failed on this machine or were not attempted; its findings open, \
+             none is resolved"
+        );
+    }
     for segment in &s.segments {
         let hosts: Vec<&HostEntry> = report
             .hosts

@@ -144,7 +144,8 @@ const USER_AGENT: &str = concat!(
     " (network inventory)"
 );
 
-/// Probe the web service on `port` of `target`. `Ok(None)`: the port answered, but not in HTTP.
+/// Probe the web service on `port` of `target`; the caller (the scan's fan-out) holds the
+/// concurrency slot. `Ok(None)`: the port answered, but not in HTTP.
 pub async fn probe(
     target: &Target,
     port: u16,
@@ -152,7 +153,6 @@ pub async fn probe(
     spec: &HttpSpec,
     limits: &Limits,
 ) -> Result<Option<HttpFacts>, Failure> {
-    let _slot = limits.slot().await;
     let host = spec.host.as_deref().and_then(valid_host);
     let client = client(target.ip(), host, spec.timeout)?;
     let base = base_url(target.ip(), port, tls, host)?;

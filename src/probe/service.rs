@@ -101,7 +101,7 @@ pub fn applies(known: &Identity, greeting: &[u8]) -> bool {
 }
 
 /// Identify the service on `port` and check it for unauthenticated access. `timeout` bounds
-/// each step. Returns empty facts when no check applies.
+/// each step; the caller (the scan's fan-out) holds the concurrency slot. Returns empty facts when no check applies.
 pub async fn probe(
     target: &Target,
     port: u16,
@@ -113,7 +113,6 @@ pub async fn probe(
     let Some(check) = check_for(known, greeting) else {
         return Ok(ServiceFacts::default());
     };
-    let _slot = limits.slot().await;
     let facts = match check {
         Check::Elasticsearch => return elasticsearch(target, port, timeout, limits).await,
         Check::Docker => return docker(target, port, timeout, limits).await,

@@ -44,7 +44,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Failure, Reason};
+use super::{Cx, Failure, ProbeKind, Reason};
 use crate::scope::{Limits, Target};
 
 /// Source ports are drawn from `SOURCE_PORT_BASE .. SOURCE_PORT_BASE + SOURCE_PORT_SPAN`.
@@ -145,7 +145,8 @@ impl SynScanner {
     /// `retries` resends and `timeout` after the last send means filtered. Neither is reported.
     ///
     /// Jobs go out port by port across all targets (consecutive SYNs go to different hosts).
-    /// Each SYN first waits for `limits.attempt()` unless the rate is unlimited. The concurrency
+    /// SYNs take attempts from `limits` in batches (see [`Limits::attempts`]) unless the rate is
+    /// unlimited, and each batch is sent at once. The concurrency
     /// limit does not apply: nothing is held open while waiting for replies.
     ///
     /// `progress` is called with batches of jobs, once per (target, port) when its first SYN has
@@ -170,6 +171,53 @@ impl SynScanner {
         cancel: &CancellationToken,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<(usize, u16)>, Failure> {
+        self.scan_counted(targets, ports, timeout, retries, limits, cancel, progress)
+            .await
+            .map(|(open, _)| open)
+    }
+
+    /// [`scan`](SynScanner::scan) under a scan's [`Cx`], whose caller planned the jobs (in the
+    /// tally and the progress length): each sent job counts as answered (loopback and real networks alike answer a
+    /// SYN with a SYN-ACK, a RST or nothing: all three are an answer about the port), and each
+    /// SYN that could not be sent counts as failed with its (usually local) reason.
+    pub async fn scan_cx(
+        &self,
+        targets: &[Target],
+        ports: &[u16],
+        timeout: Duration,
+        retries: u8,
+        cx: &Cx,
+    ) -> Result<Vec<(usize, u16)>, Failure> {
+        let jobs = (targets.len() * ports.len()) as u64;
+        let report = |n: u64| cx.progress.inc(n);
+        let (open, stats) = self
+            .scan_counted(
+                targets, ports, timeout, retries, &cx.limits, &cx.cancel, &report,
+            )
+            .await?;
+        let failed = stats.failed_jobs.min(jobs);
+        let reason = stats
+            .last_error
+            .as_ref()
+            .map_or(Reason::Other, Reason::from_io);
+        for _ in 0..failed {
+            cx.tally.failed(ProbeKind::Tcp, reason);
+        }
+        cx.tally.answered(stats.first_pass.saturating_sub(failed));
+        Ok(open)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn scan_counted(
+        &self,
+        targets: &[Target],
+        ports: &[u16],
+        timeout: Duration,
+        retries: u8,
+        limits: &Limits,
+        cancel: &CancellationToken,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(Vec<(usize, u16)>, SendStats), Failure> {
         let mut dst = Vec::with_capacity(targets.len());
         for target in targets {
             match target.ip() {
@@ -190,7 +238,7 @@ impl SynScanner {
             }
         }
         if dst.is_empty() || unique.is_empty() || cancel.is_cancelled() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), SendStats::default()));
         }
 
         let (sport, reservation) = reserve_source_port().map_err(|e| Failure::io(&e))?;
@@ -212,7 +260,7 @@ impl SynScanner {
         if let Some(t) = plan.src.iter().position(Option::is_some) {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return Ok(Vec::new()),
+                _ = cancel.cancelled() => return Ok((Vec::new(), SendStats::default())),
                 _ = limits.attempt() => {}
             }
             let group = Group::new(&plan, t, 1);
@@ -257,7 +305,7 @@ impl SynScanner {
             );
         }
         open.sort_unstable();
-        Ok(open)
+        Ok((open, stats))
     }
 
     /// One group of targets: first pass, then waits and resends until every job is answered,
@@ -315,7 +363,10 @@ impl SynScanner {
         stats: &mut SendStats,
     ) {
         let resend = matches!(pass, Pass::Resend);
+        let failed_before = stats.failed;
+        let gone = AtomicU64::new(0);
         let report = |n: u64| {
+            gone.fetch_add(n, Ordering::Relaxed);
             if let Pass::First(progress) = pass
                 && n > 0
             {
@@ -355,7 +406,11 @@ impl SynScanner {
                 next = done;
             }
         } else {
+            // Attempts come from the bucket in batches; each granted batch goes out in a tight
+            // loop of non-blocking sends (no timer per SYN, which would cap the rate near the
+            // timer's resolution).
             let mut unreported = 0u64;
+            let mut granted = 0u32;
             for job in 0..group.jobs {
                 if resend && group.is_answered(job) {
                     continue;
@@ -364,11 +419,18 @@ impl SynScanner {
                     unreported += 1;
                     continue;
                 }
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => break,
-                    _ = limits.attempt() => {}
+                if granted == 0 {
+                    if cancel.is_cancelled() {
+                        break;
+                    }
+                    let want = u32::try_from(group.jobs - job).unwrap_or(u32::MAX);
+                    granted = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => break,
+                        n = limits.attempts(want) => n,
+                    };
                 }
+                granted -= 1;
                 stats.add(send_syn_async(&self.send, plan, group, job).await);
                 unreported += 1;
                 if unreported >= 64 {
@@ -377,6 +439,10 @@ impl SynScanner {
                 }
             }
             report(unreported);
+        }
+        if !resend {
+            stats.first_pass += gone.load(Ordering::Relaxed);
+            stats.failed_jobs += stats.failed - failed_before;
         }
     }
 }
@@ -549,6 +615,10 @@ impl Group {
 struct SendStats {
     sent: u64,
     failed: u64,
+    /// Jobs of the first pass gone through (sent, failed or unroutable).
+    first_pass: u64,
+    /// Jobs whose first-pass SYN could not be sent.
+    failed_jobs: u64,
     last_error: Option<io::Error>,
 }
 
@@ -567,6 +637,8 @@ impl SendStats {
     fn merge(&mut self, other: SendStats) {
         self.sent += other.sent;
         self.failed += other.failed;
+        self.first_pass += other.first_pass;
+        self.failed_jobs += other.failed_jobs;
         if other.last_error.is_some() {
             self.last_error = other.last_error;
         }

@@ -44,7 +44,8 @@ pub struct OpenPort {
     pub greeting: Vec<u8>,
 }
 
-/// Connect to `port` on `target`. `Err` carries why the port is not open: `Refused` (closed),
+/// Connect to `port` on `target`. The caller (the scan's fan-out) holds the concurrency slot.
+/// `Err` carries why the port is not open: `Refused` (closed),
 /// `Timeout` (filtered or silent), or another bounded reason.
 pub async fn probe(
     target: &Target,
@@ -52,7 +53,6 @@ pub async fn probe(
     spec: &TcpSpec,
     limits: &Limits,
 ) -> Result<OpenPort, Failure> {
-    let _slot = limits.slot().await;
     let addr = SocketAddr::new(target.ip(), port);
     let mut attempts_left = spec.retries;
     loop {

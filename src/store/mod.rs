@@ -5,10 +5,13 @@
 //! PostgreSQL backend can follow. Migrations are embedded in the binary and applied in order at
 //! open; `schema_migrations` records which ran.
 //!
-//! Consistency: a scan run is inserted as `running` when it starts; everything it saw is written
-//! in one transaction together with its final state (`complete` or `incomplete`), so an
+//! Consistency: a scan run is inserted as `running` when it starts; while it runs, each batch of
+//! hosts it finished is checkpointed ([`Store::checkpoint`], one transaction per batch); at the
+//! end everything it saw is written again in one transaction together with its final state
+//! (`complete`, `degraded` or `incomplete`) and coverage, replacing the checkpoints. So an
 //! interrupted scan never leaves half-written rows, and a process killed mid-scan leaves a run
-//! that still says `running`, which [`Store::open`] marks `incomplete` at the next start.
+//! that still says `running` with the batches it finished, which [`Store::open`] marks
+//! `incomplete` at the next start.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,7 +26,7 @@ use sqlx::{Row, SqlitePool};
 
 use crate::facts::Subject;
 use crate::finding::{Event, Finding, State};
-use crate::observation::{RunState, ScanObservations, ScanRun};
+use crate::observation::{HostObservation, RunState, ScanObservations, ScanRun};
 use crate::rules::Severity;
 
 mod audit;
@@ -42,7 +45,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/0002_findings.sql")),
     (3, include_str!("migrations/0003_outbox.sql")),
     (4, include_str!("migrations/0004_daemon.sql")),
-    // 5 and 6 are reserved for work merged later (engine coverage, config).
+    (5, include_str!("migrations/0005_coverage.sql")),
     (7, include_str!("migrations/0007_audit.sql")),
     (8, include_str!("migrations/0008_outbox_lease.sql")),
 ];
@@ -310,6 +313,25 @@ impl Store {
         Ok(())
     }
 
+    /// Write one finished batch of a running scan's hosts (hosts, services and their
+    /// observations), in one transaction. The final [`record`](Store::record) replaces them.
+    /// `departments` gives each host's department, in order.
+    pub async fn checkpoint(
+        &self,
+        run: &ScanRun,
+        hosts: &[HostObservation],
+        departments: &[Option<String>],
+    ) -> Result<(), StoreError> {
+        let seen = timestamp(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        for (i, host) in hosts.iter().enumerate() {
+            let department = departments.get(i).cloned().flatten();
+            write_host(&mut tx, &run.id, &seen, host, department).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Write everything a scan saw, the findings it changed, and its final state, in one
     /// transaction. `report` is the JSON report kept for the API. `departments` gives each
     /// host's department (by ip).
@@ -337,62 +359,14 @@ impl Store {
         .bind(run.addresses as i64)
         .execute(&mut *tx)
         .await?;
-        for host in &scan.hosts {
-            let ip = host.ip.to_string();
-            sqlx::query(
-                "INSERT INTO hosts (ip, segment, network, department, ptr, first_seen, last_seen, last_scan)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
-                 ON CONFLICT (ip) DO UPDATE SET segment = excluded.segment,
-                   network = excluded.network, department = excluded.department,
-                   ptr = COALESCE(excluded.ptr, hosts.ptr),
-                   last_seen = excluded.last_seen, last_scan = excluded.last_scan",
-            )
-            .bind(&ip)
-            .bind(&host.segment)
-            .bind(host.network.as_str())
-            .bind(departments(&ip))
-            .bind(&host.ptr)
-            .bind(&seen)
+        // What checkpoints wrote is written again below, whole.
+        sqlx::query("DELETE FROM observations WHERE scan_id = $1")
             .bind(&run.id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, NULL, 'host', $3)")
-                .bind(&run.id)
-                .bind(&ip)
-                .bind(serde_json::json!({
-                    "alive_by": host.alive_by,
-                    "icmp_rtt_ms": host.icmp_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    "ptr": host.ptr,
-                }).to_string())
-                .execute(&mut *tx)
-                .await?;
-            for service in &host.services {
-                sqlx::query(
-                    "INSERT INTO services (ip, port, protocol, service, product, version, banner, first_seen, last_seen, last_scan)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
-                     ON CONFLICT (ip, port, protocol) DO UPDATE SET service = excluded.service,
-                       product = excluded.product, version = excluded.version, banner = excluded.banner,
-                       last_seen = excluded.last_seen, last_scan = excluded.last_scan",
-                )
-                .bind(&ip)
-                .bind(i64::from(service.port))
-                .bind(service.protocol)
-                .bind(&service.service)
-                .bind(&service.product)
-                .bind(&service.version)
-                .bind(&service.banner)
-                .bind(&seen)
-                .bind(&run.id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, $3, 'service', $4)")
-                    .bind(&run.id)
-                    .bind(&ip)
-                    .bind(i64::from(service.port))
-                    .bind(serde_json::to_string(service)?)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+        for host in &scan.hosts {
+            let department = departments(&host.ip.to_string());
+            write_host(&mut tx, &run.id, &seen, host, department).await?;
         }
         for ((probe, reason), count) in &scan.errors {
             sqlx::query(
@@ -454,13 +428,18 @@ impl Store {
             .await?;
         }
         sqlx::query(
-            "UPDATE scan_runs SET state = $2, finished_at = $3, probes = $4, report = $5 WHERE id = $1",
+            "UPDATE scan_runs SET state = $2, finished_at = $3, probes = $4, report = $5,
+               planned = $6, answered = $7, failed_remote = $8, failed_local = $9 WHERE id = $1",
         )
         .bind(&run.id)
         .bind(run.state.as_str())
         .bind(run.finished_at.map(timestamp))
         .bind(run.probes as i64)
         .bind(report.to_string())
+        .bind(run.coverage.planned as i64)
+        .bind(run.coverage.answered as i64)
+        .bind(run.coverage.failed_remote as i64)
+        .bind(run.coverage.failed_local as i64)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -644,4 +623,70 @@ fn strip_comments(sql: &str) -> String {
         .join("\n")
         .trim()
         .to_string()
+}
+
+/// One host of a scan: its row, its services' rows and their observations.
+async fn write_host(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    run_id: &str,
+    seen: &str,
+    host: &HostObservation,
+    department: Option<String>,
+) -> Result<(), StoreError> {
+    let ip = host.ip.to_string();
+    sqlx::query(
+                "INSERT INTO hosts (ip, segment, network, department, ptr, first_seen, last_seen, last_scan)
+                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
+                 ON CONFLICT (ip) DO UPDATE SET segment = excluded.segment,
+                   network = excluded.network, department = excluded.department,
+                   ptr = COALESCE(excluded.ptr, hosts.ptr),
+                   last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+            )
+            .bind(&ip)
+            .bind(&host.segment)
+            .bind(host.network.as_str())
+            .bind(department)
+            .bind(&host.ptr)
+            .bind(seen)
+            .bind(run_id)
+            .execute(&mut **tx)
+            .await?;
+    sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, NULL, 'host', $3)")
+                .bind(run_id)
+                .bind(&ip)
+                .bind(serde_json::json!({
+                    "alive_by": host.alive_by,
+                    "icmp_rtt_ms": host.icmp_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                    "ptr": host.ptr,
+                }).to_string())
+                .execute(&mut **tx)
+                .await?;
+    for service in &host.services {
+        sqlx::query(
+                    "INSERT INTO services (ip, port, protocol, service, product, version, banner, first_seen, last_seen, last_scan)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
+                     ON CONFLICT (ip, port, protocol) DO UPDATE SET service = excluded.service,
+                       product = excluded.product, version = excluded.version, banner = excluded.banner,
+                       last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+                )
+                .bind(&ip)
+                .bind(i64::from(service.port))
+                .bind(service.protocol)
+                .bind(&service.service)
+                .bind(&service.product)
+                .bind(&service.version)
+                .bind(&service.banner)
+                .bind(seen)
+                .bind(run_id)
+                .execute(&mut **tx)
+                .await?;
+        sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, $3, 'service', $4)")
+                    .bind(run_id)
+                    .bind(&ip)
+                    .bind(i64::from(service.port))
+                    .bind(serde_json::to_string(service)?)
+                    .execute(&mut **tx)
+                    .await?;
+    }
+    Ok(())
 }

@@ -142,6 +142,52 @@ impl Store {
         Ok(out)
     }
 
+    /// For each segment named, the coverage ratio (probes answered or failed remotely over
+    /// probes planned) of the latest finished scan that covered it, whatever its state.
+    /// Segments never scanned, or only before coverage was measured, are absent.
+    pub async fn latest_coverage(
+        &self,
+        segments: &[&str],
+    ) -> Result<BTreeMap<String, f64>, StoreError> {
+        let mut wanted: BTreeSet<&str> = segments.iter().copied().collect();
+        let mut out = BTreeMap::new();
+        let mut offset = 0i64;
+        while !wanted.is_empty() {
+            let rows = sqlx::query(
+                "SELECT id, segments, planned, answered, failed_remote FROM scan_runs
+                 WHERE state <> 'running' ORDER BY started_at DESC, id DESC LIMIT $1 OFFSET $2",
+            )
+            .bind(RUN_PAGE)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            offset += rows.len() as i64;
+            for r in rows {
+                let c = Cells::new(&r, "scan_runs", "id");
+                let covered: Vec<String> = c.json("segments")?;
+                let planned: Option<i64> = c.get("planned")?;
+                let answered: Option<i64> = c.get("answered")?;
+                let remote: Option<i64> = c.get("failed_remote")?;
+                let ratio = match (planned, answered, remote) {
+                    (Some(0), _, _) => Some(1.0),
+                    (Some(p), Some(a), Some(f)) => Some((a + f) as f64 / p as f64),
+                    _ => None,
+                };
+                for name in covered {
+                    if wanted.remove(name.as_str())
+                        && let Some(ratio) = ratio
+                    {
+                        out.insert(name, ratio);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Hosts and services that scan `scan_id` saw, counted by segment, network and department
     /// (one pass over the scan's observations).
     pub async fn placement_counts(&self, scan_id: &str) -> Result<Vec<PlacementCount>, StoreError> {

@@ -170,6 +170,7 @@ fn service(
         http: None,
         unauthenticated: None,
         exposure_evidence: None,
+        failures: Vec::new(),
     }
 }
 
@@ -202,6 +203,7 @@ fn scan(id: &str, started: &str, hosts: Vec<HostObservation>) -> ScanObservation
             probes: 1350,
             probe_kinds: ProbeKind::ALL.to_vec(),
             state: RunState::Complete,
+            coverage: Default::default(),
         },
         hosts,
         errors: BTreeMap::new(),

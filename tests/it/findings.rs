@@ -367,3 +367,45 @@ async fn cli_fail_on() {
         .unwrap();
     assert_eq!(code, Some(0), "waived findings do not fail the scan");
 }
+
+/// A waiver scoped to the second project that lists a host covers that host's findings (the
+/// finding names the first project only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiver_for_a_hosts_second_project_matches() {
+    let host = CountingListener::bind("127.110.50.1".parse().unwrap(), 0).await;
+    let port = host.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "scan: {{icmp: false, ports: [{port}], rate: 0, dns: {{enabled: false}}}}\n\
+             departments:\n  - {{id: fgw, name: 区发改委}}\n\
+             segments:\n  - {{name: s, network: extranet, cidrs: [127.110.50.0/30]}}\n\
+             projects:\n\
+             \x20 - {{id: XM-1, name: 一号, department: fgw, stage: building, assets: [127.110.50.1]}}\n\
+             \x20 - {{id: XM-2, name: 二号, department: fgw, stage: building, assets: [127.110.50.1]}}\n\
+             exceptions:\n  - {{rule: \"access.*\", project: XM-2, reason: 改造中, approver: 张伟, expires_on: 2099-12-31}}\n"
+        ),
+    );
+    let store = Store::open(&cfg.store.path).await.unwrap();
+    let rules = RuleSet::load(&cfg).unwrap();
+    let (_, report) = scan_and_record(
+        &cfg,
+        &rules,
+        &store,
+        &ScanRequest::all(),
+        Limits::new(0, 64),
+        ProgressBar::hidden(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.rule == "access.unapproved_host")
+        .expect("the host is unapproved");
+    assert_eq!(f.project.as_deref(), Some("XM-1"));
+    assert_eq!(f.state, "waived", "the XM-2 waiver covers the host");
+    store.close().await;
+}

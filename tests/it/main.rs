@@ -4,6 +4,7 @@ mod bulletin;
 mod config;
 mod daemon;
 mod docs;
+mod engine;
 mod exposure;
 mod findings;
 mod probes;

@@ -462,43 +462,6 @@ async fn bad_ca_file_is_a_clear_error() {
     assert!(Trust::load(&TrustSettings::default()).is_ok());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundred_endpoints_under_ten_seconds() {
-    let pki = Pki::new("Lab Root CA");
-    let leaf = pki.leaf(&["many.lab.test"], (2024, 1, 1), (2099, 1, 1));
-    let mut servers = Vec::new();
-    for i in 1..=100u8 {
-        servers.push(
-            Server::rustls(
-                IpAddr::from([127, 0, 22, i]),
-                &leaf,
-                &[&rustls::version::TLS13, &rustls::version::TLS12],
-            )
-            .await,
-        );
-    }
-    let limits = Limits::new(0, 256);
-    let s = Arc::new(spec(Trust::default(), &["many.lab.test"], 1500));
-    let started = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for server in &servers {
-        let (addr, s, limits) = (server.addr, s.clone(), limits.clone());
-        set.spawn(async move { tls::probe(&target(addr.ip()), addr.port(), &s, &limits).await });
-    }
-    let mut ok = 0;
-    while let Some(r) = set.join_next().await {
-        let f = r.unwrap().unwrap().unwrap();
-        assert_eq!(f.versions, ["TLSv1.2", "TLSv1.3"]);
-        ok += 1;
-    }
-    let took = started.elapsed();
-    assert_eq!(ok, 100);
-    assert!(
-        took < Duration::from_secs(10),
-        "100 endpoints took {took:?}"
-    );
-}
-
 /// Random bytes over the parsers and certificate facts: no panic, for a fixed number of
 /// iterations (the cargo-fuzz target in `fuzz/` does the same, longer).
 #[test]

@@ -140,8 +140,9 @@ pub enum Command {
         #[arg(long)]
         flush: bool,
     },
-    /// The API actions the daemon recorded (等级保护 2.0 安全审计).
+    /// 查看接口操作审计记录（等级保护 2.0 安全审计）/ List the API actions the daemon recorded
     Audit {
+        /// 配置文件 / The config file (YAML).
         #[arg(short, long, env = "NETPATROL_CONFIG")]
         config: Option<PathBuf>,
         /// From this day (YYYY-MM-DD, organisation timezone) or instant (RFC 3339).

@@ -8,7 +8,8 @@
 //! --test it docs::` rewrites the generated parts and leaves the hand-written prose alone.
 //!
 //! Coverage checks (re-run them after a merge): every config key path, rule id, metric name,
-//! API route, probe failure reason and CLI command must appear in both languages' pages.
+//! API route, web config key, probe failure reason and CLI command must appear in both
+//! languages' pages.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -847,6 +848,67 @@ fn every_api_route_is_documented_in_both_languages() {
         "API routes (from src/daemon/api.rs)",
         &["docs/api.md", "docs/api.zh.md"],
         &routes,
+    );
+}
+
+/// The web config's key paths (the fields of `WebConfigFile` and `TlsServerConfigFile` in
+/// `src/daemon/web.rs`, read as source text) and the `client_auth_type` values (`ClientAuth`).
+fn web_config_keys() -> (Vec<String>, Vec<String>) {
+    let text = read("src/daemon/web.rs");
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    let mut inside: Option<&str> = None;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.ends_with('{') && !t.contains('(') {
+            inside = match t.trim_start_matches("pub ") {
+                "struct WebConfigFile {" => Some(""),
+                "struct TlsServerConfigFile {" => Some("tls_server_config."),
+                "enum ClientAuth {" => Some("enum"),
+                _ => None,
+            };
+            continue;
+        }
+        let Some(prefix) = inside else { continue };
+        if t == "}" {
+            inside = None;
+        } else if t.starts_with("//") || t.starts_with("#[") || t.is_empty() {
+        } else if prefix == "enum" {
+            values.push(t.trim_end_matches(',').to_string());
+        } else if let Some((name, _)) = t.split_once(':') {
+            keys.push(format!(
+                "{prefix}{}",
+                name.trim_start_matches("pub ").trim()
+            ));
+        }
+    }
+    (keys, values)
+}
+
+#[test]
+fn web_config_keys_are_documented_and_the_example_uses_only_them() {
+    let (keys, values) = web_config_keys();
+    assert!(
+        keys.len() >= 7 && values.len() >= 3,
+        "found only {keys:?} {values:?}"
+    );
+    let pages = ["docs/api.md", "docs/api.zh.md"];
+    assert_documented("web config keys (from src/daemon/web.rs)", &pages, &keys);
+    assert_documented("client_auth_type values", &pages, &values);
+    let example = yaml("config/web.example.yml");
+    let mut used = Vec::new();
+    for (key, value) in example
+        .as_object()
+        .expect("config/web.example.yml is a map")
+    {
+        used.push(key.clone());
+        if let Some(section) = value.as_object() {
+            used.extend(section.keys().map(|k| format!("{key}.{k}")));
+        }
+    }
+    let unknown: Vec<&String> = used.iter().filter(|k| !keys.contains(k)).collect();
+    assert!(
+        unknown.is_empty(),
+        "config/web.example.yml uses keys src/daemon/web.rs does not know: {unknown:?}"
     );
 }
 

@@ -327,6 +327,13 @@ pub const CATALOGUE: &[FactDef] = &[
         TLS,
         "both TLCP certificates chain to a trusted root; unknown when not TLCP",
     ),
+    def(
+        "tls.tlcp_certs_self_signed",
+        Bool,
+        S,
+        TLS,
+        "a TLCP certificate is self-signed (then it cannot chain to a root); unknown when not TLCP",
+    ),
     def("cert.subject", Str, S, TLS, "certificate subject"),
     def(
         "cert.days_left",

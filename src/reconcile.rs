@@ -320,6 +320,10 @@ fn tls_facts(f: &mut Facts, tls: Option<&TlsFacts>, names_known: bool) {
             "tls.tlcp_certs_trusted",
             tls.tlcp_certs.len() >= 2 && tls.tlcp_certs.iter().all(|c| c.trusted),
         );
+        f.set(
+            "tls.tlcp_certs_self_signed",
+            tls.tlcp_certs.iter().any(|c| c.self_signed),
+        );
     }
     if let Some(cert) = tls.cert.as_ref().or(tls.tlcp_certs.first()) {
         f.set("cert.subject", cert.subject.as_str());

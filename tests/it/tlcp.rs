@@ -224,6 +224,7 @@ async fn tongsuo_tlcp_server_with_its_sm2_root_trusted() {
     for rule in [
         "tls.cert_untrusted",
         "tls.tlcp_cert_usage",
+        "tls.tlcp_cert_untrusted",
         "tls.cert_self_signed",
     ] {
         assert!(!fired.contains(&rule.to_string()), "{rule} in {fired:?}");
@@ -253,6 +254,11 @@ async fn tongsuo_sm2_chain_untrusted_without_its_root() {
     let fired = findings_of_scan(server.addr, &[&other.root]).await;
     assert!(
         fired.contains(&"tls.cert_untrusted".to_string()),
+        "{fired:?}"
+    );
+    // The TLCP pair itself, judged on its own (the TLS certificate is another one).
+    assert!(
+        fired.contains(&"tls.tlcp_cert_untrusted".to_string()),
         "{fired:?}"
     );
     // Unknown is not false: no mismatch finding without a name to judge.
@@ -294,6 +300,10 @@ async fn tongsuo_certificates_with_swapped_roles() {
     );
     assert!(
         !fired.contains(&"tls.cert_untrusted".to_string()),
+        "{fired:?}"
+    );
+    assert!(
+        !fired.contains(&"tls.tlcp_cert_untrusted".to_string()),
         "{fired:?}"
     );
 

@@ -297,7 +297,7 @@ pub fn text(o: &Outcome, lang: &str) -> String {
                     if en {
                         ", no extensions".to_string()
                     } else {
-                        ",无扩展".to_string()
+                        "，无扩展".to_string()
                     }
                 } else {
                     format!(", extensions {}", e.sent.extensions.join(" "))

@@ -123,6 +123,9 @@ pub enum JobState {
     Queued,
     Running,
     Complete,
+    /// Ran to the end, but too many probes failed locally or not all were attempted: what it
+    /// saw is recorded; it opened findings and resolved none.
+    Degraded,
     /// Stopped before the end (shutdown); what it saw is recorded.
     Incomplete,
     /// Did not run or could not be recorded.
@@ -135,6 +138,7 @@ impl JobState {
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Complete => "complete",
+            JobState::Degraded => "degraded",
             JobState::Incomplete => "incomplete",
             JobState::Failed => "failed",
         }
@@ -143,7 +147,7 @@ impl JobState {
     pub fn is_done(self) -> bool {
         matches!(
             self,
-            JobState::Complete | JobState::Incomplete | JobState::Failed
+            JobState::Complete | JobState::Degraded | JobState::Incomplete | JobState::Failed
         )
     }
 }
@@ -432,6 +436,7 @@ impl Daemon {
             Ok((observations, report)) => {
                 let state = match observations.run.state {
                     RunState::Complete => JobState::Complete,
+                    RunState::Degraded => JobState::Degraded,
                     _ => JobState::Incomplete,
                 };
                 tracing::info!(

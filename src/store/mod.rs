@@ -77,8 +77,8 @@ pub enum StoreError {
     },
     #[error("cannot migrate store: {0}")]
     Migrator(#[source] MigrateError),
-    /// `store.password_env` names a variable that is not set.
-    #[error("store.password_env names {0}, which is not set in the environment")]
+    /// The PostgreSQL password named by `store.password_env` cannot be had.
+    #[error("{0}")]
     Password(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),

@@ -35,6 +35,28 @@ impl TestStore {
             .unwrap_or_else(|e| panic!("{:?} store opens: {e}", self.backend))
     }
 
+    /// One count read without opening the store (no migration, no marking of running runs):
+    /// for watching a store another process is writing. `None` while it cannot be read yet.
+    pub async fn peek_count(&self, sql: &'static str) -> Option<i64> {
+        match &self.settings.url {
+            Some(url) => {
+                let mut conn = PgConnection::connect(url).await.ok()?;
+                let n = sqlx::query_scalar(sql).fetch_one(&mut conn).await.ok();
+                let _ = conn.close().await;
+                n
+            }
+            None => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&self.settings.path)
+                    .read_only(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.ok()?;
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.ok();
+                pool.close().await;
+                n
+            }
+        }
+    }
+
     /// The `store:` line for a YAML config.
     pub fn yaml(&self) -> String {
         match &self.settings.url {
@@ -73,16 +95,10 @@ async fn admin() -> PgConnection {
     })
 }
 
-/// Run `body` once on a fresh SQLite store, then once on a fresh PostgreSQL database. A
-/// failure on either fails the test, naming the backend.
-pub async fn for_each_backend<F, Fut>(mut body: F)
-where
-    F: FnMut(TestStore) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    // SQLite.
+/// A fresh SQLite store in a folder of its own.
+fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
-    let sqlite = TestStore {
+    TestStore {
         backend: Backend::Sqlite,
         settings: StoreSettings {
             path: dir.path().join("np.db"),
@@ -90,19 +106,19 @@ where
             password_env: None,
         },
         _dir: dir,
-    };
-    if let Err(panic) = tokio::spawn(body(sqlite)).await {
-        panic!("on SQLite: {panic}");
     }
+}
 
-    // PostgreSQL: a database of its own, dropped whatever the body did.
+/// A fresh PostgreSQL database; its name, to drop it.
+async fn postgres() -> (TestStore, String) {
     let name = fresh_name();
     let mut conn = admin().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut conn)
         .await
         .expect("CREATE DATABASE");
-    let pg = TestStore {
+    let _ = conn.close().await;
+    let store = TestStore {
         backend: Backend::Postgres,
         settings: StoreSettings {
             path: std::path::PathBuf::from("unused.db"),
@@ -111,7 +127,12 @@ where
         },
         _dir: tempfile::tempdir().unwrap(),
     };
-    let outcome = tokio::spawn(body(pg)).await;
+    (store, name)
+}
+
+/// Drop database `name`, connections still open to it included.
+async fn drop_postgres(name: &str) {
+    let mut conn = admin().await;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
@@ -119,7 +140,39 @@ where
     .await
     .expect("DROP DATABASE");
     let _ = conn.close().await;
+}
+
+/// Run `body` once on a fresh SQLite store, then once on a fresh PostgreSQL database. A
+/// failure on either fails the test, naming the backend.
+pub async fn for_each_backend<F, Fut>(mut body: F)
+where
+    F: FnMut(TestStore) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if let Err(panic) = tokio::spawn(body(sqlite())).await {
+        panic!("on SQLite: {panic}");
+    }
+    // PostgreSQL: a database of its own, dropped whatever the body did.
+    let (pg, name) = postgres().await;
+    let outcome = tokio::spawn(body(pg)).await;
+    drop_postgres(&name).await;
     if let Err(panic) = outcome {
         panic!("on PostgreSQL: {panic}");
+    }
+}
+
+/// [`for_each_backend`] for a test without a runtime (one that drives processes and blocks).
+pub fn for_each_backend_blocking(mut body: impl FnMut(TestStore)) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(sqlite()))) {
+        eprintln!("failed on SQLite");
+        std::panic::resume_unwind(panic);
+    }
+    let (pg, name) = runtime.block_on(postgres());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(pg)));
+    runtime.block_on(drop_postgres(&name));
+    if let Err(panic) = outcome {
+        eprintln!("failed on PostgreSQL");
+        std::panic::resume_unwind(panic);
     }
 }

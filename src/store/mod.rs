@@ -308,8 +308,17 @@ impl Store {
     /// Open the PostgreSQL store at `url` (`postgres://user@host:port/database`; the database
     /// must exist), with `password` if given, and bring its schema up to date.
     pub async fn open_postgres(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
+        // Named in messages without any password the URL may carry.
+        let shown = match url::Url::parse(url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(_) => url.to_string(),
+            Err(_) => "(unparseable PostgreSQL URL)".to_string(),
+        };
         let open_err = |source| StoreError::Open {
-            path: url.to_string(),
+            path: shown.clone(),
             source,
         };
         sqlx::any::install_default_drivers();
@@ -320,6 +329,8 @@ impl Store {
         let options = AnyConnectOptions::from_url(&options.to_url_lossy()).map_err(open_err)?;
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // A server that does not answer fails the open after this, not after sqlx's 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(open_err)?;

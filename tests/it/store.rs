@@ -551,3 +551,18 @@ async fn a_store_made_by_the_old_runner_is_adopted() {
         conn.close().await.unwrap();
     }
 }
+
+/// A PostgreSQL store that cannot be opened is a clear error naming the URL, never its
+/// password; nothing listens on 127.116.0.1:1.
+#[tokio::test]
+async fn an_unreachable_postgres_store_is_named_without_its_password() {
+    let e = Store::open_postgres("postgres://np:hunter2@127.116.0.1:1/np", None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("cannot open store postgres://np:***@127.116.0.1:1/np"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+}

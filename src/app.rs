@@ -226,7 +226,7 @@ async fn scan_command(
     output: Option<&Path>,
     fail_on: Option<Severity>,
 ) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&config.store.path).await?;
+    let store = Store::connect(&config.store).await?;
     let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
@@ -403,14 +403,14 @@ async fn demo(once: bool, out: &Path) -> anyhow::Result<()> {
         )
     })?;
     let (config, rules) = (&loaded.config, &loaded.rules);
-    let store = Store::open(&config.store.path).await?;
+    let store = Store::connect(&config.store).await?;
     let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
     eprintln!(
         "netpatrol demo: {} simulated services on 127.20.0.0/16; store {}",
         lab.endpoints().len(),
-        config.store.path.display()
+        config.store.describe()
     );
     let mut serving = false;
     loop {

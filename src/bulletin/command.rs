@@ -70,7 +70,7 @@ pub async fn bulletin_command(config_path: &Path, args: BulletinArgs) -> ExitCod
         return usage("--force only applies with --send");
     }
     let templates = &loaded.templates;
-    let store = match Store::open(&config.store.path).await {
+    let store = match Store::connect(&config.store).await {
         Ok(s) => s,
         Err(e) => return failure(e),
     };
@@ -160,7 +160,7 @@ pub async fn outbox_command(config_path: Option<&Path>, do_flush: bool) -> ExitC
         Err(code) => return code,
     };
     let config = &loaded.config;
-    let store = match Store::open(&config.store.path).await {
+    let store = match Store::connect(&config.store).await {
         Ok(s) => s,
         Err(e) => return failure(e),
     };

@@ -256,6 +256,18 @@ fn secrets(
             Err(message) => problems.push(Problem::new(&config.source, message)),
         }
     }
+    if let Some(var) = &config.store.password_env {
+        match secret(var) {
+            Ok(Some(_)) => {}
+            Ok(None) => warnings.push(Problem::new(
+                &config.source,
+                format!(
+                    "warning: store.password_env names {var}, which is not set: opening the PostgreSQL store will fail"
+                ),
+            )),
+            Err(message) => problems.push(Problem::new(&config.source, message)),
+        }
+    }
 }
 
 /// A secret: the variable `var`, else the file named by `var_FILE` (systemd credentials,

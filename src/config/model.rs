@@ -48,8 +48,24 @@ pub struct Organisation {
 
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
-    /// SQLite database file. Default `netpatrol.db` beside the config file.
+    /// SQLite database file, used when `url` is none. Default `netpatrol.db` beside the
+    /// config file.
     pub path: PathBuf,
+    /// PostgreSQL store instead of SQLite (`postgres://USER@HOST:PORT/DATABASE`, parsed and
+    /// without a password). Default none.
+    pub url: Option<String>,
+    /// Environment variable holding the PostgreSQL password. Default none.
+    pub password_env: Option<String>,
+}
+
+impl StoreSettings {
+    /// The store as named in messages: the SQLite file or the PostgreSQL URL.
+    pub fn describe(&self) -> String {
+        match &self.url {
+            Some(url) => url.clone(),
+            None => self.path.display().to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]

@@ -78,8 +78,18 @@ pub struct OrganisationConfig {
 #[derive(Debug, Deserialize)]
 pub struct StoreConfig {
     /// SQLite file; default `netpatrol.db` beside the config; relative to the config's folder.
+    /// Not together with `url`.
     #[serde(default)]
-    pub path: Option<String>,
+    pub path: Option<Text>,
+    /// PostgreSQL instead of SQLite: `postgres://USER@HOST:PORT/DATABASE` (the database must
+    /// exist; no password in it: see `password_env`); default none (SQLite). Not together
+    /// with `path`.
+    #[serde(default)]
+    pub url: Option<Text>,
+    /// Environment variable holding the PostgreSQL password; default none (no password, or
+    /// what `~/.pgpass` gives). Only with `url`.
+    #[serde(default)]
+    pub password_env: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

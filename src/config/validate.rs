@@ -41,15 +41,7 @@ pub fn validate(
         problems: Vec::new(),
     };
     let organisation = v.organisation(file.organisation);
-    let store = StoreSettings {
-        path: resolve(
-            base,
-            file.store
-                .and_then(|s| s.path)
-                .as_deref()
-                .unwrap_or("netpatrol.db"),
-        ),
-    };
+    let store = v.store(file.store, base);
     let trust = TrustSettings {
         ca_files: file
             .trust
@@ -254,6 +246,84 @@ impl Validator {
             }
         }
         ports::merge(parts)
+    }
+
+    /// `store`: a SQLite path or a PostgreSQL URL, one of them. The URL is parsed only:
+    /// nothing is tried on the network here.
+    fn store(&mut self, raw: Option<raw::StoreConfig>, base: &Path) -> StoreSettings {
+        let raw = raw.unwrap_or(raw::StoreConfig {
+            path: None,
+            url: None,
+            password_env: None,
+        });
+        let path = resolve(
+            base,
+            raw.path
+                .as_ref()
+                .map_or("netpatrol.db", |p| p.value.as_str()),
+        );
+        let url = raw.url.as_ref().and_then(|u| {
+            if raw.path.is_some() {
+                self.here(
+                    u,
+                    "store: give either path (SQLite) or url (PostgreSQL), not both",
+                );
+                return None;
+            }
+            self.store_url(u)
+        });
+        let password_env = raw.password_env.as_ref().and_then(|p| {
+            if raw.url.is_none() {
+                self.here(
+                    p,
+                    "store.password_env is only for a PostgreSQL store (store.url)",
+                );
+                return None;
+            }
+            if p.value.trim().is_empty() {
+                self.here(
+                    p,
+                    "store.password_env: expected an environment variable name",
+                );
+                return None;
+            }
+            Some(p.value.trim().to_string())
+        });
+        StoreSettings {
+            path,
+            url,
+            password_env,
+        }
+    }
+
+    /// A `store.url`: postgres:// or postgresql://, parseable, without a password.
+    fn store_url(&mut self, value: &Text) -> Option<String> {
+        let text = value.value.trim();
+        let expected = "expected postgres://USER@HOST:PORT/DATABASE";
+        let Ok(url) = url::Url::parse(text) else {
+            self.here(value, format!("invalid store url: {expected}"));
+            return None;
+        };
+        if url.password().is_some() {
+            self.here(
+                value,
+                "secrets are not read from the config: remove the password from store.url and use store.password_env",
+            );
+            return None;
+        }
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            let message = format!(
+                "unsupported store url scheme `{}`: {expected} (a SQLite store is store.path)",
+                url.scheme()
+            );
+            self.here(value, message);
+            return None;
+        }
+        if let Err(e) = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(text) {
+            self.here(value, format!("invalid store url `{text}`: {e}"));
+            return None;
+        }
+        Some(text.to_string())
     }
 
     fn organisation(&mut self, raw: Option<raw::OrganisationConfig>) -> Organisation {

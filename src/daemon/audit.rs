@@ -114,7 +114,7 @@ pub async fn audit_command(
             }
         },
     };
-    let store = match Store::open(&config.store.path).await {
+    let store = match Store::connect(&config.store).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("netpatrol: {e}");

@@ -480,9 +480,9 @@ impl Daemon {
                     tracing::warn!(%warning, "config");
                 }
                 let old = self.current();
-                if new.config.store.path != old.config.store.path {
+                if new.config.store.describe() != old.config.store.describe() {
                     tracing::warn!(
-                        store = %old.config.store.path.display(),
+                        store = %old.config.store.describe(),
                         "store.path changed; the daemon keeps its open store until restarted"
                     );
                 }
@@ -690,7 +690,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let store = match Store::open(&loaded.config.store.path).await {
+    let store = match Store::connect(&loaded.config.store).await {
         Ok(s) => s,
         Err(error) => {
             eprintln!("netpatrol: {error}");

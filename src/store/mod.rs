@@ -1,9 +1,17 @@
 //! Store: the history netpatrol keeps between scans.
 //!
-//! SQLite (WAL) through sqlx is the embedded default. The SQL is kept portable (`$n`
-//! placeholders, `ON CONFLICT ... DO UPDATE`, text timestamps, no SQLite-only functions) so a
-//! PostgreSQL backend can follow. Migrations are embedded in the binary and applied in order at
-//! open; `schema_migrations` records which ran.
+//! Two backends behind one pool type (`sqlx::Any`): SQLite (WAL), the embedded default
+//! ([`Store::open`]), and PostgreSQL ([`Store::open_postgres`], `store: {url: postgres://...}`).
+//! The SQL is kept portable (`$n` placeholders, `ON CONFLICT ... DO UPDATE`, text timestamps,
+//! no backend-only functions, `CAST(SUM(..) AS BIGINT)` where PostgreSQL would give NUMERIC),
+//! so one query text serves both; the few statements that cannot be shared are chosen by
+//! [`Backend`]. Every column is read through [`Cells`].
+//!
+//! Migrations are embedded in the binary and applied in order at open by sqlx's migrator
+//! (`_sqlx_migrations` records which ran, with their checksums). A SQLite store made by the
+//! earlier hand-written runner (its `schema_migrations` table) is adopted first: the versions it
+//! records are entered in `_sqlx_migrations` as applied, then the migrator goes on from there;
+//! `schema_migrations` is left as it was and no longer written.
 //!
 //! Consistency: a scan run is inserted as `running` when it starts; while it runs, each batch of
 //! hosts it finished is checkpointed ([`Store::checkpoint`], one transaction per batch); at the
@@ -17,13 +25,15 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::str::FromStr;
-use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AnyPool, ConnectOptions, Connection, Executor, Row, SqlSafeStr};
 
+use crate::config::StoreSettings;
 use crate::facts::Subject;
 use crate::finding::{Event, Finding, State};
 use crate::observation::{HostObservation, RunState, ScanObservations, ScanRun};
@@ -39,7 +49,8 @@ pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
 mod snapshot;
 pub use snapshot::{FindingCount, FindingFilter, FindingScope, LatestRun, PlacementCount, TlsRow};
 
-/// Embedded migrations, in order. Never edit one that has shipped: add the next.
+/// Embedded migrations, in order. Never edit one that has shipped: add the next. The first
+/// comment line of each is its description in `_sqlx_migrations`.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/0001_foundation.sql")),
     (2, include_str!("migrations/0002_findings.sql")),
@@ -64,6 +75,11 @@ pub enum StoreError {
         #[source]
         source: sqlx::Error,
     },
+    #[error("cannot migrate store: {0}")]
+    Migrator(#[source] MigrateError),
+    /// The PostgreSQL password named by `store.password_env` cannot be had.
+    #[error("{0}")]
+    Password(String),
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
     #[error("cannot encode or decode JSON in the store: {0}")]
@@ -84,14 +100,14 @@ pub enum StoreError {
 /// One row read column by column: every value goes through `try_get`, and a value that does
 /// not decode is a [`StoreError::CorruptRow`] naming the table, the column and the row.
 pub(crate) struct Cells<'r> {
-    row: &'r SqliteRow,
+    row: &'r AnyRow,
     table: &'static str,
     id: String,
 }
 
 impl<'r> Cells<'r> {
     /// A row of `table` identified by its column `id_column` (text or integer).
-    pub(crate) fn new(row: &'r SqliteRow, table: &'static str, id_column: &str) -> Cells<'r> {
+    pub(crate) fn new(row: &'r AnyRow, table: &'static str, id_column: &str) -> Cells<'r> {
         let id = row
             .try_get::<String, _>(id_column)
             .or_else(|_| row.try_get::<i64, _>(id_column).map(|n| n.to_string()))
@@ -100,7 +116,7 @@ impl<'r> Cells<'r> {
     }
 
     /// An aggregate row (a `GROUP BY` result): no single row to name.
-    pub(crate) fn aggregate(row: &'r SqliteRow, table: &'static str) -> Cells<'r> {
+    pub(crate) fn aggregate(row: &'r AnyRow, table: &'static str) -> Cells<'r> {
         Cells {
             row,
             table,
@@ -120,7 +136,7 @@ impl<'r> Cells<'r> {
     /// Column `column`, decoded as `T`.
     pub(crate) fn get<T>(&self, column: &str) -> Result<T, StoreError>
     where
-        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+        T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
     {
         self.row
             .try_get::<T, _>(column)
@@ -216,9 +232,17 @@ pub struct StoredRun {
     pub finished_at: Option<String>,
 }
 
+/// Which database a [`Store`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 /// The store's text form of a timestamp.
@@ -227,6 +251,22 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
 }
 
 impl Store {
+    /// Open the store `settings` name: PostgreSQL when `url` is set, else the SQLite file.
+    pub async fn connect(settings: &StoreSettings) -> Result<Store, StoreError> {
+        match &settings.url {
+            None => Store::open(&settings.path).await,
+            Some(url) => {
+                let password = match &settings.password_env {
+                    None => None,
+                    Some(var) => {
+                        Some(std::env::var(var).map_err(|_| StoreError::Password(var.clone()))?)
+                    }
+                };
+                Store::open_postgres(url, password.as_deref()).await
+            }
+        }
+    }
+
     /// Open (creating if needed) the SQLite store at `path` and bring its schema up to date.
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
@@ -236,20 +276,70 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
         }
-        let options = SqliteConnectOptions::from_str("sqlite:")
+        sqlx::any::install_default_drivers();
+        let url = SqliteConnectOptions::from_str("sqlite:")
             .map_err(open_err)?
             .filename(path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
+            .to_url_lossy();
+        let options = AnyConnectOptions::from_url(&url).map_err(open_err)?;
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // What SqliteConnectOptions would set, through the Any driver.
+                    for pragma in [
+                        "PRAGMA busy_timeout = 10000",
+                        "PRAGMA journal_mode = WAL",
+                        "PRAGMA synchronous = NORMAL",
+                        "PRAGMA foreign_keys = ON",
+                    ] {
+                        conn.execute(pragma).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect_with(options)
             .await
             .map_err(open_err)?;
-        let store = Store { pool };
+        Store::ready(pool, Backend::Sqlite).await
+    }
+
+    /// Open the PostgreSQL store at `url` (`postgres://user@host:port/database`; the database
+    /// must exist), with `password` if given, and bring its schema up to date.
+    pub async fn open_postgres(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
+        // Named in messages without any password the URL may carry.
+        let shown = match url::Url::parse(url) {
+            Ok(mut u) if u.password().is_some() => {
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(_) => url.to_string(),
+            Err(_) => "(unparseable PostgreSQL URL)".to_string(),
+        };
+        let open_err = |source| StoreError::Open {
+            path: shown.clone(),
+            source,
+        };
+        sqlx::any::install_default_drivers();
+        let mut options = PgConnectOptions::from_str(url).map_err(open_err)?;
+        if let Some(password) = password {
+            options = options.password(password);
+        }
+        let options = AnyConnectOptions::from_url(&options.to_url_lossy()).map_err(open_err)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            // A server that does not answer fails the open after this, not after sqlx's 30 s.
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        Store::ready(pool, Backend::Postgres).await
+    }
+
+    /// Migrate a freshly opened pool and close the runs a crash left `running`.
+    async fn ready(pool: AnyPool, backend: Backend) -> Result<Store, StoreError> {
+        let store = Store { pool, backend };
         store.migrate().await?;
         // A run still `running` at open was cut off by a crash or kill.
         sqlx::query("UPDATE scan_runs SET state = 'incomplete' WHERE state = 'running'")
@@ -258,40 +348,84 @@ impl Store {
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)",
+    /// Which database this store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The embedded migrations as sqlx's migrator sees them.
+    fn migrator() -> Migrator {
+        Migrator::with_migrations(
+            MIGRATIONS
+                .iter()
+                .map(|(version, sql)| {
+                    let description = sql
+                        .lines()
+                        .next()
+                        .and_then(|l| l.strip_prefix("--"))
+                        .map_or_else(|| format!("migration {version}"), |l| l.trim().to_string());
+                    Migration::new(
+                        *version,
+                        description.into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
         )
-        .execute(&self.pool)
-        .await?;
-        for (version, sql) in MIGRATIONS {
-            let done: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
-                    .bind(version)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if done.is_some() {
-                continue;
-            }
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = Store::migrator();
+        if self.backend == Backend::Sqlite {
+            self.adopt_old_runner(&migrator).await?;
+        }
+        migrator.run(&self.pool).await.map_err(StoreError::Migrator)
+    }
+
+    /// A SQLite store the earlier runner made (`schema_migrations`, no `_sqlx_migrations`):
+    /// record the versions it applied as applied for sqlx's migrator, in one transaction.
+    async fn adopt_old_runner(&self, migrator: &Migrator) -> Result<(), StoreError> {
+        let table = |name: &'static str| {
+            sqlx::query_scalar::<_, String>(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1",
+            )
+            .bind(name)
+        };
+        let old = table("schema_migrations")
+            .fetch_optional(&self.pool)
+            .await?;
+        let new = table("_sqlx_migrations").fetch_optional(&self.pool).await?;
+        if old.is_none() || new.is_some() {
+            return Ok(());
+        }
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        tx.ensure_migrations_table(&migrator.table_name)
+            .await
+            .map_err(StoreError::Migrator)?;
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+                .fetch_all(&mut *tx)
+                .await?;
+        for migration in migrator.iter().filter(|m| applied.contains(&m.version)) {
             let fail = |source| StoreError::Migrate {
-                version: *version,
+                version: migration.version,
                 source,
             };
-            let mut tx = self.pool.begin().await.map_err(fail)?;
-            for statement in sql.split(';').filter(|s| !strip_comments(s).is_empty()) {
-                sqlx::query(statement)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-            }
-            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                .bind(version)
-                .bind(timestamp(Utc::now()))
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-            tx.commit().await.map_err(fail)?;
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+                 VALUES ($1, $2, TRUE, $3, 0)",
+            )
+            .bind(migration.version)
+            .bind(migration.description.to_string())
+            .bind(migration.checksum.to_vec())
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -557,9 +691,11 @@ impl Store {
 
     /// Flush the write-ahead log into the database file and close every connection.
     pub async fn close(self) {
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await;
+        if self.backend == Backend::Sqlite {
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
+        }
         self.pool.close().await;
     }
 }
@@ -570,7 +706,7 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn finding_from_row(r: &SqliteRow) -> Result<Finding, StoreError> {
+fn finding_from_row(r: &AnyRow) -> Result<Finding, StoreError> {
     let c = Cells::new(r, "findings", "fingerprint");
     Ok(Finding {
         fingerprint: c.get("fingerprint")?,
@@ -597,7 +733,7 @@ fn finding_from_row(r: &SqliteRow) -> Result<Finding, StoreError> {
 }
 
 /// A `scan_runs` row's id, state and times.
-pub(crate) fn run_from_row(r: &SqliteRow) -> Result<StoredRun, StoreError> {
+pub(crate) fn run_from_row(r: &AnyRow) -> Result<StoredRun, StoreError> {
     let c = Cells::new(r, "scan_runs", "id");
     Ok(StoredRun {
         id: c.get("id")?,
@@ -615,19 +751,9 @@ fn probe_kinds(run: &ScanRun) -> String {
         .join(",")
 }
 
-/// A migration chunk with its comment lines removed, trimmed.
-fn strip_comments(sql: &str) -> String {
-    sql.lines()
-        .filter(|l| !l.trim_start().starts_with("--"))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .trim()
-        .to_string()
-}
-
 /// One host of a scan: its row, its services' rows and their observations.
 async fn write_host(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     run_id: &str,
     seen: &str,
     host: &HostObservation,

@@ -271,7 +271,7 @@ impl Store {
     }
 }
 
-fn mail_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxMail, StoreError> {
+fn mail_from_row(r: &sqlx::any::AnyRow) -> Result<OutboxMail, StoreError> {
     let c = Cells::new(r, "outbox", "key");
     Ok(OutboxMail {
         key: c.get("key")?,

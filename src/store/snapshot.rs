@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Cells, Store, StoreError, StoredRun, finding_from_row, run_from_row};
+use super::{Backend, Cells, Store, StoreError, StoredRun, finding_from_row, run_from_row};
 use crate::finding::Finding;
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -350,7 +350,7 @@ impl Store {
     /// Probe errors over every recorded scan, summed by probe and reason.
     pub async fn probe_error_totals(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT probe, reason, SUM(count) AS n FROM probe_errors GROUP BY probe, reason",
+            "SELECT probe, reason, CAST(SUM(count) AS BIGINT) AS n FROM probe_errors GROUP BY probe, reason",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -364,9 +364,15 @@ impl Store {
 
     /// Outbox messages counted by state; `None` while the store has no outbox table.
     pub async fn outbox_by_state(&self) -> Result<Option<Vec<(String, i64)>>, StoreError> {
-        let exists: Option<String> = sqlx::query_scalar(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'outbox'",
-        )
+        let exists: Option<String> = sqlx::query_scalar(match self.backend {
+            Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(table_name AS TEXT) FROM information_schema.tables
+                 WHERE table_schema = current_schema() AND table_name = 'outbox'"
+            }
+        })
         .fetch_optional(&self.pool)
         .await?;
         if exists.is_none() {

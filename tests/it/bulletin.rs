@@ -22,6 +22,7 @@ use netpatrol::rules::{RuleSet, Severity, Text};
 use netpatrol::store::Store;
 
 use crate::support::smtp::{Part, SmtpSink};
+use crate::support::store::for_each_backend;
 use crate::support::tls::Pki;
 
 const HOSTILE_TITLE: &str = "可疑横幅<script>alert(1)</script>\r\nX-Injected: yes";
@@ -470,65 +471,71 @@ fn golden(name: &str, actual: &[u8]) {
 
 #[tokio::test]
 async fn golden_bulletins_in_chinese_and_english() {
-    let dir = tempfile::tempdir().unwrap();
-    let (config, rules) = load(dir.path(), &config_yaml("区人社局", ""));
-    let store = Store::open(&config.store.path).await.unwrap();
-    fill(&store, &rules).await;
-    let templates = Templates::load(&config).unwrap();
-    let now = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
-    let period = Period::month(2026, 11).unwrap();
-    for lang in ["zh", "en"] {
-        let b = bulletin::build(&config, &rules, &store, &templates, &period, lang, now)
+    for_each_backend(|db| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut config, rules) = load(dir.path(), &config_yaml("区人社局", ""));
+        config.store = db.settings.clone();
+        let store = db.open().await;
+        fill(&store, &rules).await;
+        let templates = Templates::load(&config).unwrap();
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
+        let period = Period::month(2026, 11).unwrap();
+        for lang in ["zh", "en"] {
+            let b = bulletin::build(&config, &rules, &store, &templates, &period, lang, now)
+                .await
+                .unwrap();
+            assert_eq!(b.number, 1, "zh and en share the period's number");
+            golden(&format!("bulletin-{lang}.html"), b.rendered.html.as_bytes());
+            golden(&format!("bulletin-{lang}.txt"), b.rendered.text.as_bytes());
+            golden(
+                &format!("bulletin-{lang}.md"),
+                b.rendered.markdown.as_bytes(),
+            );
+            golden(&format!("bulletin-{lang}.csv"), &b.rendered.csv);
+
+            // Observed strings are escaped for each format.
+            let html = &b.rendered.html;
+            assert!(
+                !html.contains("<script>") && !html.contains("<img") && !html.contains("<b>mmfw")
+            );
+            assert!(html.contains("&lt;script&gt;"));
+            assert!(!html.contains('\r'));
+            assert!(!b.rendered.markdown.contains("<img"));
+            assert!(b.rendered.csv.starts_with("\u{feff}".as_bytes()));
+            let csv = String::from_utf8(b.rendered.csv.clone()).unwrap();
+            assert_eq!(
+                csv.matches("\r\n").count(),
+                csv.matches('\n').count(),
+                "CRLF line ends"
+            );
+            assert_eq!(
+                csv.matches("\r\n").count(),
+                1 + 8,
+                "header and 8 findings, one line each"
+            );
+            assert!(
+                csv.contains("'=cmd") || !csv.contains(",=cmd"),
+                "no formula cell"
+            );
+            let files = b.write(&dir.path().join("out")).unwrap();
+            assert_eq!(files.len(), 4);
+        }
+        // The next period gets the next number; this one keeps its own.
+        let december = Period::month(2026, 12).unwrap();
+        let b = bulletin::build(&config, &rules, &store, &templates, &december, "zh", now)
             .await
             .unwrap();
-        assert_eq!(b.number, 1, "zh and en share the period's number");
-        golden(&format!("bulletin-{lang}.html"), b.rendered.html.as_bytes());
-        golden(&format!("bulletin-{lang}.txt"), b.rendered.text.as_bytes());
-        golden(
-            &format!("bulletin-{lang}.md"),
-            b.rendered.markdown.as_bytes(),
-        );
-        golden(&format!("bulletin-{lang}.csv"), &b.rendered.csv);
-
-        // Observed strings are escaped for each format.
-        let html = &b.rendered.html;
-        assert!(!html.contains("<script>") && !html.contains("<img") && !html.contains("<b>mmfw"));
-        assert!(html.contains("&lt;script&gt;"));
-        assert!(!html.contains('\r'));
-        assert!(!b.rendered.markdown.contains("<img"));
-        assert!(b.rendered.csv.starts_with("\u{feff}".as_bytes()));
-        let csv = String::from_utf8(b.rendered.csv.clone()).unwrap();
+        assert_eq!(b.number, 2);
+        let b = bulletin::build(&config, &rules, &store, &templates, &period, "zh", now)
+            .await
+            .unwrap();
         assert_eq!(
-            csv.matches("\r\n").count(),
-            csv.matches('\n').count(),
-            "CRLF line ends"
+            (b.number, b.model.number_label.as_str()),
+            (1, "2026年第1期")
         );
-        assert_eq!(
-            csv.matches("\r\n").count(),
-            1 + 8,
-            "header and 8 findings, one line each"
-        );
-        assert!(
-            csv.contains("'=cmd") || !csv.contains(",=cmd"),
-            "no formula cell"
-        );
-        let files = b.write(&dir.path().join("out")).unwrap();
-        assert_eq!(files.len(), 4);
-    }
-    // The next period gets the next number; this one keeps its own.
-    let december = Period::month(2026, 12).unwrap();
-    let b = bulletin::build(&config, &rules, &store, &templates, &december, "zh", now)
-        .await
-        .unwrap();
-    assert_eq!(b.number, 2);
-    let b = bulletin::build(&config, &rules, &store, &templates, &period, "zh", now)
-        .await
-        .unwrap();
-    assert_eq!(
-        (b.number, b.model.number_label.as_str()),
-        (1, "2026年第1期")
-    );
-    store.close().await;
+        store.close().await;
+    })
+    .await;
 }
 
 /// Run the netpatrol binary; returns (exit code, stdout, stderr).
@@ -704,6 +711,7 @@ fn message_id(m: &crate::support::smtp::Received) -> String {
 
 #[tokio::test]
 async fn concurrent_flushes_send_each_message_once_and_a_killed_flush_loses_nothing() {
+    for_each_backend(|db| async move {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new("netpatrol test mail CA");
     let ip = [127, 112, 1, 1];
@@ -714,12 +722,12 @@ async fn concurrent_flushes_send_each_message_once_and_a_killed_flush_loses_noth
     let extra = format!(
         "smtp: {{host: 127.112.1.1, port: {port}, security: none, from: \"网络安全巡检 <netpatrol@example.gov.cn>\"}}\n"
     );
-    let yaml = config_yaml("区人社局", &extra);
+    let yaml = config_yaml("区人社局", &format!("{extra}{}", db.yaml()));
     let config_path = dir.path().join("netpatrol.yaml");
     std::fs::write(&config_path, &yaml).unwrap();
     {
-        let (config, rules) = load(dir.path(), &yaml);
-        let store = Store::open(&config.store.path).await.unwrap();
+        let (_, rules) = load(dir.path(), &yaml);
+        let store = db.open().await;
         fill(&store, &rules).await;
         store.close().await;
     }
@@ -797,6 +805,8 @@ async fn concurrent_flushes_send_each_message_once_and_a_killed_flush_loses_noth
         new_ids.is_disjoint(&ids),
         "a forced re-send is a new message"
     );
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -687,3 +687,66 @@ fn an_error_chain_prints_each_cause_once() {
         "scan failed: cannot open store /var/lib/netpatrol.db: permission denied"
     );
 }
+
+#[test]
+fn store_url_is_parsed_only_and_refused_with_its_position() {
+    let load = |store: &str| config::load_str(&format!("{SEGMENTS}{store}"), Path::new("np.yaml"));
+    let ok = load(
+        "store:\n  url: postgres://netpatrol@127.116.0.1:1/np\n  password_env: NP_PG_PASSWORD\n",
+    )
+    .unwrap();
+    assert_eq!(
+        ok.store.url.as_deref(),
+        Some("postgres://netpatrol@127.116.0.1:1/np")
+    );
+    assert_eq!(ok.store.password_env.as_deref(), Some("NP_PG_PASSWORD"));
+    assert_eq!(ok.store.describe(), "postgres://netpatrol@127.116.0.1:1/np");
+    assert!(
+        load("").unwrap().store.url.is_none(),
+        "SQLite stays the default"
+    );
+
+    assert_eq!(
+        problems(load("store: {url: \"mysql://root@127.116.0.1/np\"}\n")),
+        "np.yaml:3:14: unsupported store url scheme `mysql`: expected postgres://USER@HOST:PORT/DATABASE (a SQLite store is store.path)"
+    );
+    assert_eq!(
+        problems(load(
+            "store: {path: np.db, url: \"postgres://np@127.116.0.1/np\"}\n"
+        )),
+        "np.yaml:3:27: store: give either path (SQLite) or url (PostgreSQL), not both"
+    );
+    let refused = problems(load(
+        "store:\n  url: postgres://np:hunter2@127.116.0.1/np\n",
+    ));
+    assert_eq!(
+        refused,
+        "np.yaml:4:8: secrets are not read from the config: remove the password from store.url and use store.password_env"
+    );
+    assert!(!refused.contains("hunter2"));
+    assert_eq!(
+        problems(load("store: {path: np.db, password_env: NP_PG_PASSWORD}\n")),
+        "np.yaml:3:36: store.password_env is only for a PostgreSQL store (store.url)"
+    );
+    assert_eq!(
+        problems(load("store: {url: not a url}\n")),
+        "np.yaml:3:14: invalid store url: expected postgres://USER@HOST:PORT/DATABASE"
+    );
+
+    // The compile step (check-config) tries nothing on the network: nothing listens on
+    // 127.116.0.1:1, and the config compiles, with a warning for the unset password variable.
+    let loaded = config::Loaded::compile_str(
+        &format!(
+            "{SEGMENTS}store:\n  url: postgres://netpatrol@127.116.0.1:1/np\n  password_env: NETPATROL_TEST_NEVER_SET\n"
+        ),
+        Path::new("np.yaml"),
+    )
+    .unwrap();
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "np.yaml: warning: store.password_env names NETPATROL_TEST_NEVER_SET, which is not set: opening the PostgreSQL store will fail"
+        ]
+    );
+}

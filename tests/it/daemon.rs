@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support;
+use crate::support::store::for_each_backend_blocking;
 
 const TOKEN: &str = "s3cret-test-token";
 const TOKEN_ENV: &str = "NETPATROL_TEST_API_TOKEN";
@@ -599,222 +600,229 @@ fn promtool_check_metrics(text: &str) {
 
 #[test]
 fn daemon_api_metrics_and_every_dashboard_query_on_prometheus() {
-    let prometheus_bin = tool("prometheus");
-    let shift = support::lab();
-    // Waive the legacy endpoint's weak-crypto findings, to see them marked in the API.
-    let waiver = "exceptions:\n  - {rule: \"tls.weak_*\", ip: 127.20.2.8, reason: 改造中, approver: 张伟, expires_on: 2099-12-31}\n";
-    let daemon = Daemon::start(|dir, addr| demo_yaml(dir, shift, addr, waiver), Some(TOKEN));
-    let addr = daemon.addr;
+    for_each_backend_blocking(|db| {
+        let prometheus_bin = tool("prometheus");
+        let shift = support::lab();
+        // Waive the legacy endpoint's weak-crypto findings, to see them marked in the API.
+        let waiver = "exceptions:\n  - {rule: \"tls.weak_*\", ip: 127.20.2.8, reason: 改造中, approver: 张伟, expires_on: 2099-12-31}\n";
+        let extra = format!("{waiver}{}", db.yaml());
+        let daemon = Daemon::start(|dir, addr| demo_yaml(dir, shift, addr, &extra), Some(TOKEN));
+        let addr = daemon.addr;
 
-    // Authentication and request checks, before anything runs.
-    let r = post(addr, "/api/v1/scans", None, "{}");
-    assert_eq!(r.status, 401, "{}", r.body);
-    assert!(r.json()["error"].is_string());
-    let r = post(addr, "/api/v1/scans", Some("wrong-token"), "{}");
-    assert_eq!(r.status, 401);
-    let r = post(
-        addr,
-        "/api/v1/scans",
-        Some(TOKEN),
-        "{\"segments\": [\"nowhere\"]}",
-    );
-    assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("nowhere"));
-    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": ");
-    assert_eq!(r.status, 400);
-    assert!(r.json()["error"].as_str().unwrap().contains("JSON"));
-    let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segmentz\": []}");
-    assert_eq!(r.status, 400, "unknown keys are refused");
-    let big = format!("{{\"segments\": [\"{}\"]}}", "x".repeat(20 * 1024));
-    let r = post(addr, "/api/v1/scans", Some(TOKEN), &big);
-    assert_eq!(r.status, 413, "{}", r.body);
-    assert!(r.json()["error"].is_string());
-    let r = get(addr, "/api/v1/scans/no-such-scan");
-    assert_eq!(r.status, 404);
-    assert!(r.json()["error"].is_string());
-    let r = get(addr, "/nowhere");
-    assert_eq!(r.status, 404);
-    assert!(r.json()["error"].is_string());
+        // Authentication and request checks, before anything runs.
+        let r = post(addr, "/api/v1/scans", None, "{}");
+        assert_eq!(r.status, 401, "{}", r.body);
+        assert!(r.json()["error"].is_string());
+        let r = post(addr, "/api/v1/scans", Some("wrong-token"), "{}");
+        assert_eq!(r.status, 401);
+        let r = post(
+            addr,
+            "/api/v1/scans",
+            Some(TOKEN),
+            "{\"segments\": [\"nowhere\"]}",
+        );
+        assert_eq!(r.status, 400);
+        assert!(r.json()["error"].as_str().unwrap().contains("nowhere"));
+        let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segments\": ");
+        assert_eq!(r.status, 400);
+        assert!(r.json()["error"].as_str().unwrap().contains("JSON"));
+        let r = post(addr, "/api/v1/scans", Some(TOKEN), "{\"segmentz\": []}");
+        assert_eq!(r.status, 400, "unknown keys are refused");
+        let big = format!("{{\"segments\": [\"{}\"]}}", "x".repeat(20 * 1024));
+        let r = post(addr, "/api/v1/scans", Some(TOKEN), &big);
+        assert_eq!(r.status, 413, "{}", r.body);
+        assert!(r.json()["error"].is_string());
+        let r = get(addr, "/api/v1/scans/no-such-scan");
+        assert_eq!(r.status, 404);
+        assert!(r.json()["error"].is_string());
+        let r = get(addr, "/nowhere");
+        assert_eq!(r.status, 404);
+        assert!(r.json()["error"].is_string());
 
-    // Prometheus starts scraping before the scan, so the histogram has a before and after.
-    let prometheus = Prometheus::start(addr);
-    let _ = prometheus_bin;
+        // Prometheus starts scraping before the scan, so the histogram has a before and after.
+        let prometheus = Prometheus::start(addr);
+        let _ = prometheus_bin;
 
-    // Two scans at once over a common segment: the second waits for the first.
-    let first = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
-    assert_eq!(first.status, 202, "{}", first.body);
-    let first_id = first.json()["id"].as_str().unwrap().to_string();
-    let second = post(
-        addr,
-        "/api/v1/scans",
-        Some(TOKEN),
-        "{\"segments\": [\"extranet-a\"]}",
-    );
-    assert_eq!(second.status, 202);
-    let second_id = second.json()["id"].as_str().unwrap().to_string();
-    assert_ne!(first_id, second_id);
-    let early = get(addr, &format!("/api/v1/scans/{second_id}")).json();
-    assert!(
-        ["queued", "running", "complete"].contains(&early["state"].as_str().unwrap()),
-        "{early}"
-    );
-    let a = daemon.wait_scan(&first_id);
-    let b = daemon.wait_scan(&second_id);
-    assert_eq!(a["state"], "complete", "{a}\n{}", daemon.log());
-    assert_eq!(b["state"], "complete", "{b}");
-    let report = &a["report"];
-    assert_eq!(report["scan"]["id"], a["scan_id"]);
-    assert!(!report["hosts"].as_array().unwrap().is_empty());
-    assert!(!report["findings"].as_array().unwrap().is_empty());
-    let finished = |v: &Value| {
-        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["finished_at"].as_str().unwrap())
+        // Two scans at once over a common segment: the second waits for the first.
+        let first = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
+        assert_eq!(first.status, 202, "{}", first.body);
+        let first_id = first.json()["id"].as_str().unwrap().to_string();
+        let second = post(
+            addr,
+            "/api/v1/scans",
+            Some(TOKEN),
+            "{\"segments\": [\"extranet-a\"]}",
+        );
+        assert_eq!(second.status, 202);
+        let second_id = second.json()["id"].as_str().unwrap().to_string();
+        assert_ne!(first_id, second_id);
+        let early = get(addr, &format!("/api/v1/scans/{second_id}")).json();
+        assert!(
+            ["queued", "running", "complete"].contains(&early["state"].as_str().unwrap()),
+            "{early}"
+        );
+        let a = daemon.wait_scan(&first_id);
+        let b = daemon.wait_scan(&second_id);
+        assert_eq!(a["state"], "complete", "{a}\n{}", daemon.log());
+        assert_eq!(b["state"], "complete", "{b}");
+        let report = &a["report"];
+        assert_eq!(report["scan"]["id"], a["scan_id"]);
+        assert!(!report["hosts"].as_array().unwrap().is_empty());
+        assert!(!report["findings"].as_array().unwrap().is_empty());
+        let finished = |v: &Value| {
+            chrono::DateTime::parse_from_rfc3339(
+                v["report"]["scan"]["finished_at"].as_str().unwrap(),
+            )
             .unwrap()
-    };
-    let started = |v: &Value| {
-        chrono::DateTime::parse_from_rfc3339(v["report"]["scan"]["started_at"].as_str().unwrap())
+        };
+        let started = |v: &Value| {
+            chrono::DateTime::parse_from_rfc3339(
+                v["report"]["scan"]["started_at"].as_str().unwrap(),
+            )
             .unwrap()
-    };
-    // Report times have whole seconds: the second began no earlier than the first ended.
-    assert!(
-        started(&b) >= finished(&a) - chrono::Duration::seconds(1),
-        "scans of extranet-a overlapped: {} vs {}",
-        started(&b),
-        finished(&a)
-    );
-    // A run id the store recorded is answered too.
-    let by_run = get(
-        addr,
-        &format!("/api/v1/scans/{}", a["scan_id"].as_str().unwrap()),
-    );
-    assert_eq!(by_run.status, 200);
-    assert_eq!(by_run.json()["state"], "complete");
+        };
+        // Report times have whole seconds: the second began no earlier than the first ended.
+        assert!(
+            started(&b) >= finished(&a) - chrono::Duration::seconds(1),
+            "scans of extranet-a overlapped: {} vs {}",
+            started(&b),
+            finished(&a)
+        );
+        // A run id the store recorded is answered too.
+        let by_run = get(
+            addr,
+            &format!("/api/v1/scans/{}", a["scan_id"].as_str().unwrap()),
+        );
+        assert_eq!(by_run.status, 200);
+        assert_eq!(by_run.json()["state"], "complete");
 
-    // Findings and their filters.
-    let all = get(addr, "/api/v1/findings").json();
-    let list = all["findings"].as_array().unwrap();
-    assert!(!list.is_empty());
-    assert_eq!(all["count"].as_u64().unwrap() as usize, list.len());
-    for (query, key, want) in [
-        ("severity=high", "severity", "high"),
-        ("department=fgw", "department", "fgw"),
-        (
-            "rule=access.unapproved_host",
-            "rule",
-            "access.unapproved_host",
-        ),
-    ] {
-        let got = get(addr, &format!("/api/v1/findings?{query}")).json();
-        let got = got["findings"].as_array().unwrap();
-        assert!(!got.is_empty(), "{query}: nothing");
-        assert!(got.len() < list.len(), "{query}: no filtering");
-        assert!(got.iter().all(|f| f[key] == want), "{query}: {got:?}");
-    }
-    let weak = get(addr, "/api/v1/findings?rule=tls.weak_key").json();
-    let weak = &weak["findings"][0];
-    assert_eq!(weak["state"], "waived", "{weak}");
-    assert_eq!(weak["waiver"]["approver"], "张伟");
-    let r = get(addr, "/api/v1/findings?severity=bogus");
-    assert_eq!(r.status, 400);
-
-    // Every contract metric, with its labels, in the exposition.
-    let text = get(addr, "/metrics").body;
-    for (name, labels) in CONTRACT_METRICS {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{{")))
-            .unwrap_or_else(|| panic!("no {name} series in /metrics:\n{text}"));
-        for label in *labels {
-            assert!(
-                line.contains(&format!("{label}=\"")),
-                "{name} lacks {label}: {line}"
-            );
+        // Findings and their filters.
+        let all = get(addr, "/api/v1/findings").json();
+        let list = all["findings"].as_array().unwrap();
+        assert!(!list.is_empty());
+        assert_eq!(all["count"].as_u64().unwrap() as usize, list.len());
+        for (query, key, want) in [
+            ("severity=high", "severity", "high"),
+            ("department=fgw", "department", "fgw"),
+            (
+                "rule=access.unapproved_host",
+                "rule",
+                "access.unapproved_host",
+            ),
+        ] {
+            let got = get(addr, &format!("/api/v1/findings?{query}")).json();
+            let got = got["findings"].as_array().unwrap();
+            assert!(!got.is_empty(), "{query}: nothing");
+            assert!(got.len() < list.len(), "{query}: no filtering");
+            assert!(got.iter().all(|f| f[key] == want), "{query}: {got:?}");
         }
-    }
-    for name in [
-        "process_resident_memory_bytes",
-        "process_start_time_seconds",
-        "process_cpu_seconds_total",
-        "netpatrol_config_reload_success",
-        "netpatrol_config_last_reload_timestamp_seconds",
-        "netpatrol_scan_duration_seconds_count",
-    ] {
-        assert!(text.lines().any(|l| l.starts_with(name)), "no {name}");
-    }
-    assert!(
-        text.contains("netpatrol_findings_waived{"),
-        "waived findings not counted"
-    );
-    promtool_check_metrics(&text);
+        let weak = get(addr, "/api/v1/findings?rule=tls.weak_key").json();
+        let weak = &weak["findings"][0];
+        assert_eq!(weak["state"], "waived", "{weak}");
+        assert_eq!(weak["waiver"]["approver"], "张伟");
+        let r = get(addr, "/api/v1/findings?severity=bogus");
+        assert_eq!(r.status, 400);
 
-    // Prometheus has scraped the scan's results.
-    wait_for(
-        "Prometheus to scrape the scan",
-        Duration::from_secs(60),
-        || {
-            let up = prometheus.query("up{job=\"netpatrol\"} == 1");
-            let done = prometheus.query("netpatrol_scan_last_success_timestamp_seconds");
-            let counted = prometheus.query("netpatrol_scan_duration_seconds_count >= 2");
-            (!up.is_empty() && done.len() == 3 && !counted.is_empty()).then_some(())
-        },
-    );
-    // rate() needs two samples after the scans; give it a few scrapes.
-    std::thread::sleep(Duration::from_secs(3));
-
-    // Every dashboard expression parses and returns data. `$department` is tried with every
-    // department Prometheus knows: the expression must return data for at least one.
-    let departments = prometheus.label_values("department", "netpatrol_findings");
-    assert!(departments.len() > 1, "departments: {departments:?}");
-    let mut checked = 0;
-    for (file, board) in dashboards() {
-        for (title, expr) in panel_exprs(&board) {
-            let expr = expr
-                .replace("$__rate_interval", "1m")
-                .replace("$__range", "5m")
-                .replace("$__interval", "15s");
-            let values: Vec<&str> = if expr.contains("$department") {
-                departments.iter().map(String::as_str).collect()
-            } else {
-                vec![""]
-            };
-            let found = values.iter().any(|d| {
-                let e = expr.replace("$department", d);
-                !prometheus.query(&e).is_empty()
-            });
-            assert!(found, "{file}: panel {title:?}: {expr:?} returned no data");
-            checked += 1;
+        // Every contract metric, with its labels, in the exposition.
+        let text = get(addr, "/metrics").body;
+        for (name, labels) in CONTRACT_METRICS {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .unwrap_or_else(|| panic!("no {name} series in /metrics:\n{text}"));
+            for label in *labels {
+                assert!(
+                    line.contains(&format!("{label}=\"")),
+                    "{name} lacks {label}: {line}"
+                );
+            }
         }
-    }
-    assert!(checked >= 40, "only {checked} expressions");
-
-    // Alert expressions parse; they may be empty (nothing to alert on is the normal state, e.g.
-    // an outbox with nothing stuck), so only their validity is asserted here; promtool's unit
-    // tests (alert_rules_pass_promtool) check what they fire on.
-    let rules: Value = {
-        let r = get(prometheus.addr, "/api/v1/rules");
-        r.json()
-    };
-    let groups = rules["data"]["groups"].as_array().unwrap();
-    let mut alerts = 0;
-    for g in groups {
-        for rule in g["rules"].as_array().unwrap() {
-            assert_eq!(rule["health"].as_str().unwrap_or("ok"), "ok", "{rule}");
-            let _ = prometheus.query(rule["query"].as_str().unwrap());
-            alerts += 1;
+        for name in [
+            "process_resident_memory_bytes",
+            "process_start_time_seconds",
+            "process_cpu_seconds_total",
+            "netpatrol_config_reload_success",
+            "netpatrol_config_last_reload_timestamp_seconds",
+            "netpatrol_scan_duration_seconds_count",
+        ] {
+            assert!(text.lines().any(|l| l.starts_with(name)), "no {name}");
         }
-    }
-    assert!(alerts >= 6, "Prometheus loaded {alerts} alert rules");
-    // The demo network has an expired certificate: once Prometheus evaluated the rule, the
-    // expired-certificate expression (without its `for`) holds.
-    assert!(
-        !prometheus
-            .query("time() - netpatrol_tls_cert_not_after_seconds > 0")
-            .is_empty()
-    );
+        assert!(
+            text.contains("netpatrol_findings_waived{"),
+            "waived findings not counted"
+        );
+        promtool_check_metrics(&text);
 
-    // Health while all is well.
-    let h = get(addr, "/healthz");
-    assert_eq!(h.status, 200);
-    assert_eq!(h.json()["status"], "ok");
+        // Prometheus has scraped the scan's results.
+        wait_for(
+            "Prometheus to scrape the scan",
+            Duration::from_secs(60),
+            || {
+                let up = prometheus.query("up{job=\"netpatrol\"} == 1");
+                let done = prometheus.query("netpatrol_scan_last_success_timestamp_seconds");
+                let counted = prometheus.query("netpatrol_scan_duration_seconds_count >= 2");
+                (!up.is_empty() && done.len() == 3 && !counted.is_empty()).then_some(())
+            },
+        );
+        // rate() needs two samples after the scans; give it a few scrapes.
+        std::thread::sleep(Duration::from_secs(3));
+
+        // Every dashboard expression parses and returns data. `$department` is tried with every
+        // department Prometheus knows: the expression must return data for at least one.
+        let departments = prometheus.label_values("department", "netpatrol_findings");
+        assert!(departments.len() > 1, "departments: {departments:?}");
+        let mut checked = 0;
+        for (file, board) in dashboards() {
+            for (title, expr) in panel_exprs(&board) {
+                let expr = expr
+                    .replace("$__rate_interval", "1m")
+                    .replace("$__range", "5m")
+                    .replace("$__interval", "15s");
+                let values: Vec<&str> = if expr.contains("$department") {
+                    departments.iter().map(String::as_str).collect()
+                } else {
+                    vec![""]
+                };
+                let found = values.iter().any(|d| {
+                    let e = expr.replace("$department", d);
+                    !prometheus.query(&e).is_empty()
+                });
+                assert!(found, "{file}: panel {title:?}: {expr:?} returned no data");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 40, "only {checked} expressions");
+
+        // Alert expressions parse; they may be empty (nothing to alert on is the normal state, e.g.
+        // an outbox with nothing stuck), so only their validity is asserted here; promtool's unit
+        // tests (alert_rules_pass_promtool) check what they fire on.
+        let rules: Value = {
+            let r = get(prometheus.addr, "/api/v1/rules");
+            r.json()
+        };
+        let groups = rules["data"]["groups"].as_array().unwrap();
+        let mut alerts = 0;
+        for g in groups {
+            for rule in g["rules"].as_array().unwrap() {
+                assert_eq!(rule["health"].as_str().unwrap_or("ok"), "ok", "{rule}");
+                let _ = prometheus.query(rule["query"].as_str().unwrap());
+                alerts += 1;
+            }
+        }
+        assert!(alerts >= 6, "Prometheus loaded {alerts} alert rules");
+        // The demo network has an expired certificate: once Prometheus evaluated the rule, the
+        // expired-certificate expression (without its `for`) holds.
+        assert!(
+            !prometheus
+                .query("time() - netpatrol_tls_cert_not_after_seconds > 0")
+                .is_empty()
+        );
+
+        // Health while all is well.
+        let h = get(addr, "/healthz");
+        assert_eq!(h.status, 200);
+        assert_eq!(h.json()["status"], "ok");
+    });
 }
 
 #[test]

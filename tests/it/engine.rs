@@ -20,6 +20,8 @@ use netpatrol::probe::ProbeKind;
 use netpatrol::scan::{self, ScanRequest};
 use netpatrol::scope::Limits;
 use netpatrol::store::Store;
+
+use crate::support::store::for_each_backend;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
@@ -147,13 +149,18 @@ async fn syn_scan_at_20000_per_second_never_passes_the_rate() {
 
 /// Writes `yaml` (with a store in `dir`) as `dir/netpatrol.yaml`; returns its path.
 fn write_config(dir: &Path, yaml: &str) -> PathBuf {
-    let path = dir.join("netpatrol.yaml");
     let store = dir.join("np.db");
-    std::fs::write(
-        &path,
-        format!("store: {{path: {}}}\n{yaml}", store.display()),
+    write_config_with(
+        dir,
+        &format!("store: {{path: {}}}\n", store.display()),
+        yaml,
     )
-    .unwrap();
+}
+
+/// Writes `store` (a `store:` line) and `yaml` as `dir/netpatrol.yaml`; returns its path.
+fn write_config_with(dir: &Path, store: &str, yaml: &str) -> PathBuf {
+    let path = dir.join("netpatrol.yaml");
+    std::fs::write(&path, format!("{store}{yaml}")).unwrap();
     path
 }
 
@@ -268,69 +275,63 @@ async fn a_scan_out_of_descriptors_is_degraded_and_resolves_nothing() {
 /// batches it finished (checkpoints), not an empty store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_scan_leaves_an_incomplete_run_with_what_it_saw() {
-    let first = CountingListener::bind(ip("127.110.30.1"), 0).await;
-    let port = first.addr.port();
-    let _second = CountingListener::bind(ip("127.110.30.2"), port).await;
-    let dir = tempfile::tempdir().unwrap();
-    // 1,022 addresses at 100 attempts per second: ten seconds; the first batch of 256
-    // addresses (both listeners) is done after about 2.6 s.
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "scan: {{icmp: false, ports: [{port}], rate: 100, dns: {{enabled: false}}}}\n\
+    for_each_backend(|db| async move {
+        let first = CountingListener::bind(ip("127.110.30.1"), 0).await;
+        let port = first.addr.port();
+        let _second = CountingListener::bind(ip("127.110.30.2"), port).await;
+        let dir = tempfile::tempdir().unwrap();
+        // 1,022 addresses at 100 attempts per second: ten seconds; the first batch of 256
+        // addresses (both listeners) is done after about 2.6 s.
+        let config = write_config_with(
+            dir.path(),
+            &db.yaml(),
+            &format!(
+                "scan: {{icmp: false, ports: [{port}], rate: 100, dns: {{enabled: false}}}}\n\
              segments:\n  - {{name: s, network: other, cidrs: [127.110.28.0/22]}}\n"
-        ),
-    );
-    let out = dir.path().join("report.json");
-    let mut child = scan_command(&config, &out, 0, None)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for the first checkpoint (read-only, so the running scan is left alone).
-    let db = dir.path().join("np.db");
-    let checkpointed = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let Ok(pool) = sqlx::SqlitePool::connect_with(
-                sqlx::sqlite::SqliteConnectOptions::new()
-                    .filename(&db)
-                    .read_only(true),
-            )
-            .await
-            else {
-                continue;
-            };
-            let hosts: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM hosts")
-                .fetch_one(&pool)
-                .await;
-            pool.close().await;
-            if hosts.is_ok_and(|n| n >= 2) {
-                return;
+            ),
+        );
+        let out = dir.path().join("report.json");
+        let mut child = scan_command(&config, &out, 0, None)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the first checkpoint (read-only, so the running scan is left alone).
+        let checkpointed = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if db
+                    .peek_count("SELECT COUNT(*) FROM hosts")
+                    .await
+                    .is_some_and(|n| n >= 2)
+                {
+                    return;
+                }
             }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(60), checkpointed)
-        .await
-        .expect("the first batch is checkpointed");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    assert!(!out.exists(), "killed before it wrote a report");
+        };
+        tokio::time::timeout(Duration::from_secs(60), checkpointed)
+            .await
+            .expect("the first batch is checkpointed");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(!out.exists(), "killed before it wrote a report");
 
-    let store = Store::open(&db).await.unwrap();
-    let runs = store.runs().await.unwrap();
-    assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].state, "incomplete");
-    assert!(runs[0].finished_at.is_none());
-    let hosts: Vec<String> = store
-        .hosts()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|h| h.ip)
-        .collect();
-    assert_eq!(hosts, ["127.110.30.1", "127.110.30.2"]);
-    store.close().await;
+        let store = db.open().await;
+        let runs = store.runs().await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].state, "incomplete");
+        assert!(runs[0].finished_at.is_none());
+        let hosts: Vec<String> = store
+            .hosts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|h| h.ip)
+            .collect();
+        assert_eq!(hosts, ["127.110.30.1", "127.110.30.2"]);
+        store.close().await;
+    })
+    .await;
 }
 
 /// SIGTERM reaches a probe in flight: a TLS probe waiting on a silent server with a 60 s step

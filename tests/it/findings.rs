@@ -13,6 +13,8 @@ use netpatrol::rules::RuleSet;
 use netpatrol::scan::{self, ScanRequest};
 use netpatrol::scope::Limits;
 use netpatrol::store::Store;
+
+use crate::support::store::for_each_backend;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{CountingListener, config};
@@ -208,6 +210,7 @@ async fn demo_network_compliance_findings() {
 /// stops hiding it once expired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn findings_lifecycle_and_waivers() {
+    for_each_backend(|db| async move {
     let listener = CountingListener::bind("127.36.0.5".parse().unwrap(), 0).await;
     let port = listener.addr.port();
     let dir = tempfile::tempdir().unwrap();
@@ -218,7 +221,7 @@ async fn findings_lifecycle_and_waivers() {
     );
     let cfg = config(dir.path(), &base);
     let rules = RuleSet::load(&cfg).unwrap();
-    let store = Store::open(&cfg.store.path).await.unwrap();
+    let store = db.open().await;
     let scan_once = |cfg: netpatrol::config::Config| {
         let (rules, store) = (rules.clone(), store.clone());
         async move {
@@ -323,6 +326,8 @@ async fn findings_lifecycle_and_waivers() {
     assert_eq!(f.state, "open", "an expired waiver hides nothing");
     assert!(f.waiver.is_none());
     store.close().await;
+    })
+    .await;
 }
 
 /// `--fail-on` exits 3 when an open finding reaches the severity, and not for waived ones.

@@ -10,6 +10,7 @@ mod findings;
 mod probes;
 mod rules;
 mod scan;
+mod store;
 mod support;
 mod syn;
 mod tlcp;

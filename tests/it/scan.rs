@@ -16,6 +16,8 @@ use netpatrol::rules::RuleSet;
 use netpatrol::scan::{self, ScanRequest};
 use netpatrol::scope::Limits;
 use netpatrol::store::Store;
+
+use crate::support::store::for_each_backend;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{CountingListener, config};
@@ -246,69 +248,72 @@ async fn demo_network_scan_finds_exactly_its_services() {
 /// left `running` by a killed process is marked incomplete when the store opens again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_scan_leaves_a_consistent_store() {
-    let early = CountingListener::bind(ip("127.33.0.1"), 0).await;
-    let port = early.addr.port();
-    let dir = tempfile::tempdir().unwrap();
-    // 1,024 addresses paced at 200 attempts per second: about five seconds of work.
-    let config = config(
-        dir.path(),
-        &format!(
-            "scan: {{icmp: false, ports: [{port}], rate: 200}}\n\
+    for_each_backend(|db| async move {
+        let early = CountingListener::bind(ip("127.33.0.1"), 0).await;
+        let port = early.addr.port();
+        let dir = tempfile::tempdir().unwrap();
+        // 1,024 addresses paced at 200 attempts per second: about five seconds of work.
+        let config = config(
+            dir.path(),
+            &format!(
+                "scan: {{icmp: false, ports: [{port}], rate: 200}}\n\
              segments:\n  - {{name: s, network: other, cidrs: [127.33.0.0/22]}}\n"
-        ),
-    );
-    let store = Store::open(&config.store.path).await.unwrap();
-    let limits = Limits::new(config.scan.rate, config.scan.concurrency);
-    let cancel = CancellationToken::new();
-    let stopper = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        stopper.cancel();
-    });
-    let rules = RuleSet::load(&config).unwrap();
-    let (obs, report) = scan_and_record(
-        &config,
-        &rules,
-        &store,
-        &ScanRequest {
-            segments: vec![],
-            probes: probes(&[ProbeKind::Tcp]),
-        },
-        limits,
-        ProgressBar::hidden(),
-        cancel,
-    )
-    .await
-    .unwrap();
-    assert_eq!(obs.run.state, RunState::Incomplete);
-    assert!(
-        obs.run.probes < 1024,
-        "stopped early: {} probes",
-        obs.run.probes
-    );
-    assert_eq!(report.scan.state, RunState::Incomplete);
-    let runs = store.runs().await.unwrap();
-    assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].state, "incomplete");
-    assert!(runs[0].finished_at.is_some());
-    // What it saw before the stop is kept (127.33.0.1 comes first).
-    assert_eq!(store.hosts().await.unwrap().len(), 1);
-
-    // A process killed mid-scan leaves a run `running`; the next open marks it incomplete.
-    let mut cut = obs.run.clone();
-    cut.id = "cut-off-run".into();
-    store.begin_run(&cut).await.unwrap();
-    store.close().await;
-    let store = Store::open(&config.store.path).await.unwrap();
-    let states: Vec<String> = store
-        .runs()
+            ),
+        );
+        let store = db.open().await;
+        let limits = Limits::new(config.scan.rate, config.scan.concurrency);
+        let cancel = CancellationToken::new();
+        let stopper = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stopper.cancel();
+        });
+        let rules = RuleSet::load(&config).unwrap();
+        let (obs, report) = scan_and_record(
+            &config,
+            &rules,
+            &store,
+            &ScanRequest {
+                segments: vec![],
+                probes: probes(&[ProbeKind::Tcp]),
+            },
+            limits,
+            ProgressBar::hidden(),
+            cancel,
+        )
         .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.state)
-        .collect();
-    assert_eq!(states, vec!["incomplete", "incomplete"]);
-    store.close().await;
+        .unwrap();
+        assert_eq!(obs.run.state, RunState::Incomplete);
+        assert!(
+            obs.run.probes < 1024,
+            "stopped early: {} probes",
+            obs.run.probes
+        );
+        assert_eq!(report.scan.state, RunState::Incomplete);
+        let runs = store.runs().await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].state, "incomplete");
+        assert!(runs[0].finished_at.is_some());
+        // What it saw before the stop is kept (127.33.0.1 comes first).
+        assert_eq!(store.hosts().await.unwrap().len(), 1);
+
+        // A process killed mid-scan leaves a run `running`; the next open marks it incomplete.
+        let mut cut = obs.run.clone();
+        cut.id = "cut-off-run".into();
+        store.begin_run(&cut).await.unwrap();
+        store.close().await;
+        let store = db.open().await;
+        let states: Vec<String> = store
+            .runs()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.state)
+            .collect();
+        assert_eq!(states, vec!["incomplete", "incomplete"]);
+        store.close().await;
+    })
+    .await;
 }
 
 fn netpatrol() -> Command {

@@ -26,6 +26,7 @@ pub mod probe;
 pub mod probe_cmd;
 pub mod problem;
 pub mod reconcile;
+pub mod rectify;
 pub mod rules;
 pub mod scan;
 pub mod scope;

@@ -39,7 +39,7 @@ use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
 
 pub use command::{BulletinArgs, bulletin_command, outbox_command};
-pub use model::Model;
+pub use model::{Model, labels};
 pub use render::{Rendered, Templates};
 pub use send::{FlushOutcome, enqueue, flush};
 

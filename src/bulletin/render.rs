@@ -31,6 +31,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("notice.html", include_str!("../../templates/notice.html")),
     ("notice.txt", include_str!("../../templates/notice.txt")),
     ("style.css", include_str!("../../templates/style.css")),
+    ("rectify.html", include_str!("../../templates/rectify.html")),
 ];
 
 /// The compiled templates.
@@ -119,6 +120,11 @@ impl Templates {
         };
         let template = self.env.get_template(name).map_err(fail)?;
         template.render(Serde(ctx)).map_err(fail)
+    }
+
+    /// A page of the daemon's web face (`rectify.html`), HTML-escaped like every `.html`.
+    pub fn render_page<S: Serialize>(&self, name: &str, ctx: &S) -> Result<String, BulletinError> {
+        self.render_one(name, ctx)
     }
 
     /// The bulletin in every format.

@@ -34,6 +34,7 @@
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod rectify;
 pub mod web;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -215,6 +216,8 @@ pub struct Daemon {
     /// The last failure of each kind of store read the API made, until one succeeds again:
     /// `/healthz` reports them (a corrupt row is not seen by a plain ping).
     store_problems: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// The store's link key, read once (when `daemon.link_key_env` is not set).
+    stored_link_key: tokio::sync::OnceCell<crate::rectify::LinkKey>,
 }
 
 /// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
@@ -246,7 +249,18 @@ impl Daemon {
             scheduler_running: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             store_problems: Mutex::default(),
+            stored_link_key: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The link key kept in the store (made the first time), for when the config names none.
+    pub async fn stored_link_key(
+        &self,
+    ) -> Result<crate::rectify::LinkKey, crate::rectify::KeyError> {
+        self.stored_link_key
+            .get_or_try_init(|| crate::rectify::stored_key(&self.store))
+            .await
+            .cloned()
     }
 
     /// Remember how the store read `what` last went (for `/healthz`); `result` passes through.

@@ -8,6 +8,7 @@ mod engine;
 mod exposure;
 mod findings;
 mod probes;
+mod rectify;
 mod rules;
 mod scan;
 mod support;

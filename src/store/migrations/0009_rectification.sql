@@ -1,0 +1,23 @@
+-- The rectification loop (通报—整改—反馈—复测): what departments answered through their
+-- capability link, and the key those links are signed with when no `daemon.link_key_env` is
+-- set. Ids are made by the writer (portable to PostgreSQL without a sequence), timestamps are
+-- RFC 3339 text in UTC, days YYYY-MM-DD.
+CREATE TABLE rectification_answers (
+    id              TEXT PRIMARY KEY,
+    at              TEXT NOT NULL,      -- when it was answered
+    department      TEXT NOT NULL,      -- the link's department
+    period          TEXT NOT NULL,      -- the link's period (e.g. 2026-11)
+    fingerprint     TEXT NOT NULL,      -- the finding answered
+    kind            TEXT NOT NULL,      -- done | waiver | dispute
+    note            TEXT,               -- done: optional note, waiver and dispute: the reason
+    proposed_expiry TEXT,               -- waiver: YYYY-MM-DD
+    peer            TEXT NOT NULL,      -- ADDR:PORT of the client
+    state           TEXT NOT NULL       -- received (re-test and operator decisions come later)
+);
+CREATE INDEX rectification_answers_finding ON rectification_answers (fingerprint, at);
+CREATE INDEX rectification_answers_department ON rectification_answers (department, at);
+CREATE TABLE link_keys (
+    id          TEXT PRIMARY KEY,       -- 'default'
+    key_hex     TEXT NOT NULL,          -- 32 random bytes, hex
+    created_at  TEXT NOT NULL
+);

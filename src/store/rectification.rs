@@ -1,0 +1,148 @@
+//! The rectification loop's records: departments' answers given through their capability
+//! link, and the link key kept when the config names none.
+//!
+//! Input: one [`Answer`] per accepted form post. Output: the answers of a department (newest
+//! last). Answers are only ever inserted; what the bureau decides later is another row or
+//! state, never an edit of what the department said.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::{DateTime, NaiveDate, Utc};
+
+use super::{Cells, Store, StoreError, timestamp};
+
+/// What a department answered about one finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// 已整改: rectified.
+    Done,
+    /// 申请豁免: a waiver request (reason, proposed expiry).
+    Waiver,
+    /// 有异议: a dispute (reason).
+    Dispute,
+}
+
+impl AnswerKind {
+    pub const ALL: [AnswerKind; 3] = [AnswerKind::Done, AnswerKind::Waiver, AnswerKind::Dispute];
+
+    /// As stored and posted: `done`, `waiver`, `dispute`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnswerKind::Done => "done",
+            AnswerKind::Waiver => "waiver",
+            AnswerKind::Dispute => "dispute",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AnswerKind> {
+        AnswerKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+}
+
+/// One answer, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub at: DateTime<Utc>,
+    pub department: String,
+    pub period: String,
+    pub fingerprint: String,
+    pub kind: AnswerKind,
+    /// Done: the optional note; waiver and dispute: the reason.
+    pub note: Option<String>,
+    /// Waiver: the expiry the department proposes.
+    pub proposed_expiry: Option<NaiveDate>,
+    /// Client `ADDR:PORT`.
+    pub peer: String,
+    /// `received` until the re-test or the operator decides.
+    pub state: String,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// The link key kept in the store, made by `fresh` (hex) the first time. Two processes
+    /// racing agree: the first insert wins and both read it back.
+    pub async fn link_key_or_create(&self, fresh: String) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO link_keys (id, key_hex, created_at) VALUES ('default', $1, $2)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(fresh)
+        .bind(timestamp(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id, key_hex FROM link_keys WHERE id = 'default'")
+            .fetch_one(&self.pool)
+            .await?;
+        Cells::new(&row, "link_keys", "id").get("key_hex")
+    }
+
+    /// Record one answer.
+    pub async fn record_answer(&self, answer: &Answer) -> Result<(), StoreError> {
+        let id = format!(
+            "{}-{}-{}",
+            timestamp(answer.at),
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        sqlx::query(
+            "INSERT INTO rectification_answers
+               (id, at, department, period, fingerprint, kind, note, proposed_expiry, peer, state)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(id)
+        .bind(timestamp(answer.at))
+        .bind(&answer.department)
+        .bind(&answer.period)
+        .bind(&answer.fingerprint)
+        .bind(answer.kind.as_str())
+        .bind(&answer.note)
+        .bind(
+            answer
+                .proposed_expiry
+                .map(|d| d.format("%Y-%m-%d").to_string()),
+        )
+        .bind(&answer.peer)
+        .bind(&answer.state)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every answer `department` gave, oldest first.
+    pub async fn answers(&self, department: &str) -> Result<Vec<Answer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, department, period, fingerprint, kind, note, proposed_expiry, peer, state
+             FROM rectification_answers WHERE department = $1 ORDER BY at, id",
+        )
+        .bind(department)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "rectification_answers", "id");
+                let kind: String = c.get("kind")?;
+                let expiry: Option<String> = c.get("proposed_expiry")?;
+                Ok(Answer {
+                    at: c.time("at")?,
+                    department: c.get("department")?,
+                    period: c.get("period")?,
+                    fingerprint: c.get("fingerprint")?,
+                    kind: AnswerKind::parse(&kind)
+                        .ok_or_else(|| c.bad("kind", format!("unknown answer {kind:?}")))?,
+                    note: c.get("note")?,
+                    proposed_expiry: match expiry {
+                        None => None,
+                        Some(text) => {
+                            Some(NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
+                                c.bad("proposed_expiry", format!("not a day: {text:?}"))
+                            })?)
+                        }
+                    },
+                    peer: c.get("peer")?,
+                    state: c.get("state")?,
+                })
+            })
+            .collect()
+    }
+}

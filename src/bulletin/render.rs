@@ -69,6 +69,8 @@ struct NoticeView<'a> {
     issued_on: &'a str,
     dept: &'a DeptItems,
     t: &'a std::collections::BTreeMap<&'static str, &'static str>,
+    /// The department's rectification page, when `daemon.public_url` is set.
+    link: Option<&'a str>,
 }
 
 impl Templates {
@@ -151,6 +153,16 @@ impl Templates {
         model: &Model,
         dept: &DeptItems,
     ) -> Result<RenderedNotice, BulletinError> {
+        self.render_notice_with_link(model, dept, None)
+    }
+
+    /// One department's notice, carrying `link` (its rectification page) when given.
+    pub fn render_notice_with_link(
+        &self,
+        model: &Model,
+        dept: &DeptItems,
+        link: Option<&str>,
+    ) -> Result<RenderedNotice, BulletinError> {
         let view = NoticeView {
             lang: &model.lang,
             zh: model.zh,
@@ -160,6 +172,7 @@ impl Templates {
             issued_on: &model.issued_on,
             dept,
             t: &model.t,
+            link,
         };
         let mut text = self.render_one("notice.txt", &view)?;
         if !text.ends_with('\n') {

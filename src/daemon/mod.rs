@@ -629,6 +629,7 @@ impl Daemon {
                     &loaded.rules,
                     &loaded.templates,
                     &store,
+                    loaded.access.link_key.as_ref(),
                 ))
             })
             .await

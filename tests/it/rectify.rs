@@ -21,6 +21,8 @@ use netpatrol::rules::{Severity, Text};
 use netpatrol::store::{AnswerKind, Store};
 use tower::ServiceExt;
 
+use crate::support::smtp::Part;
+
 const HOSTILE: &str = "<script>alert(1)</script>";
 
 fn yaml(store: &Path) -> String {
@@ -35,6 +37,7 @@ segments:
   - {{name: dept-fgw, network: departmental, cidrs: [127.117.1.0/29], department: fgw}}
   - {{name: dept-jyj, network: departmental, cidrs: [127.117.2.0/29], department: jyj}}
 daemon: {{public_url: "https://netpatrol.example.gov.cn/"}}
+smtp: {{host: 127.117.0.1, port: 2525, security: none, from: "网络安全巡检 <netpatrol@example.gov.cn>"}}
 "#,
         store.display()
     )
@@ -511,4 +514,80 @@ async fn an_answer_is_stored_and_audited_and_csrf_and_other_departments_are_refu
             .iter()
             .any(|(_, s, d)| *s == 403 && d.contains("not an open finding of fgw"))
     );
+}
+
+/// Every text part of a MIME message, decoded.
+fn texts(part: &Part) -> Vec<String> {
+    let children = part.children();
+    if children.is_empty() {
+        return vec![String::from_utf8_lossy(&part.decoded()).into_owned()];
+    }
+    children.iter().flat_map(texts).collect()
+}
+
+#[tokio::test]
+async fn the_notice_mail_carries_a_link_that_opens_its_department_page() {
+    let f = fixture().await;
+    let loaded = f.daemon.current();
+    let now = Utc::now();
+    let today = now
+        .with_timezone(&loaded.config.organisation.timezone)
+        .date_naive();
+    let period = netpatrol::bulletin::Period::month_to_date(today);
+    let bulletin = netpatrol::bulletin::build(
+        &loaded.config,
+        &loaded.rules,
+        &f.daemon.store,
+        &loaded.templates,
+        &period,
+        "zh",
+        now,
+    )
+    .await
+    .unwrap();
+    // Nothing is sent: the mail is only queued, then read from the outbox.
+    netpatrol::bulletin::enqueue(
+        &loaded.config,
+        &f.daemon.store,
+        &bulletin,
+        &loaded.templates,
+        false,
+        now,
+        None,
+    )
+    .await
+    .unwrap();
+    let outbox = f.daemon.store.outbox().await.unwrap();
+    let notice = |email: &str| {
+        let mail = outbox
+            .iter()
+            .find(|m| m.kind == "notice" && m.recipients.iter().any(|r| r == email))
+            .unwrap_or_else(|| panic!("no notice to {email}"));
+        texts(&Part::parse(&mail.message)).join("\n")
+    };
+    let prefix = "https://netpatrol.example.gov.cn/r/";
+    let token_in = |text: &str| {
+        let at = text.find(prefix).expect("the notice carries its link") + prefix.len();
+        text[at..]
+            .split(|c: char| c.is_whitespace() || c == '"' || c == '<')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let fgw = token_in(&notice("it@fgw.example.gov.cn"));
+    let jyj = token_in(&notice("it@jyj.example.gov.cn"));
+    assert_ne!(fgw, jyj);
+    let link = f.key.verify(&fgw, now).unwrap();
+    assert_eq!(
+        (link.department.as_str(), link.period),
+        ("fgw", period.key())
+    );
+    let page = f.get(&format!("/r/{fgw}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("fgw-evidence"));
+    assert!(!page.body.contains("jyj-evidence"));
+    let page = f.get(&format!("/r/{jyj}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("jyj-evidence"));
+    assert!(!page.body.contains("fgw-evidence"));
 }

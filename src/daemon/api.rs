@@ -8,7 +8,9 @@
 //!
 //! Authentication ([`super::access`]): every route but `/healthz` needs a credential; GET
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
-//! posting gets 403); `/metrics` only when the web config has basic-auth users. Every request
+//! posting gets 403); `/metrics` only when the web config has basic-auth users. The one
+//! exception is `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
+//! by its handlers; its audit principal is `link:DEPARTMENT`. Every request
 //! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
 //! line): time, principal, peer, method, route, status, what it started or why it was refused.
 //!

@@ -29,7 +29,8 @@
 //!
 //! Submodules: `api` (routes, accept loop, limits, audit), `access` (tokens, roles, the
 //! decision per request), `web` (the exporter-toolkit web config), `audit` (the `audit`
-//! command).
+//! command), `rectify` (the departments' rectification page on their signed link; a 已整改
+//! answer queues a re-test, [`Daemon::queue_retest`]).
 
 pub mod access;
 pub mod api;
@@ -608,6 +609,63 @@ impl Daemon {
                 tracing::warn!(schedule = key, %error, "scheduled scan not started");
             }
         }
+    }
+
+    /// Queue the re-test (复测) of `finding`, answered 已整改 in answer `answer_id`: it runs at
+    /// once (after any scan holding the finding's segment), through the scope and the limits
+    /// like every scan, and sets the answer's state to what it found. A task awaited at
+    /// shutdown like the scans.
+    pub fn queue_retest(self: &Arc<Self>, finding: crate::finding::Finding, answer_id: String) {
+        if self.scan_cancel.is_cancelled() {
+            return;
+        }
+        let daemon = self.clone();
+        let mut tasks = lock(&self.scans);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let lock = finding
+                .segment
+                .as_ref()
+                .map(|s| lock(&daemon.segment_locks).entry(s.clone()).or_default().clone());
+            let _guard = match lock {
+                Some(l) => tokio::select! {
+                    _ = daemon.scan_cancel.cancelled() => return,
+                    g = l.lock_owned() => Some(g),
+                },
+                None => None,
+            };
+            let loaded = daemon.current();
+            let (store, cancel) = (daemon.store.clone(), daemon.scan_cancel.clone());
+            let fingerprint = finding.fingerprint.clone();
+            tracing::info!(finding = %fingerprint, "re-test started");
+            let result = tokio::spawn(async move {
+                crate::pass::retest(
+                    &loaded.config,
+                    &loaded.rules,
+                    &store,
+                    &finding,
+                    loaded.limits.clone(),
+                    cancel,
+                )
+                .await
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the re-test task failed: {e}")));
+            let state = match result {
+                Ok(outcome) => {
+                    tracing::info!(finding = %fingerprint, outcome = outcome.as_str(), "re-test finished");
+                    outcome.as_str()
+                }
+                Err(error) => {
+                    let error = crate::app::error_chain(&error);
+                    tracing::error!(finding = %fingerprint, %error, "re-test failed");
+                    "retest_error"
+                }
+            };
+            if let Err(error) = daemon.store.set_answer_state(&answer_id, state).await {
+                tracing::error!(%error, "cannot record the re-test's outcome");
+            }
+        });
     }
 
     /// Build the period's bulletin and queue its mail (`crate::bulletin::scheduled`), as a task

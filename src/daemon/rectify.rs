@@ -91,6 +91,12 @@ fn texts(zh: bool) -> BTreeMap<&'static str, &'static str> {
             "Your answer was received. Thank you.",
         ),
         ("refused", "无法打开此页面", "This page cannot be opened"),
+        (
+            "closed",
+            "已复测通过的问题",
+            "Closed after a passed re-test",
+        ),
+        ("retest_passed", "复测通过", "re-test passed"),
     ];
     T.iter()
         .map(|(k, z, e)| (*k, if zh { *z } else { *e }))
@@ -108,11 +114,35 @@ fn kind_label(kind: AnswerKind, zh: bool) -> &'static str {
     }
 }
 
+/// What became of an answer, for the department: the re-test's verdict or the bureau's.
+fn state_label(state: &str, zh: bool) -> Option<&'static str> {
+    Some(match (state, zh) {
+        ("retest_passed", true) => "复测通过",
+        ("retest_passed", false) => "re-test passed",
+        ("retest_failed", true) => "整改未通过",
+        ("retest_failed", false) => "re-test failed: still present",
+        ("received", true) => "已收到，待处理",
+        ("received", false) => "received, pending",
+        _ => return None,
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct AnswerView {
     label: &'static str,
     at: String,
     note: Option<String>,
+    /// 复测通过, 整改未通过, pending.
+    state: Option<&'static str>,
+    failed: bool,
+}
+
+/// A finding of the department closed by its re-test (复测通过).
+#[derive(Debug, Serialize)]
+struct ClosedView {
+    title: String,
+    target: String,
+    at: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +171,7 @@ struct PageView<'a> {
     self_url: &'a str,
     csrf: String,
     items: Vec<ItemView>,
+    closed: Vec<ClosedView>,
     flash: Option<&'static str>,
     error: Option<String>,
     max_text: usize,
@@ -267,6 +298,15 @@ async fn open_items(daemon: &Daemon, department: &str) -> Result<Vec<Finding>, R
         .collect())
 }
 
+/// Where a finding is: `ip:port`, the address, or the project.
+fn target_of(f: &Finding) -> String {
+    match (&f.ip, f.port) {
+        (Some(ip), Some(port)) => format!("{ip}:{port}"),
+        (Some(ip), None) => ip.clone(),
+        (None, _) => f.project.clone().unwrap_or_default(),
+    }
+}
+
 /// Render the page of `link`.
 async fn page(
     daemon: &Daemon,
@@ -319,20 +359,39 @@ async fn page(
                 .unwrap_or("?"),
             title: f.title.lang(lang).to_string(),
             evidence: f.evidence.lang(lang).to_string(),
-            target: match (&f.ip, f.port) {
-                (Some(ip), Some(port)) => format!("{ip}:{port}"),
-                (Some(ip), None) => ip.clone(),
-                (None, _) => f.project.clone().unwrap_or_default(),
-            },
+            target: target_of(f),
             due: f.due.format("%Y-%m-%d").to_string(),
             overdue: f.due < today,
             answer: latest.get(f.fingerprint.as_str()).map(|a| AnswerView {
                 label: kind_label(a.kind, zh),
                 at: a.at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(),
                 note: a.note.clone(),
+                state: state_label(&a.state, zh),
+                failed: a.state == "retest_failed",
             }),
         })
         .collect();
+    let open: std::collections::HashSet<&str> =
+        items.iter().map(|f| f.fingerprint.as_str()).collect();
+    let passed: Vec<&Answer> = latest
+        .values()
+        .filter(|a| a.state == "retest_passed" && !open.contains(a.fingerprint.as_str()))
+        .copied()
+        .collect();
+    let mut closed = Vec::new();
+    if !passed.is_empty() {
+        let all = daemon.store.findings().await.unwrap_or_default();
+        for a in passed {
+            if let Some(f) = all.iter().find(|f| f.fingerprint == a.fingerprint) {
+                closed.push(ClosedView {
+                    title: f.title.lang(lang).to_string(),
+                    target: target_of(f),
+                    at: a.at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(),
+                });
+            }
+        }
+        closed.sort_by(|a, b| b.at.cmp(&a.at));
+    }
     let (status, error) = match error {
         Some((s, e)) => (s, Some(e)),
         None => (StatusCode::OK, None),
@@ -352,6 +411,7 @@ async fn page(
         self_url: token,
         csrf: key.csrf(token),
         items: views,
+        closed,
         flash,
         error,
         max_text: MAX_TEXT,
@@ -532,14 +592,22 @@ pub(super) async fn answer(
         peer: peer.map_or_else(|| "-".to_string(), |p| p.0.0.to_string()),
         state: "received".to_string(),
     };
-    if let Err(e) = daemon.store.record_answer(&record).await {
-        tracing::error!(error = %e, "cannot record the answer");
-        return refuse(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            zh,
-            Some(&link.department),
-            e.to_string(),
-        );
+    let id = match daemon.store.record_answer(&record).await {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the answer");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                zh,
+                Some(&link.department),
+                e.to_string(),
+            );
+        }
+    };
+    if kind == AnswerKind::Done
+        && let Some(f) = items.iter().find(|f| f.fingerprint == form.item)
+    {
+        daemon.queue_retest(f.clone(), id);
     }
     let location = format!("{token}?answered=1{}", if zh { "" } else { "&lang=en" });
     let mut response = StatusCode::SEE_OTHER.into_response();

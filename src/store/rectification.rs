@@ -77,8 +77,8 @@ impl Store {
         Cells::new(&row, "link_keys", "id").get("key_hex")
     }
 
-    /// Record one answer.
-    pub async fn record_answer(&self, answer: &Answer) -> Result<(), StoreError> {
+    /// Record one answer; returns its id.
+    pub async fn record_answer(&self, answer: &Answer) -> Result<String, StoreError> {
         let id = format!(
             "{}-{}-{}",
             timestamp(answer.at),
@@ -90,7 +90,7 @@ impl Store {
                (id, at, department, period, fingerprint, kind, note, proposed_expiry, peer, state)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
-        .bind(id)
+        .bind(&id)
         .bind(timestamp(answer.at))
         .bind(&answer.department)
         .bind(&answer.period)
@@ -106,7 +106,36 @@ impl Store {
         .bind(&answer.state)
         .execute(&self.pool)
         .await?;
+        Ok(id)
+    }
+
+    /// Set what became of answer `id` (`retest_passed`, `retest_failed`, ...).
+    pub async fn set_answer_state(&self, id: &str, state: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE rectification_answers SET state = $2 WHERE id = $1")
+            .bind(id)
+            .bind(state)
+            .execute(&self.pool)
+            .await?;
         Ok(())
+    }
+
+    /// Resolve the open finding `fingerprint` now, on a passed re-test (复测通过): only that
+    /// row. Returns whether it was open. (No `finding_events` row: those name a scan run, and
+    /// a re-test records none; the answer's state says why it closed.)
+    pub async fn resolve_by_retest(
+        &self,
+        fingerprint: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE findings SET state = 'resolved', resolved_at = $2
+             WHERE fingerprint = $1 AND state = 'open'",
+        )
+        .bind(fingerprint)
+        .bind(timestamp(at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Every answer `department` gave, oldest first.

@@ -9,6 +9,7 @@ mod exposure;
 mod findings;
 mod probes;
 mod rectify;
+mod retest;
 mod rules;
 mod scan;
 mod support;

@@ -254,6 +254,14 @@ impl Daemon {
         })
     }
 
+    /// The link key in force: `daemon.link_key_env`'s, else the one kept in the store.
+    pub async fn link_key(&self) -> Result<crate::rectify::LinkKey, crate::rectify::KeyError> {
+        match self.current().access.link_key.clone() {
+            Some(k) => Ok(k),
+            None => self.stored_link_key().await,
+        }
+    }
+
     /// The link key kept in the store (made the first time), for when the config names none.
     pub async fn stored_link_key(
         &self,

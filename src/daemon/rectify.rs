@@ -231,10 +231,7 @@ fn refuse(status: StatusCode, zh: bool, who: Option<&str>, reason: String) -> Re
 
 /// The link key in force: the configured one, else the one kept in the store.
 async fn key(daemon: &Daemon) -> Result<LinkKey, Response> {
-    if let Some(k) = daemon.current().access.link_key.clone() {
-        return Ok(k);
-    }
-    match daemon.stored_link_key().await {
+    match daemon.link_key().await {
         Ok(k) => Ok(k),
         Err(e) => {
             tracing::error!(error = %e, "no link key");

@@ -602,3 +602,43 @@ async fn the_notice_mail_carries_a_link_that_opens_its_department_page() {
     assert!(page.body.contains("jyj-evidence"));
     assert!(!page.body.contains("fgw-evidence"));
 }
+
+#[test]
+fn check_config_refuses_a_short_link_key_and_a_bad_public_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("netpatrol.yaml");
+    let check = |daemon: &str, key: &str| {
+        let text = yaml(&dir.path().join("netpatrol.db")).replace(
+            r#"daemon: {public_url: "https://netpatrol.example.gov.cn/"}"#,
+            daemon,
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_netpatrol"))
+            .args(["check-config", "-c"])
+            .arg(&path)
+            .env("NETPATROL_TEST_LINK_KEY", key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let keyed = "daemon: {public_url: \"https://np.example.gov.cn\", link_key_env: NETPATROL_TEST_LINK_KEY}";
+    let (code, stderr) = check(keyed, "too-short");
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains(
+            "the link key in NETPATROL_TEST_LINK_KEY is 9 bytes long: it must have at least 32"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = check(keyed, &"k".repeat(32));
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = check("daemon: {public_url: netpatrol.example.gov.cn}", "");
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains(":10:22: invalid daemon.public_url `netpatrol.example.gov.cn`"),
+        "{stderr}"
+    );
+}

@@ -368,6 +368,7 @@ async fn serve_demo(
         }
     };
     let daemon = crate::daemon::Daemon::new(loaded, store.clone());
+    daemon.refresh_waivers().await?;
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:9750").await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,

@@ -89,6 +89,18 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/scans", axum::routing::post(submit_scan))
         .route("/api/v1/scans/{id}", get(scan_state))
         .route(
+            "/api/v1/rectification/requests",
+            get(super::rectify::requests),
+        )
+        .route(
+            "/api/v1/rectification/requests/{id}/approve",
+            axum::routing::post(super::rectify::approve),
+        )
+        .route(
+            "/api/v1/rectification/requests/{id}/deny",
+            axum::routing::post(super::rectify::deny),
+        )
+        .route(
             "/r/{token}",
             get(super::rectify::show).post(super::rectify::answer),
         )

@@ -66,6 +66,34 @@ use crate::scan::ScanRequest;
 use crate::scope::Limits;
 use crate::store::Store;
 
+/// Where a stored waiver says it was written (its `Waiver::at`), to tell it from the config's.
+pub const STORED_WAIVER_FILE: &str = "(store: stored_exceptions)";
+
+/// A waiver approved on the operator page, as the waiver machinery reads it.
+fn stored_waiver(e: &crate::store::StoredException) -> config::Waiver {
+    config::Waiver {
+        rule: e.rule.clone(),
+        ip: e
+            .ip
+            .as_deref()
+            .and_then(|t| t.parse::<std::net::IpAddr>().ok())
+            .map(ipnet::IpNet::from),
+        port: e.port,
+        segment: None,
+        department: e.department.clone(),
+        project: None,
+        reason: e.reason.clone(),
+        approver: e.approver.clone(),
+        expires_on: e.expires_on,
+        at: crate::problem::Position {
+            file: std::path::PathBuf::from(STORED_WAIVER_FILE),
+            line: None,
+            column: None,
+            key: Some(e.id.clone()),
+        },
+    }
+}
+
 /// Time allowed from SIGTERM to exit: cancelled scans record what they saw, the store flushes.
 /// Below systemd's default `TimeoutStopSec` (90 s).
 pub const GRACE: Duration = Duration::from_secs(20);
@@ -217,6 +245,9 @@ pub struct Daemon {
     /// The last failure of each kind of store read the API made, until one succeeds again:
     /// `/healthz` reports them (a corrupt row is not seen by a plain ping).
     store_problems: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// The waivers approved on the operator page (store table `stored_exceptions`), added to
+    /// the config's `exceptions` in force at start, at each approval and at each reload.
+    stored_waivers: Mutex<Vec<config::Waiver>>,
     /// The store's link key, read once (when `daemon.link_key_env` is not set).
     stored_link_key: tokio::sync::OnceCell<crate::rectify::LinkKey>,
 }
@@ -251,7 +282,38 @@ impl Daemon {
             next_id: AtomicU64::new(1),
             store_problems: Mutex::default(),
             stored_link_key: tokio::sync::OnceCell::new(),
+            stored_waivers: Mutex::default(),
         })
+    }
+
+    /// Read the waivers approved on the operator page again and put them in force beside the
+    /// config's `exceptions`.
+    pub async fn refresh_waivers(&self) -> Result<(), crate::store::StoreError> {
+        let stored = self.store.stored_exceptions().await?;
+        let waivers: Vec<config::Waiver> = stored.iter().map(stored_waiver).collect();
+        *lock(&self.stored_waivers) = waivers;
+        let current = self.current();
+        let mut config = current.config.clone();
+        self.merge_waivers(&mut config);
+        self.loaded.send_replace(Arc::new(Loaded {
+            config,
+            rules: current.rules.clone(),
+            schedule: current.schedule.clone(),
+            access: current.access.clone(),
+            templates: current.templates.clone(),
+            limits: current.limits.clone(),
+        }));
+        Ok(())
+    }
+
+    /// `config.exceptions` from the config file, plus the stored waivers.
+    fn merge_waivers(&self, config: &mut Config) {
+        config
+            .exceptions
+            .retain(|w| w.at.file != Path::new(STORED_WAIVER_FILE));
+        config
+            .exceptions
+            .extend(lock(&self.stored_waivers).iter().cloned());
     }
 
     /// The link key in force: `daemon.link_key_env`'s, else the one kept in the store.
@@ -518,6 +580,8 @@ impl Daemon {
                 } else {
                     new
                 };
+                let mut new = new;
+                self.merge_waivers(&mut new.config);
                 warn_dropped_tokens(&old, &new);
                 self.metrics.tokens(&new.access);
                 self.loaded.send_replace(Arc::new(new));
@@ -778,6 +842,9 @@ pub async fn run(config_path: &Path) -> ExitCode {
     let token_env = loaded.config.daemon.api_token_env.clone();
     let tls = loaded.access.web.as_ref().is_some_and(|w| w.tls.is_some());
     let daemon = Daemon::new(loaded, store.clone());
+    if let Err(error) = daemon.refresh_waivers().await {
+        tracing::error!(%error, "cannot read the waivers approved on the operator page");
+    }
     daemon.metrics.reloaded(true, Utc::now());
     daemon.metrics.tokens(&daemon.current().access);
 

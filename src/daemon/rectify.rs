@@ -11,6 +11,13 @@
 //! audits every request here with the principal `link:DEPARTMENT` (or `link:-` when the link
 //! does not verify) and what was answered or why it was refused.
 //!
+//! The bureau's side (operator API, the usual tokens): `GET /api/v1/rectification/requests`
+//! lists the undecided waiver requests and disputes (`?all=1`: every one);
+//! `POST .../requests/{id}/approve` (`{"approver": "...", "expires_on": "YYYY-MM-DD"}`,
+//! the expiry defaulting to the one proposed) keeps the waiver in the store, where the waiver
+//! machinery reads it beside the config's `exceptions`; `POST .../requests/{id}/deny`
+//! closes a request, and the department's page shows the decision.
+//!
 //! Responses carry `Referrer-Policy: no-referrer` and `Cache-Control: no-store` (the path is a
 //! credential) and a CSP that allows no script at all.
 
@@ -123,6 +130,10 @@ fn state_label(state: &str, zh: bool) -> Option<&'static str> {
         ("retest_failed", false) => "re-test failed: still present",
         ("received", true) => "已收到，待处理",
         ("received", false) => "received, pending",
+        ("approved", true) => "豁免已批准",
+        ("approved", false) => "waiver approved",
+        ("denied", true) => "未予批准",
+        ("denied", false) => "not granted",
         _ => return None,
     })
 }
@@ -620,4 +631,153 @@ pub(super) async fn answer(
         form.item
     )));
     response
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RequestsQuery {
+    all: Option<String>,
+}
+
+/// `GET /api/v1/rectification/requests`.
+pub(super) async fn requests(
+    State(daemon): State<Shared>,
+    query: Result<Query<RequestsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let all = query.is_ok_and(|Query(q)| q.all.is_some_and(|a| a == "1" || a == "true"));
+    let list = match daemon.store.requests(all).await {
+        Ok(l) => l,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let tz = daemon.current().config.organisation.timezone;
+    let items: Vec<serde_json::Value> = list
+        .iter()
+        .map(|(id, a)| {
+            serde_json::json!({
+                "id": id,
+                "at": a.at.with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
+                "department": a.department,
+                "period": a.period,
+                "finding": a.fingerprint,
+                "kind": a.kind.as_str(),
+                "reason": a.note,
+                "proposed_expiry": a.proposed_expiry.map(|d| d.format("%Y-%m-%d").to_string()),
+                "state": a.state,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "requests": items })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct Approval {
+    approver: String,
+    #[serde(default)]
+    expires_on: Option<String>,
+}
+
+/// `POST /api/v1/rectification/requests/{id}/approve`: the waiver request becomes a waiver.
+pub(super) async fn approve(
+    State(daemon): State<Shared>,
+    Path(id): Path<String>,
+    body: Result<axum::Json<Approval>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let axum::Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let approver = body.approver.trim();
+    if approver.is_empty() || approver.chars().count() > 200 {
+        return json_error(StatusCode::BAD_REQUEST, "approver: 1 to 200 characters");
+    }
+    let pending = match daemon.store.requests(false).await {
+        Ok(l) => l,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some((_, request)) = pending
+        .iter()
+        .find(|(rid, a)| *rid == id && a.kind == AnswerKind::Waiver)
+    else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            "no undecided waiver request with this id",
+        );
+    };
+    let tz = daemon.current().config.organisation.timezone;
+    let today = Utc::now().with_timezone(&tz).date_naive();
+    let expires_on = match body.expires_on.as_deref() {
+        Some(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+            Ok(d) => Some(d),
+            Err(_) => {
+                return json_error(StatusCode::BAD_REQUEST, "expires_on: expected YYYY-MM-DD");
+            }
+        },
+        None => request.proposed_expiry,
+    };
+    let Some(expires_on) = expires_on.filter(|d| *d >= today) else {
+        return json_error(StatusCode::BAD_REQUEST, "expires_on must be today or later");
+    };
+    let findings = match daemon.store.findings().await {
+        Ok(f) => f,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(f) = findings
+        .iter()
+        .find(|f| f.fingerprint == request.fingerprint)
+    else {
+        return json_error(StatusCode::NOT_FOUND, "the finding of this request is gone");
+    };
+    let exception = crate::store::StoredException {
+        id: id.clone(),
+        rule: f.rule.clone(),
+        ip: f.ip.clone(),
+        port: f.port,
+        department: f.department.clone(),
+        reason: request.note.clone().unwrap_or_default(),
+        approver: approver.to_string(),
+        expires_on,
+    };
+    match daemon.store.approve_waiver(&exception).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return json_error(StatusCode::CONFLICT, "the request was decided meanwhile");
+        }
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    if let Err(e) = daemon.refresh_waivers().await {
+        tracing::error!(error = %e, "cannot read the stored waivers back");
+    }
+    let mut response = axum::Json(serde_json::json!({
+        "id": id, "state": "approved", "rule": exception.rule, "ip": exception.ip,
+        "port": exception.port, "expires_on": expires_on.format("%Y-%m-%d").to_string(),
+    }))
+    .into_response();
+    response.extensions_mut().insert(AuditNote(format!(
+        "approved waiver {id} of {} ({}), until {expires_on}, by {approver}",
+        request.department, request.fingerprint
+    )));
+    response
+}
+
+/// `POST /api/v1/rectification/requests/{id}/deny`.
+pub(super) async fn deny(State(daemon): State<Shared>, Path(id): Path<String>) -> Response {
+    match daemon.store.deny_request(&id).await {
+        Ok(true) => {
+            let mut response =
+                axum::Json(serde_json::json!({ "id": id, "state": "denied" })).into_response();
+            response
+                .extensions_mut()
+                .insert(AuditNote(format!("denied request {id}")));
+            response
+        }
+        Ok(false) => json_error(StatusCode::NOT_FOUND, "no undecided request with this id"),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }

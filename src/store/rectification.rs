@@ -57,6 +57,20 @@ pub struct Answer {
     pub state: String,
 }
 
+/// A waiver the bureau approved (operator page), kept in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredException {
+    /// The waiver request's answer id.
+    pub id: String,
+    pub rule: String,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub department: Option<String>,
+    pub reason: String,
+    pub approver: String,
+    pub expires_on: NaiveDate,
+}
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
@@ -147,30 +161,137 @@ impl Store {
         .bind(department)
         .fetch_all(&self.pool)
         .await?;
+        Ok(answers_of(&rows)?.into_iter().map(|(_, a)| a).collect())
+    }
+
+    /// Waiver requests and disputes with their ids, oldest first; only those still
+    /// `received` (undecided) unless `all`.
+    pub async fn requests(&self, all: bool) -> Result<Vec<(String, Answer)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, department, period, fingerprint, kind, note, proposed_expiry, peer, state
+             FROM rectification_answers
+             WHERE kind IN ('waiver', 'dispute') AND ($1 = 1 OR state = 'received')
+             ORDER BY at, id",
+        )
+        .bind(i64::from(all))
+        .fetch_all(&self.pool)
+        .await?;
+        answers_of(&rows)
+    }
+
+    /// Approve waiver request `id`: keep `exception` and mark the answer `approved`, in one
+    /// transaction. Returns false (and changes nothing) when `id` is no undecided request.
+    pub async fn approve_waiver(&self, exception: &StoredException) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE rectification_answers SET state = 'approved'
+             WHERE id = $1 AND kind = 'waiver' AND state = 'received'",
+        )
+        .bind(&exception.id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO stored_exceptions
+               (id, rule, ip, port, department, reason, approver, expires_on, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&exception.id)
+        .bind(&exception.rule)
+        .bind(&exception.ip)
+        .bind(exception.port.map(i64::from))
+        .bind(&exception.department)
+        .bind(&exception.reason)
+        .bind(&exception.approver)
+        .bind(exception.expires_on.format("%Y-%m-%d").to_string())
+        .bind(timestamp(Utc::now()))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Deny request `id` (a waiver request or a dispute). Returns false when it is no
+    /// undecided request.
+    pub async fn deny_request(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE rectification_answers SET state = 'denied'
+             WHERE id = $1 AND kind IN ('waiver', 'dispute') AND state = 'received'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The approved waivers kept in the store.
+    pub async fn stored_exceptions(&self) -> Result<Vec<StoredException>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, rule, ip, port, department, reason, approver, expires_on
+             FROM stored_exceptions ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "stored_exceptions", "id");
+                let port: Option<i64> = c.get("port")?;
+                let expires: String = c.get("expires_on")?;
+                Ok(StoredException {
+                    id: c.get("id")?,
+                    rule: c.get("rule")?,
+                    ip: c.get("ip")?,
+                    port: match port {
+                        None => None,
+                        Some(p) => Some(
+                            u16::try_from(p)
+                                .map_err(|_| c.bad("port", format!("not a port: {p}")))?,
+                        ),
+                    },
+                    department: c.get("department")?,
+                    reason: c.get("reason")?,
+                    approver: c.get("approver")?,
+                    expires_on: NaiveDate::parse_from_str(&expires, "%Y-%m-%d")
+                        .map_err(|_| c.bad("expires_on", format!("not a day: {expires:?}")))?,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Answer rows with their ids.
+fn answers_of(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<(String, Answer)>, StoreError> {
+    {
         rows.iter()
             .map(|r| {
                 let c = Cells::new(r, "rectification_answers", "id");
                 let kind: String = c.get("kind")?;
                 let expiry: Option<String> = c.get("proposed_expiry")?;
-                Ok(Answer {
-                    at: c.time("at")?,
-                    department: c.get("department")?,
-                    period: c.get("period")?,
-                    fingerprint: c.get("fingerprint")?,
-                    kind: AnswerKind::parse(&kind)
-                        .ok_or_else(|| c.bad("kind", format!("unknown answer {kind:?}")))?,
-                    note: c.get("note")?,
-                    proposed_expiry: match expiry {
-                        None => None,
-                        Some(text) => {
-                            Some(NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(|_| {
-                                c.bad("proposed_expiry", format!("not a day: {text:?}"))
-                            })?)
-                        }
+                let id: String = c.get("id")?;
+                Ok((
+                    id,
+                    Answer {
+                        at: c.time("at")?,
+                        department: c.get("department")?,
+                        period: c.get("period")?,
+                        fingerprint: c.get("fingerprint")?,
+                        kind: AnswerKind::parse(&kind)
+                            .ok_or_else(|| c.bad("kind", format!("unknown answer {kind:?}")))?,
+                        note: c.get("note")?,
+                        proposed_expiry: match expiry {
+                            None => None,
+                            Some(text) => {
+                                Some(NaiveDate::parse_from_str(&text, "%Y-%m-%d").map_err(
+                                    |_| c.bad("proposed_expiry", format!("not a day: {text:?}")),
+                                )?)
+                            }
+                        },
+                        peer: c.get("peer")?,
+                        state: c.get("state")?,
                     },
-                    peer: c.get("peer")?,
-                    state: c.get("state")?,
-                })
+                ))
             })
             .collect()
     }

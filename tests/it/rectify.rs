@@ -23,6 +23,8 @@ use tower::ServiceExt;
 
 use crate::support::smtp::Part;
 
+const OPERATOR: &str = "operator-token-of-the-rectify-tests";
+
 const HOSTILE: &str = "<script>alert(1)</script>";
 
 fn yaml(store: &Path) -> String {
@@ -146,7 +148,9 @@ async fn fixture() -> Fixture {
         )
         .await
         .unwrap();
-    let daemon = Daemon::new(daemon::Loaded::from(compiled), store);
+    let mut loaded = daemon::Loaded::from(compiled);
+    loaded.access.operator = Some(OPERATOR.into());
+    let daemon = Daemon::new(loaded, store);
     let router = daemon::api::router(daemon.clone());
     // No `daemon.link_key_env` in the environment: the key the daemon keeps in its store.
     let key = daemon.stored_link_key().await.unwrap();
@@ -365,10 +369,9 @@ async fn tampered_expired_and_unknown_department_links_are_refused_and_audited()
             .iter()
             .any(|(who, _, d)| who == "link:nosuch" && d.contains("no longer configured"))
     );
-    // The prefix lets only the link routes through: the API still wants its token (none is
-    // configured here, so it is refused outright).
+    // The prefix lets only the link routes through: the API still wants its token.
     let api = f.get("/api/v1/findings").await;
-    assert_eq!(api.status, StatusCode::FORBIDDEN);
+    assert_eq!(api.status, StatusCode::UNAUTHORIZED);
     assert!(!api.body.contains("fgw-evidence"));
     let sneaky = f.get(&format!("/r/{good}/../../api/v1/findings")).await;
     assert_ne!(sneaky.status, StatusCode::OK);
@@ -640,5 +643,148 @@ fn check_config_refuses_a_short_link_key_and_a_bad_public_url() {
     assert!(
         stderr.contains(":10:22: invalid daemon.public_url `netpatrol.example.gov.cn`"),
         "{stderr}"
+    );
+}
+
+impl Fixture {
+    async fn api(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        self.send(request.body(Body::from(body.to_string())).unwrap())
+            .await
+    }
+}
+
+#[tokio::test]
+async fn an_approved_waiver_request_waives_the_finding_and_a_denied_dispute_is_shown() {
+    let f = fixture().await;
+    let fgw = f.link("fgw", Duration::days(1));
+    let jyj = f.link("jyj", Duration::days(1));
+    let expiry = (Utc::now() + Duration::days(90))
+        .format("%Y-%m-%d")
+        .to_string();
+    let r = f
+        .post(
+            &fgw,
+            &[
+                ("csrf", &f.key.csrf(&fgw)),
+                ("item", &f.fgw.fingerprint),
+                ("answer", "waiver"),
+                ("note", "业务系统迁移中"),
+                ("expiry", &expiry),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = f
+        .post(
+            &jyj,
+            &[
+                ("csrf", &f.key.csrf(&jyj)),
+                ("item", &f.jyj.fingerprint),
+                ("answer", "dispute"),
+                ("note", "该主机已审批"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+
+    let path = "/api/v1/rectification/requests";
+    assert_eq!(
+        f.api("GET", path, None, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let list = f.api("GET", path, Some(OPERATOR), "").await;
+    assert_eq!(list.status, StatusCode::OK, "{}", list.body);
+    let list: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    let requests = list["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 2, "{list}");
+    let id_of = |kind: &str| {
+        requests.iter().find(|r| r["kind"] == kind).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (waiver, dispute) = (id_of("waiver"), id_of("dispute"));
+    assert_eq!(
+        requests.iter().find(|r| r["kind"] == "waiver").unwrap()["proposed_expiry"],
+        expiry.as_str()
+    );
+
+    let approve = format!("{path}/{}/approve", encode(&waiver));
+    let body = r#"{"approver": "张伟"}"#;
+    assert_eq!(
+        f.api("POST", &approve, None, body).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // A dispute is no waiver request.
+    let wrong = format!("{path}/{}/approve", encode(&dispute));
+    assert_eq!(
+        f.api("POST", &wrong, Some(OPERATOR), body).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let r = f.api("POST", &approve, Some(OPERATOR), body).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    // Decided once only.
+    assert_eq!(
+        f.api("POST", &approve, Some(OPERATOR), body).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The existing machinery honours it: the API says waived, with approver and expiry.
+    let findings = f
+        .api("GET", "/api/v1/findings?department=fgw", Some(OPERATOR), "")
+        .await;
+    let findings: serde_json::Value = serde_json::from_str(&findings.body).unwrap();
+    let waived = findings
+        .as_array()
+        .or_else(|| findings["findings"].as_array())
+        .unwrap()
+        .iter()
+        .find(|x| x["fingerprint"] == f.fgw.fingerprint.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(waived["state"], "waived", "{waived}");
+    assert!(waived["waiver"].to_string().contains("张伟"), "{waived}");
+    assert!(waived["waiver"].to_string().contains(&expiry), "{waived}");
+    // ... and the department's page no longer lists it as open.
+    let page = f.get(&format!("/r/{fgw}")).await;
+    assert!(!page.body.contains("fgw-evidence"), "{}", page.body);
+    // jyj's finding is not waived by it.
+    let jyj_findings = f
+        .api("GET", "/api/v1/findings?department=jyj", Some(OPERATOR), "")
+        .await;
+    assert!(
+        !jyj_findings.body.contains("\"waived\""),
+        "{}",
+        jyj_findings.body
+    );
+
+    let deny = format!("{path}/{}/deny", encode(&dispute));
+    let r = f.api("POST", &deny, Some(OPERATOR), "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let page = f.get(&format!("/r/{jyj}")).await;
+    assert!(page.body.contains("jyj-evidence"));
+    assert!(page.body.contains("未予批准"), "{}", page.body);
+    let left = f.api("GET", path, Some(OPERATOR), "").await;
+    assert!(!left.body.contains("\"kind\""), "{}", left.body);
+
+    let audit = f.daemon.store.audit_since(None).await.unwrap();
+    assert!(
+        audit.iter().any(|e| e.principal == "operator"
+            && e.detail
+                .as_deref()
+                .is_some_and(|d| d.starts_with("approved waiver") && d.contains("张伟"))),
+        "{audit:?}"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.detail.as_deref() == Some(format!("denied request {dispute}").as_str()))
     );
 }

@@ -21,3 +21,16 @@ CREATE TABLE link_keys (
     key_hex     TEXT NOT NULL,          -- 32 random bytes, hex
     created_at  TEXT NOT NULL
 );
+-- Waivers the bureau approved on the operator page: read beside the config's `exceptions`
+-- and honoured the same way (scope: every key given must match).
+CREATE TABLE stored_exceptions (
+    id          TEXT PRIMARY KEY,       -- the answer (waiver request) it approves
+    rule        TEXT NOT NULL,
+    ip          TEXT,
+    port        BIGINT,
+    department  TEXT,
+    reason      TEXT NOT NULL,
+    approver    TEXT NOT NULL,
+    expires_on  TEXT NOT NULL,          -- YYYY-MM-DD, the last day it applies
+    created_at  TEXT NOT NULL
+);

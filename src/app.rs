@@ -227,6 +227,10 @@ async fn scan_command(
     fail_on: Option<Severity>,
 ) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.store.path).await?;
+    // Waivers approved on the operator page count as the config's do.
+    let mut config = config.clone();
+    store.add_stored_waivers(&mut config).await?;
+    let config = &config;
     let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());

@@ -75,8 +75,14 @@ pub async fn bulletin_command(config_path: &Path, args: BulletinArgs) -> ExitCod
         Err(e) => return failure(e),
     };
     let link_key = loaded.access.link_key.as_ref();
+    // Waivers approved on the operator page count as the config's do.
+    let mut config = config.clone();
+    if let Err(e) = store.add_stored_waivers(&mut config).await {
+        store.close().await;
+        return failure(e);
+    }
     let code = bulletin_run(
-        config, rules, &store, templates, &period, &lang, &args, now, link_key,
+        &config, rules, &store, templates, &period, &lang, &args, now, link_key,
     )
     .await;
     store.close().await;

@@ -66,33 +66,7 @@ use crate::scan::ScanRequest;
 use crate::scope::Limits;
 use crate::store::Store;
 
-/// Where a stored waiver says it was written (its `Waiver::at`), to tell it from the config's.
-pub const STORED_WAIVER_FILE: &str = "(store: stored_exceptions)";
-
-/// A waiver approved on the operator page, as the waiver machinery reads it.
-fn stored_waiver(e: &crate::store::StoredException) -> config::Waiver {
-    config::Waiver {
-        rule: e.rule.clone(),
-        ip: e
-            .ip
-            .as_deref()
-            .and_then(|t| t.parse::<std::net::IpAddr>().ok())
-            .map(ipnet::IpNet::from),
-        port: e.port,
-        segment: None,
-        department: e.department.clone(),
-        project: None,
-        reason: e.reason.clone(),
-        approver: e.approver.clone(),
-        expires_on: e.expires_on,
-        at: crate::problem::Position {
-            file: std::path::PathBuf::from(STORED_WAIVER_FILE),
-            line: None,
-            column: None,
-            key: Some(e.id.clone()),
-        },
-    }
-}
+pub use crate::store::STORED_WAIVER_FILE;
 
 /// Time allowed from SIGTERM to exit: cancelled scans record what they saw, the store flushes.
 /// Below systemd's default `TimeoutStopSec` (90 s).
@@ -290,7 +264,7 @@ impl Daemon {
     /// config's `exceptions`.
     pub async fn refresh_waivers(&self) -> Result<(), crate::store::StoreError> {
         let stored = self.store.stored_exceptions().await?;
-        let waivers: Vec<config::Waiver> = stored.iter().map(stored_waiver).collect();
+        let waivers: Vec<config::Waiver> = stored.iter().map(|e| e.waiver()).collect();
         *lock(&self.stored_waivers) = waivers;
         let current = self.current();
         let mut config = current.config.clone();

@@ -36,7 +36,7 @@ mod rectification;
 pub use audit::AuditEntry;
 pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
-pub use rectification::{Answer, AnswerKind, StoredException};
+pub use rectification::{Answer, AnswerKind, STORED_WAIVER_FILE, StoredException};
 
 mod snapshot;
 pub use snapshot::{FindingCount, FindingFilter, FindingScope, LatestRun, PlacementCount, TlsRow};

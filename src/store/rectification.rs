@@ -71,6 +71,36 @@ pub struct StoredException {
     pub expires_on: NaiveDate,
 }
 
+/// Where a stored waiver says it was written (its `Waiver::at`), to tell it from the config's.
+pub const STORED_WAIVER_FILE: &str = "(store: stored_exceptions)";
+
+impl StoredException {
+    /// The waiver the waiver machinery reads (scope: address, port, department).
+    pub fn waiver(&self) -> crate::config::Waiver {
+        crate::config::Waiver {
+            rule: self.rule.clone(),
+            ip: self
+                .ip
+                .as_deref()
+                .and_then(|t| t.parse::<std::net::IpAddr>().ok())
+                .map(ipnet::IpNet::from),
+            port: self.port,
+            segment: None,
+            department: self.department.clone(),
+            project: None,
+            reason: self.reason.clone(),
+            approver: self.approver.clone(),
+            expires_on: self.expires_on,
+            at: crate::problem::Position {
+                file: std::path::PathBuf::from(STORED_WAIVER_FILE),
+                line: None,
+                column: None,
+                key: Some(self.id.clone()),
+            },
+        }
+    }
+}
+
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Store {
@@ -224,6 +254,22 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Put the stored waivers in force in `config`, beside (never instead of) the ones its
+    /// file declares: what `bulletin` and `scan` read, as the daemon does.
+    pub async fn add_stored_waivers(
+        &self,
+        config: &mut crate::config::Config,
+    ) -> Result<(), StoreError> {
+        let stored = self.stored_exceptions().await?;
+        config
+            .exceptions
+            .retain(|w| w.at.file != std::path::Path::new(STORED_WAIVER_FILE));
+        config
+            .exceptions
+            .extend(stored.iter().map(StoredException::waiver));
+        Ok(())
     }
 
     /// The approved waivers kept in the store.

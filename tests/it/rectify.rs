@@ -765,6 +765,40 @@ async fn an_approved_waiver_request_waives_the_finding_and_a_denied_dispute_is_s
         jyj_findings.body
     );
 
+    // The `bulletin` command reads the stored waiver as the daemon does.
+    let config_path = f._dir.path().join("netpatrol.yaml");
+    std::fs::write(&config_path, yaml(&f._dir.path().join("netpatrol.db"))).unwrap();
+    let month = Utc::now()
+        .with_timezone(&chrono_tz::Asia::Shanghai)
+        .format("%Y-%m")
+        .to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_netpatrol"))
+        .args(["bulletin", "--period", &month, "--out"])
+        .arg(f._dir.path().join("out"))
+        .arg("-c")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_dir(f._dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "csv"))
+        .unwrap();
+    let csv = String::from_utf8_lossy(&std::fs::read(csv).unwrap()).into_owned();
+    let row_of = |ip: &str| {
+        csv.lines()
+            .find(|l| l.contains(ip))
+            .unwrap_or_else(|| panic!("no row for {ip} in {csv}"))
+            .to_string()
+    };
+    assert!(row_of("127.117.1.2").contains("已豁免"), "{csv}");
+    assert!(!row_of("127.117.2.2").contains("已豁免"), "{csv}");
+
     let deny = format!("{path}/{}/deny", encode(&dispute));
     let r = f.api("POST", &deny, Some(OPERATOR), "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);

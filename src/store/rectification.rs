@@ -256,6 +256,17 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Every answer of every department, oldest first (for the loop's metrics).
+    pub async fn all_answers(&self) -> Result<Vec<Answer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, department, period, fingerprint, kind, note, proposed_expiry, peer, state
+             FROM rectification_answers ORDER BY at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(answers_of(&rows)?.into_iter().map(|(_, a)| a).collect())
+    }
+
     /// Put the stored waivers in force in `config`, beside (never instead of) the ones its
     /// file declares: what `bulletin` and `scan` read, as the daemon does.
     pub async fn add_stored_waivers(

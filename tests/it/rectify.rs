@@ -308,6 +308,14 @@ async fn a_valid_link_shows_only_its_department_escaped_in_chinese_or_english() 
     assert_eq!(en.status, StatusCode::OK);
     assert!(en.body.contains("Rectification feedback"));
     assert!(en.body.contains("unapproved host (fgw)"));
+    // No answer yet: both departments' findings count as unanswered.
+    let metrics = f.get("/metrics").await;
+    for dept in ["fgw", "jyj"] {
+        let line = format!(
+            "netpatrol_rectification_items{{department=\"{dept}\",state=\"unanswered\"}} 1"
+        );
+        assert!(metrics.body.contains(&line), "{line}:\n{}", metrics.body);
+    }
     let audit = f.audit().await;
     assert!(
         audit.iter().any(|(who, status, detail)| who == "link:fgw"
@@ -798,6 +806,20 @@ async fn an_approved_waiver_request_waives_the_finding_and_a_denied_dispute_is_s
     };
     assert!(row_of("127.117.1.2").contains("已豁免"), "{csv}");
     assert!(!row_of("127.117.2.2").contains("已豁免"), "{csv}");
+
+    // The loop in the metrics: fgw's waiver approved, jyj's dispute still undecided.
+    let metrics = f.get("/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    for line in [
+        "netpatrol_rectification_items{department=\"fgw\",state=\"waiver_approved\"} 1",
+        "netpatrol_rectification_items{department=\"jyj\",state=\"disputed\"} 1",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "{line} missing:\n{}",
+            metrics.body
+        );
+    }
 
     let deny = format!("{path}/{}/deny", encode(&dispute));
     let r = f.api("POST", &deny, Some(OPERATOR), "").await;

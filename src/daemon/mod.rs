@@ -222,6 +222,9 @@ pub struct Daemon {
     /// The waivers approved on the operator page (store table `stored_exceptions`), added to
     /// the config's `exceptions` in force at start, at each approval and at each reload.
     stored_waivers: Mutex<Vec<config::Waiver>>,
+    /// Findings with a re-test queued or running: one at a time each, so answers cannot pile
+    /// up probes.
+    retests: Mutex<HashSet<String>>,
     /// The store's link key, read once (when `daemon.link_key_env` is not set).
     stored_link_key: tokio::sync::OnceCell<crate::rectify::LinkKey>,
 }
@@ -257,6 +260,7 @@ impl Daemon {
             store_problems: Mutex::default(),
             stored_link_key: tokio::sync::OnceCell::new(),
             stored_waivers: Mutex::default(),
+            retests: Mutex::default(),
         })
     }
 
@@ -665,15 +669,18 @@ impl Daemon {
         if self.scan_cancel.is_cancelled() {
             return;
         }
+        if !lock(&self.retests).insert(finding.fingerprint.clone()) {
+            return;
+        }
         let daemon = self.clone();
         let mut tasks = lock(&self.scans);
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            let lock = finding
+            let segment_lock = finding
                 .segment
                 .as_ref()
                 .map(|s| lock(&daemon.segment_locks).entry(s.clone()).or_default().clone());
-            let _guard = match lock {
+            let _guard = match segment_lock {
                 Some(l) => tokio::select! {
                     _ = daemon.scan_cancel.cancelled() => return,
                     g = l.lock_owned() => Some(g),
@@ -711,7 +718,13 @@ impl Daemon {
             if let Err(error) = daemon.store.set_answer_state(&answer_id, state).await {
                 tracing::error!(%error, "cannot record the re-test's outcome");
             }
+            lock(&daemon.retests).remove(&fingerprint);
         });
+    }
+
+    /// Whether a re-test of `fingerprint` is queued or running.
+    pub fn retest_pending(&self, fingerprint: &str) -> bool {
+        lock(&self.retests).contains(fingerprint)
     }
 
     /// Build the period's bulletin and queue its mail (`crate::bulletin::scheduled`), as a task

@@ -569,6 +569,28 @@ pub(super) async fn answer(
             format!("not an open finding of {}: {}", link.department, form.item),
         );
     }
+    if form.answer == AnswerKind::Done.as_str() && daemon.retest_pending(&form.item) {
+        let message = if zh {
+            "该问题正在复测中，请稍后再提交。"
+        } else {
+            "This finding is being re-tested; answer again later."
+        };
+        let mut r = page(
+            &daemon,
+            &key,
+            &token,
+            &link,
+            zh,
+            None,
+            Some((StatusCode::CONFLICT, message.to_string())),
+        )
+        .await;
+        r.extensions_mut().insert(AuditNote(format!(
+            "answer refused: re-test of {} still running",
+            form.item
+        )));
+        return r;
+    }
     let tz = daemon.current().config.organisation.timezone;
     let today = Utc::now().with_timezone(&tz).date_naive();
     let (kind, note, proposed_expiry) = match parse_answer(&form, zh, today) {

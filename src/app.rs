@@ -227,6 +227,10 @@ async fn scan_command(
     fail_on: Option<Severity>,
 ) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&config.store).await?;
+    // Waivers approved on the operator page count as the config's do.
+    let mut config = config.clone();
+    store.add_stored_waivers(&mut config).await?;
+    let config = &config;
     let limits = Limits::for_process(config.scan.rate, config.scan.concurrency);
     let cancel = CancellationToken::new();
     cancel_on_signal(cancel.clone());
@@ -368,14 +372,40 @@ async fn serve_demo(
         }
     };
     let daemon = crate::daemon::Daemon::new(loaded, store.clone());
+    daemon.refresh_waivers().await?;
     let listener = match tokio::net::TcpListener::bind("127.0.0.1:9750").await {
         Ok(l) => l,
         Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
     };
+    let addr = listener.local_addr()?;
     eprintln!(
-        "netpatrol demo: metrics at http://{0}/metrics, API at http://{0}/api/v1/findings (curl -H 'Authorization: Bearer {token}' http://{0}/api/v1/findings)",
-        listener.local_addr()?
+        "netpatrol demo: metrics at http://{addr}/metrics, API at http://{addr}/api/v1/findings (curl -H 'Authorization: Bearer {token}' http://{addr}/api/v1/findings)"
     );
+    // A department's rectification page, as its notice would link it: the first department
+    // with open findings.
+    let config = &daemon.current().config;
+    let open = store.open_findings(&Default::default()).await?;
+    if let Some(dept) = config.departments.iter().find(|d| {
+        open.iter()
+            .any(|f| f.department.as_deref() == Some(d.id.as_str()))
+    }) {
+        let key = daemon.link_key().await?;
+        let now = chrono::Utc::now();
+        let today = now
+            .with_timezone(&config.organisation.timezone)
+            .date_naive();
+        let token = key.sign(&crate::rectify::Link {
+            department: dept.id.clone(),
+            period: crate::bulletin::Period::month_to_date(today).key(),
+            expires: now + chrono::Duration::days(crate::rectify::LINK_VALID_DAYS),
+        })?;
+        eprintln!(
+            "netpatrol demo: rectification page of {} ({}): {}",
+            dept.name,
+            dept.id,
+            crate::rectify::page_url(&format!("http://{addr}"), &token)
+        );
+    }
     tokio::spawn(daemon.clone().scheduler(stop.clone()));
     tokio::spawn(crate::daemon::api::serve(listener, daemon, stop));
     Ok(())

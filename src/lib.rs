@@ -6,7 +6,8 @@
 //! scan through assessment to the report and the store, for `app` and `daemon` alike;
 //! `daemon` schedules passes and serves HTTP (`daemon::api`); `lab` is the simulated district
 //! on loopback used by `demo` and the tests; `probe_cmd` runs one probe on one endpoint for
-//! `netpatrol probe`; `cli` and `app` are the command line and its
+//! `netpatrol probe`; `rectify` signs and checks the departments' capability links of the
+//! rectification loop; `cli` and `app` are the command line and its
 //! wiring. `config::Loaded::compile` is the one load step of every command and reload; `problem`
 //! (what is wrong with a file the operator wrote, and where) and `severity` are leaf types that
 //! `config`, `rules` and the outputs share without depending on each other.
@@ -26,6 +27,7 @@ pub mod probe;
 pub mod probe_cmd;
 pub mod problem;
 pub mod reconcile;
+pub mod rectify;
 pub mod rules;
 pub mod scan;
 pub mod scope;

@@ -6,6 +6,11 @@
 //! set, the store, what to scan, the process-wide limits and a cancellation token. Output: the
 //! observations and the report.
 //!
+//! [`retest`] is the re-test (复测) of one finding a department answered 已整改: a scan of
+//! that one endpoint (`scan::plan_endpoint`) assessed like any scan, but it records no run and
+//! changes no finding but its own: resolved now when absent, left open (with its due date)
+//! when still present, untouched when the re-test could not judge.
+//!
 //! Durability: the run is written `running` before the first probe; each batch of hosts the
 //! scan finishes is checkpointed while the scan goes on, so a killed process leaves an
 //! incomplete run holding what it saw. The final record is one transaction: when it fails (a
@@ -125,4 +130,92 @@ pub async fn scan_and_record(
         .into());
     }
     Ok((observations, report))
+}
+
+/// What a re-test (复测) of one finding found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetestOutcome {
+    /// 复测通过: the condition is gone; the finding was resolved now.
+    Passed,
+    /// 整改未通过: still present; the finding stays open with its due date.
+    Failed,
+    /// The re-test could not judge (probes failed locally, cancelled): nothing changed.
+    Inconclusive,
+}
+
+impl RetestOutcome {
+    /// As the answer's state records it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetestOutcome::Passed => "retest_passed",
+            RetestOutcome::Failed => "retest_failed",
+            RetestOutcome::Inconclusive => "retest_inconclusive",
+        }
+    }
+}
+
+/// Re-test one finding (复测): scan exactly its address (and its port, when it has one) with
+/// the probes its rule needs plus TCP, through the scope and the process-wide limits like any
+/// scan; evaluate the rules on what was seen; resolve that finding, and only that one, when
+/// it is absent. Records no scan run: one endpoint is not a segment's latest picture, and its
+/// absence says nothing about any other finding.
+pub async fn retest(
+    config: &Config,
+    rules: &RuleSet,
+    store: &Store,
+    target: &finding::Finding,
+    limits: Arc<Limits>,
+    cancel: CancellationToken,
+) -> anyhow::Result<RetestOutcome> {
+    let ip: std::net::IpAddr = target
+        .ip
+        .as_deref()
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!("finding {} has no address to re-test", target.fingerprint)
+        })?;
+    let mut probes = rules
+        .get(&target.rule)
+        .map(|r| r.needs.clone())
+        .unwrap_or_else(|| crate::probe::ProbeKind::ALL.into_iter().collect());
+    probes.insert(crate::probe::ProbeKind::Tcp);
+    let planned = scan::plan_endpoint(
+        config,
+        ip,
+        target.port,
+        &ScanRequest {
+            segments: Vec::new(),
+            probes,
+        },
+    )?;
+    let cx = Cx::new(limits, cancel, ProgressBar::hidden());
+    let observations = scan::execute(config, planned, &cx, None).await;
+    if observations.run.state != crate::observation::RunState::Complete {
+        return Ok(RetestOutcome::Inconclusive);
+    }
+    let tz = config.organisation.timezone;
+    let today = observations.run.started_at.with_timezone(&tz).date_naive();
+    let history = History {
+        last_seen: store
+            .last_seen()
+            .await?
+            .into_iter()
+            .map(|(ip, at)| (ip, at.with_timezone(&tz).date_naive()))
+            .collect(),
+    };
+    let existing = store.findings().await?;
+    let assessment = finding::assess(config, rules, &observations, &history, &existing, today);
+    if assessment
+        .current
+        .iter()
+        .any(|f| f.fingerprint == target.fingerprint)
+    {
+        return Ok(RetestOutcome::Failed);
+    }
+    let at = observations
+        .run
+        .finished_at
+        .unwrap_or(observations.run.started_at);
+    store.resolve_by_retest(&target.fingerprint, at).await?;
+    Ok(RetestOutcome::Passed)
 }

@@ -15,6 +15,9 @@
 //! `compliance.max_local_failure_ratio`, or did not attempt every planned probe, is
 //! [`RunState::Degraded`]. Coverage (planned, answered, failed remotely or locally) is in the
 //! run.
+//!
+//! [`plan`] scans whole segments; [`plan_endpoint`] one address the scope holds, on one port
+//! (the re-test of a finding).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -70,6 +73,8 @@ pub enum ScanError {
     UnknownSegment(String),
     #[error(transparent)]
     ScopeTooLarge(#[from] ScopeTooLarge),
+    #[error("{0} lies in no declared segment (or is excluded): it is never probed")]
+    OutOfScope(IpAddr),
 }
 
 /// A scan about to run: its scope, its targets and the run as the store first records it.
@@ -77,6 +82,8 @@ pub struct Planned {
     pub run: ScanRun,
     targets: Vec<Target>,
     request: ScanRequest,
+    /// The ports to scan instead of `scan.ports` (a re-test of one endpoint).
+    ports: Option<Vec<u16>>,
 }
 
 /// Resolve the request into targets and a run header (`running`, nothing seen yet).
@@ -116,6 +123,45 @@ pub fn plan(config: &Config, request: &ScanRequest) -> Result<Planned, ScanError
         },
         targets,
         request: request.clone(),
+        ports: None,
+    })
+}
+
+/// A scan of one endpoint (the re-test of a finding, 复测): the address `ip`, only if a
+/// declared segment holds it (`Scope::target`), on `port` (`None`: the configured ports), with
+/// the probes of `request` (its `segments` are ignored: the target's own segment is scanned).
+pub fn plan_endpoint(
+    config: &Config,
+    ip: IpAddr,
+    port: Option<u16>,
+    request: &ScanRequest,
+) -> Result<Planned, ScanError> {
+    let scope = Scope::new(config.segments.iter());
+    let target = scope.target(ip).ok_or(ScanError::OutOfScope(ip))?;
+    let started_at = Utc::now();
+    let request = ScanRequest {
+        segments: vec![target.segment().to_string()],
+        probes: request.probes.clone(),
+    };
+    Ok(Planned {
+        run: ScanRun {
+            id: format!(
+                "{}-{:04x}-retest",
+                started_at.format("%Y%m%dT%H%M%S%.3fZ"),
+                std::process::id() & 0xffff
+            ),
+            started_at,
+            finished_at: None,
+            segments: request.segments.clone(),
+            addresses: 1,
+            probes: 0,
+            probe_kinds: request.probes.iter().copied().collect(),
+            state: RunState::Running,
+            coverage: Default::default(),
+        },
+        targets: vec![target],
+        request,
+        ports: port.map(|p| vec![p]),
     })
 }
 
@@ -143,11 +189,12 @@ pub async fn execute(
         mut run,
         targets,
         request,
+        ports: only_ports,
     } = planned;
     let settings = &config.scan;
     let wants = |k| request.probes.contains(&k);
     let ports: Arc<[u16]> = if wants(ProbeKind::Tcp) {
-        settings.ports.clone().into()
+        only_ports.unwrap_or_else(|| settings.ports.clone()).into()
     } else {
         Arc::from([])
     };

@@ -74,7 +74,17 @@ pub async fn bulletin_command(config_path: &Path, args: BulletinArgs) -> ExitCod
         Ok(s) => s,
         Err(e) => return failure(e),
     };
-    let code = bulletin_run(config, rules, &store, templates, &period, &lang, &args, now).await;
+    let link_key = loaded.access.link_key.as_ref();
+    // Waivers approved on the operator page count as the config's do.
+    let mut config = config.clone();
+    if let Err(e) = store.add_stored_waivers(&mut config).await {
+        store.close().await;
+        return failure(e);
+    }
+    let code = bulletin_run(
+        &config, rules, &store, templates, &period, &lang, &args, now, link_key,
+    )
+    .await;
     store.close().await;
     code
 }
@@ -89,6 +99,7 @@ async fn bulletin_run(
     lang: &str,
     args: &BulletinArgs,
     now: chrono::DateTime<Utc>,
+    link_key: Option<&crate::rectify::LinkKey>,
 ) -> ExitCode {
     let bulletin = match build(config, rules, store, templates, period, lang, now).await {
         Ok(b) => b,
@@ -109,7 +120,11 @@ async fn bulletin_run(
     if !args.send {
         return ExitCode::SUCCESS;
     }
-    let queued = match enqueue(config, store, &bulletin, templates, args.force, now).await {
+    let queued = match enqueue(
+        config, store, &bulletin, templates, args.force, now, link_key,
+    )
+    .await
+    {
         Ok(n) => n,
         Err(e) => return failure(e),
     };

@@ -39,7 +39,7 @@ use crate::rules::RuleSet;
 use crate::store::{Store, StoreError};
 
 pub use command::{BulletinArgs, bulletin_command, outbox_command};
-pub use model::Model;
+pub use model::{Model, labels};
 pub use render::{Rendered, Templates};
 pub use send::{FlushOutcome, enqueue, flush};
 
@@ -73,6 +73,8 @@ pub enum BulletinError {
     Mail(#[from] MailError),
     #[error("no smtp section in the config: mail cannot be sent")]
     NoSmtp,
+    #[error(transparent)]
+    LinkKey(#[from] crate::rectify::KeyError),
 }
 
 /// The days a bulletin covers, both ends included, in the organisation's calendar.
@@ -280,6 +282,7 @@ pub async fn scheduled(
     rules: &RuleSet,
     templates: &Templates,
     store: &Store,
+    link_key: Option<&crate::rectify::LinkKey>,
 ) -> anyhow::Result<()> {
     let now = Utc::now();
     let today = now
@@ -299,7 +302,7 @@ pub async fn scheduled(
     let files = bulletin.write(&config.bulletin.out_dir)?;
     tracing::info!(period = %period.key(), files = files.len(), "bulletin written");
     if config.smtp.is_some() {
-        let queued = enqueue(config, store, &bulletin, templates, false, now).await?;
+        let queued = enqueue(config, store, &bulletin, templates, false, now, link_key).await?;
         tracing::info!(period = %period.key(), queued, "bulletin mail queued");
         flush_due(config, store).await?;
     }

@@ -31,6 +31,7 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("notice.html", include_str!("../../templates/notice.html")),
     ("notice.txt", include_str!("../../templates/notice.txt")),
     ("style.css", include_str!("../../templates/style.css")),
+    ("rectify.html", include_str!("../../templates/rectify.html")),
 ];
 
 /// The compiled templates.
@@ -68,6 +69,8 @@ struct NoticeView<'a> {
     issued_on: &'a str,
     dept: &'a DeptItems,
     t: &'a std::collections::BTreeMap<&'static str, &'static str>,
+    /// The department's rectification page, when `daemon.public_url` is set.
+    link: Option<&'a str>,
 }
 
 impl Templates {
@@ -121,6 +124,11 @@ impl Templates {
         template.render(Serde(ctx)).map_err(fail)
     }
 
+    /// A page of the daemon's web face (`rectify.html`), HTML-escaped like every `.html`.
+    pub fn render_page<S: Serialize>(&self, name: &str, ctx: &S) -> Result<String, BulletinError> {
+        self.render_one(name, ctx)
+    }
+
     /// The bulletin in every format.
     pub fn render(&self, model: &Model) -> Result<Rendered, BulletinError> {
         let mut text = self.render_one("bulletin.txt", model)?;
@@ -145,6 +153,16 @@ impl Templates {
         model: &Model,
         dept: &DeptItems,
     ) -> Result<RenderedNotice, BulletinError> {
+        self.render_notice_with_link(model, dept, None)
+    }
+
+    /// One department's notice, carrying `link` (its rectification page) when given.
+    pub fn render_notice_with_link(
+        &self,
+        model: &Model,
+        dept: &DeptItems,
+        link: Option<&str>,
+    ) -> Result<RenderedNotice, BulletinError> {
         let view = NoticeView {
             lang: &model.lang,
             zh: model.zh,
@@ -154,6 +172,7 @@ impl Templates {
             issued_on: &model.issued_on,
             dept,
             t: &model.t,
+            link,
         };
         let mut text = self.render_one("notice.txt", &view)?;
         if !text.ends_with('\n') {

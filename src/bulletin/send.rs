@@ -43,6 +43,10 @@ pub fn backoff(attempts: u32) -> chrono::Duration {
 
 /// Queue the bulletin's mail: the bulletin to each recipient, and each department with open
 /// items its notice. Returns how many messages were added (or replaced, when `force`).
+///
+/// With `daemon.public_url` set, each notice carries its department's rectification link
+/// (`crate::rectify`), signed with `link_key` (the configured key, `daemon.link_key_env`)
+/// or else the key kept in the store, valid [`crate::rectify::LINK_VALID_DAYS`] days.
 pub async fn enqueue(
     config: &Config,
     store: &Store,
@@ -50,8 +54,19 @@ pub async fn enqueue(
     templates: &Templates,
     force: bool,
     now: DateTime<Utc>,
+    link_key: Option<&crate::rectify::LinkKey>,
 ) -> Result<usize, BulletinError> {
     let smtp = config.smtp.as_ref().ok_or(BulletinError::NoSmtp)?;
+    let links = match &config.daemon.public_url {
+        None => None,
+        Some(url) => Some((
+            url.as_str(),
+            match link_key {
+                Some(k) => k.clone(),
+                None => crate::rectify::stored_key(store).await?,
+            },
+        )),
+    };
     let model = &bulletin.model;
     let period = bulletin.period.key();
     let csv_name = |stem: &str| format!("{stem}.csv");
@@ -92,7 +107,21 @@ pub async fn enqueue(
                 }
                 continue;
             }
-            let notice = templates.render_notice(model, dept)?;
+            let link = links.as_ref().and_then(|(url, key)| {
+                let link = crate::rectify::Link {
+                    department: dept.id.clone(),
+                    period: period.clone(),
+                    expires: now + chrono::Duration::days(crate::rectify::LINK_VALID_DAYS),
+                };
+                match key.sign(&link) {
+                    Ok(token) => Some(crate::rectify::page_url(url, &token)),
+                    Err(error) => {
+                        tracing::warn!(department = %dept.id, %error, "no rectification link for this notice");
+                        None
+                    }
+                }
+            });
+            let notice = templates.render_notice_with_link(model, dept, link.as_deref())?;
             let subject = if model.zh {
                 format!(
                     "【{}】{}（{}）",

@@ -222,6 +222,11 @@ pub struct DaemonSettings {
     pub web_config: Option<std::path::PathBuf>,
     /// Scans accepted and not finished, at most (API submissions beyond answer 429). Default 8.
     pub max_queued_scans: usize,
+    /// Environment variable holding the rectification link key. Default `NETPATROL_LINK_KEY`.
+    pub link_key_env: String,
+    /// The URL departments reach the daemon at (no trailing slash); none = notices carry no
+    /// link.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]

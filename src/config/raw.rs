@@ -360,6 +360,14 @@ pub struct DaemonConfig {
     /// Scans accepted by the API and not yet finished, at most; more answer 429. Default 8.
     #[serde(default)]
     pub max_queued_scans: Option<u32>,
+    /// Environment variable holding the key that signs departments' rectification links (at
+    /// least 32 bytes); default NETPATROL_LINK_KEY; unset = a random key kept in the store.
+    #[serde(default)]
+    pub link_key_env: Option<String>,
+    /// The URL departments reach the daemon at (`https://...`), put in each notice as the
+    /// base of its rectification link; default none (notices carry no link).
+    #[serde(default)]
+    pub public_url: Option<Text>,
 }
 
 #[derive(Debug, Deserialize)]

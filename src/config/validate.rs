@@ -762,6 +762,8 @@ impl Validator {
                 read_token_env: "NETPATROL_READ_TOKEN".to_string(),
                 web_config: None,
                 max_queued_scans: 8,
+                link_key_env: "NETPATROL_LINK_KEY".to_string(),
+                public_url: None,
             };
         };
         if let Some(secret) = &raw.api_token {
@@ -799,6 +801,21 @@ impl Validator {
                 segments: s.segments.iter().map(|n| n.value.clone()).collect(),
             });
         }
+        let public_url = raw.public_url.as_ref().and_then(|u| {
+            let text = u.value.trim().trim_end_matches('/');
+            let scheme_ok = text.starts_with("https://") || text.starts_with("http://");
+            let rest = text.split_once("://").map_or("", |(_, r)| r);
+            if scheme_ok && !rest.is_empty() && !text.contains(char::is_whitespace) {
+                Some(text.to_string())
+            } else {
+                let message = format!(
+                    "invalid daemon.public_url `{}`: expected http(s)://HOST[:PORT][/PATH]",
+                    u.value
+                );
+                self.here(u, message);
+                None
+            }
+        });
         if raw.max_queued_scans == Some(0) {
             self.problems.push(Problem::new(
                 &self.config.file,
@@ -824,6 +841,10 @@ impl Validator {
                     .join(&t.value)
             }),
             max_queued_scans: raw.max_queued_scans.map_or(8, |n| n as usize),
+            link_key_env: raw
+                .link_key_env
+                .unwrap_or_else(|| "NETPATROL_LINK_KEY".to_string()),
+            public_url,
         }
     }
 

@@ -11,6 +11,10 @@
 //! `<VAR>_FILE` (one trailing newline dropped). The `Authorization` scheme is matched without
 //! regard to case (RFC 9110); the presented token is compared exactly, in constant time
 //! (SHA-256 of both, then a constant-time comparison, so neither content nor length leaks).
+//!
+//! The rectification pages (`/r/...`) ask for none of these: the signed link in their path
+//! is their authority ([`crate::rectify`]), checked by their handlers; its key
+//! (`daemon.link_key_env`, at least 32 bytes) is read here with the tokens.
 
 use std::sync::Arc;
 
@@ -19,6 +23,7 @@ use subtle::ConstantTimeEq;
 
 use super::web::WebConfig;
 use crate::config::{DaemonSettings, secret};
+use crate::rectify::{LinkKey, MIN_KEY_BYTES};
 
 /// Tokens and web config in force.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +33,9 @@ pub struct Access {
     /// The read-only token.
     pub read: Option<String>,
     pub web: Option<Arc<WebConfig>>,
+    /// The key of departments' rectification links (`daemon.link_key_env`); `None` = the
+    /// daemon uses the random key kept in its store.
+    pub link_key: Option<LinkKey>,
 }
 
 /// Who a request comes from.
@@ -126,6 +134,18 @@ impl Access {
         };
         let operator = token(&daemon.api_token_env);
         let read = token(&daemon.read_token_env);
+        let link_key = token(&daemon.link_key_env).and_then(|k| {
+            if k.len() < MIN_KEY_BYTES {
+                problems.push(format!(
+                    "the link key in {} is {} bytes long: it must have at least {MIN_KEY_BYTES}",
+                    daemon.link_key_env,
+                    k.len()
+                ));
+                None
+            } else {
+                Some(LinkKey::new(k.as_bytes()))
+            }
+        });
         let web = match &daemon.web_config {
             None => None,
             Some(path) => match WebConfig::load(path) {
@@ -141,6 +161,7 @@ impl Access {
                 operator,
                 read,
                 web,
+                link_key,
             })
         } else {
             Err(problems)

@@ -8,7 +8,9 @@
 //!
 //! Authentication ([`super::access`]): every route but `/healthz` needs a credential; GET
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
-//! posting gets 403); `/metrics` only when the web config has basic-auth users. Every request
+//! posting gets 403); `/metrics` only when the web config has basic-auth users. The one
+//! exception is `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
+//! by its handlers; its audit principal is `link:DEPARTMENT`. Every request
 //! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
 //! line): time, principal, peer, method, route, status, what it started or why it was refused.
 //!
@@ -66,7 +68,15 @@ pub struct Peer(pub SocketAddr);
 
 /// What a handler's action did, for the audit (a response extension).
 #[derive(Debug, Clone)]
-struct AuditNote(String);
+pub(super) struct AuditNote(pub(super) String);
+
+/// Who a rectification page request came from (`link:DEPARTMENT`), set by its handler once
+/// the link verified (a response extension, for the audit).
+#[derive(Debug, Clone)]
+pub(super) struct LinkPrincipal(pub(super) String);
+
+/// The prefix of the rectification pages, whose signed link is their own authority.
+const LINK_PREFIX: &str = "/r/";
 
 type Shared = Arc<Daemon>;
 
@@ -78,6 +88,22 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/api/v1/findings", get(findings))
         .route("/api/v1/scans", axum::routing::post(submit_scan))
         .route("/api/v1/scans/{id}", get(scan_state))
+        .route(
+            "/api/v1/rectification/requests",
+            get(super::rectify::requests),
+        )
+        .route(
+            "/api/v1/rectification/requests/{id}/approve",
+            axum::routing::post(super::rectify::approve),
+        )
+        .route(
+            "/api/v1/rectification/requests/{id}/deny",
+            axum::routing::post(super::rectify::deny),
+        )
+        .route(
+            "/r/{token}",
+            get(super::rectify::show).post(super::rectify::answer),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -113,34 +139,53 @@ async fn guard(State(daemon): State<Shared>, mut request: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let (principal, response, reason) =
-        match loaded.access.check(need, authorization.as_deref()).await {
-            Ok(principal) => {
-                let label = principal.label();
-                request.extensions_mut().insert(principal);
-                (label, next.run(request).await, None)
-            }
-            Err(Refusal::Unauthenticated { presented }) => {
-                let mut response = error(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong credentials (Authorization: Bearer TOKEN)",
-                );
-                let challenge = if loaded.access.web.as_ref().is_some_and(|w| w.has_users()) {
-                    "Bearer, Basic realm=\"netpatrol\""
-                } else {
-                    "Bearer"
-                };
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                );
-                let who = presented.unwrap_or_else(|| "-".to_string());
-                (who, response, Some("unauthenticated"))
-            }
-            Err(Refusal::Forbidden { who, reason }) => {
-                (who, error(StatusCode::FORBIDDEN, reason), Some(reason))
-            }
-        };
+    // The rectification pages check their signed link themselves, and nothing else passes
+    // without a credential: only this prefix, and in it only the routes of `router`.
+    let by_link = route.starts_with(LINK_PREFIX);
+    let checked = if by_link {
+        Ok(None)
+    } else {
+        loaded
+            .access
+            .check(need, authorization.as_deref())
+            .await
+            .map(Some)
+    };
+    let (principal, response, reason) = match checked {
+        Ok(None) => {
+            let response = next.run(request).await;
+            let who = response
+                .extensions()
+                .get::<LinkPrincipal>()
+                .map_or_else(|| "link:-".to_string(), |p| p.0.clone());
+            (who, response, None)
+        }
+        Ok(Some(principal)) => {
+            let label = principal.label();
+            request.extensions_mut().insert(principal);
+            (label, next.run(request).await, None)
+        }
+        Err(Refusal::Unauthenticated { presented }) => {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong credentials (Authorization: Bearer TOKEN)",
+            );
+            let challenge = if loaded.access.web.as_ref().is_some_and(|w| w.has_users()) {
+                "Bearer, Basic realm=\"netpatrol\""
+            } else {
+                "Bearer"
+            };
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+            let who = presented.unwrap_or_else(|| "-".to_string());
+            (who, response, Some("unauthenticated"))
+        }
+        Err(Refusal::Forbidden { who, reason }) => {
+            (who, error(StatusCode::FORBIDDEN, reason), Some(reason))
+        }
+    };
     let status = response.status();
     // Scrapes come every few seconds: only refused ones are worth a record.
     if need == Need::Metrics && status.is_success() {

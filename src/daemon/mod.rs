@@ -29,11 +29,13 @@
 //!
 //! Submodules: `api` (routes, accept loop, limits, audit), `access` (tokens, roles, the
 //! decision per request), `web` (the exporter-toolkit web config), `audit` (the `audit`
-//! command).
+//! command), `rectify` (the departments' rectification page on their signed link; a 已整改
+//! answer queues a re-test, [`Daemon::queue_retest`]).
 
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod rectify;
 pub mod web;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -63,6 +65,8 @@ use crate::rules::RuleSet;
 use crate::scan::ScanRequest;
 use crate::scope::Limits;
 use crate::store::Store;
+
+pub use crate::store::STORED_WAIVER_FILE;
 
 /// Time allowed from SIGTERM to exit: cancelled scans record what they saw, the store flushes.
 /// Below systemd's default `TimeoutStopSec` (90 s).
@@ -219,6 +223,14 @@ pub struct Daemon {
     /// The last failure of each kind of store read the API made, until one succeeds again:
     /// `/healthz` reports them (a corrupt row is not seen by a plain ping).
     store_problems: Mutex<std::collections::BTreeMap<&'static str, String>>,
+    /// The waivers approved on the operator page (store table `stored_exceptions`), added to
+    /// the config's `exceptions` in force at start, at each approval and at each reload.
+    stored_waivers: Mutex<Vec<config::Waiver>>,
+    /// Findings with a re-test queued or running: one at a time each, so answers cannot pile
+    /// up probes.
+    retests: Mutex<HashSet<String>>,
+    /// The store's link key, read once (when `daemon.link_key_env` is not set).
+    stored_link_key: tokio::sync::OnceCell<crate::rectify::LinkKey>,
 }
 
 /// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
@@ -250,7 +262,58 @@ impl Daemon {
             scheduler_running: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             store_problems: Mutex::default(),
+            stored_link_key: tokio::sync::OnceCell::new(),
+            stored_waivers: Mutex::default(),
+            retests: Mutex::default(),
         })
+    }
+
+    /// Read the waivers approved on the operator page again and put them in force beside the
+    /// config's `exceptions`.
+    pub async fn refresh_waivers(&self) -> Result<(), crate::store::StoreError> {
+        let stored = self.store.stored_exceptions().await?;
+        let waivers: Vec<config::Waiver> = stored.iter().map(|e| e.waiver()).collect();
+        *lock(&self.stored_waivers) = waivers;
+        let current = self.current();
+        let mut config = current.config.clone();
+        self.merge_waivers(&mut config);
+        self.loaded.send_replace(Arc::new(Loaded {
+            config,
+            rules: current.rules.clone(),
+            schedule: current.schedule.clone(),
+            access: current.access.clone(),
+            templates: current.templates.clone(),
+            limits: current.limits.clone(),
+        }));
+        Ok(())
+    }
+
+    /// `config.exceptions` from the config file, plus the stored waivers.
+    fn merge_waivers(&self, config: &mut Config) {
+        config
+            .exceptions
+            .retain(|w| w.at.file != Path::new(STORED_WAIVER_FILE));
+        config
+            .exceptions
+            .extend(lock(&self.stored_waivers).iter().cloned());
+    }
+
+    /// The link key in force: `daemon.link_key_env`'s, else the one kept in the store.
+    pub async fn link_key(&self) -> Result<crate::rectify::LinkKey, crate::rectify::KeyError> {
+        match self.current().access.link_key.clone() {
+            Some(k) => Ok(k),
+            None => self.stored_link_key().await,
+        }
+    }
+
+    /// The link key kept in the store (made the first time), for when the config names none.
+    pub async fn stored_link_key(
+        &self,
+    ) -> Result<crate::rectify::LinkKey, crate::rectify::KeyError> {
+        self.stored_link_key
+            .get_or_try_init(|| crate::rectify::stored_key(&self.store))
+            .await
+            .cloned()
     }
 
     /// Remember how the store read `what` last went (for `/healthz`); `result` passes through.
@@ -500,6 +563,8 @@ impl Daemon {
                 } else {
                     new
                 };
+                let mut new = new;
+                self.merge_waivers(&mut new.config);
                 warn_dropped_tokens(&old, &new);
                 self.metrics.tokens(&new.access);
                 self.loaded.send_replace(Arc::new(new));
@@ -601,6 +666,72 @@ impl Daemon {
         }
     }
 
+    /// Queue the re-test (复测) of `finding`, answered 已整改 in answer `answer_id`: it runs at
+    /// once (after any scan holding the finding's segment), through the scope and the limits
+    /// like every scan, and sets the answer's state to what it found. A task awaited at
+    /// shutdown like the scans.
+    pub fn queue_retest(self: &Arc<Self>, finding: crate::finding::Finding, answer_id: String) {
+        if self.scan_cancel.is_cancelled() {
+            return;
+        }
+        if !lock(&self.retests).insert(finding.fingerprint.clone()) {
+            return;
+        }
+        let daemon = self.clone();
+        let mut tasks = lock(&self.scans);
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let segment_lock = finding
+                .segment
+                .as_ref()
+                .map(|s| lock(&daemon.segment_locks).entry(s.clone()).or_default().clone());
+            let _guard = match segment_lock {
+                Some(l) => tokio::select! {
+                    _ = daemon.scan_cancel.cancelled() => return,
+                    g = l.lock_owned() => Some(g),
+                },
+                None => None,
+            };
+            let loaded = daemon.current();
+            let (store, cancel) = (daemon.store.clone(), daemon.scan_cancel.clone());
+            let fingerprint = finding.fingerprint.clone();
+            tracing::info!(finding = %fingerprint, "re-test started");
+            let result = tokio::spawn(async move {
+                crate::pass::retest(
+                    &loaded.config,
+                    &loaded.rules,
+                    &store,
+                    &finding,
+                    loaded.limits.clone(),
+                    cancel,
+                )
+                .await
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("the re-test task failed: {e}")));
+            let state = match result {
+                Ok(outcome) => {
+                    tracing::info!(finding = %fingerprint, outcome = outcome.as_str(), "re-test finished");
+                    outcome.as_str()
+                }
+                Err(error) => {
+                    let error = crate::app::error_chain(&error);
+                    tracing::error!(finding = %fingerprint, %error, "re-test failed");
+                    "retest_error"
+                }
+            };
+            if let Err(error) = daemon.store.set_answer_state(&answer_id, state).await {
+                tracing::error!(%error, "cannot record the re-test's outcome");
+            }
+            lock(&daemon.retests).remove(&fingerprint);
+        });
+    }
+
+    /// Whether a re-test of `fingerprint` is queued or running.
+    pub fn retest_pending(&self, fingerprint: &str) -> bool {
+        lock(&self.retests).contains(fingerprint)
+    }
+
     /// Build the period's bulletin and queue its mail (`crate::bulletin::scheduled`), as a task
     /// awaited at shutdown like the scans.
     fn scheduled_bulletin(self: &Arc<Self>, loaded: &Arc<Loaded>) {
@@ -620,6 +751,7 @@ impl Daemon {
                     &loaded.rules,
                     &loaded.templates,
                     &store,
+                    loaded.access.link_key.as_ref(),
                 ))
             })
             .await
@@ -702,6 +834,9 @@ pub async fn run(config_path: &Path) -> ExitCode {
     let token_env = loaded.config.daemon.api_token_env.clone();
     let tls = loaded.access.web.as_ref().is_some_and(|w| w.tls.is_some());
     let daemon = Daemon::new(loaded, store.clone());
+    if let Err(error) = daemon.refresh_waivers().await {
+        tracing::error!(%error, "cannot read the waivers approved on the operator page");
+    }
     daemon.metrics.reloaded(true, Utc::now());
     daemon.metrics.tokens(&daemon.current().access);
 

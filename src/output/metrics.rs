@@ -29,6 +29,7 @@
 //! | `netpatrol_scan_coverage_ratio` | gauge | `segment` | (answered + failed remotely) / planned probes of the latest finished scan covering it (a degraded scan shows here) |
 //! | `netpatrol_probe_errors_total` | counter | `probe`, `reason` | summed over every recorded scan |
 //! | `netpatrol_outbox_messages` | gauge | `state` | mail by outbox state (`queued` always present) |
+//! | `netpatrol_rectification_items` | gauge | `department`, `state` | the rectification loop, by the latest answer on each finding: `unanswered` (open, not waived, no answer), `awaiting_retest`, `retest_passed`, `retest_failed`, `retest_inconclusive`, `waiver_requested`, `waiver_approved`, `disputed`, `denied`; only pairs with items |
 //! | `netpatrol_config_reload_success` | gauge (0/1) | | whether the last (re)load was applied |
 //! | `netpatrol_config_last_reload_timestamp_seconds` | gauge | | when the last (re)load was attempted |
 //! | `netpatrol_api_token_configured` | gauge (0/1) | `role` (`operator`, `read`) | whether the config in force has that token |
@@ -302,6 +303,74 @@ struct OutboxLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RectificationLabels {
+    department: String,
+    state: String,
+}
+
+/// The loop state of a finding whose latest answer is `a` (a bounded set).
+fn loop_state(a: &crate::store::Answer) -> &'static str {
+    use crate::store::AnswerKind;
+    match (a.kind, a.state.as_str()) {
+        (_, "retest_passed") => "retest_passed",
+        (_, "retest_failed") => "retest_failed",
+        (_, "retest_inconclusive" | "retest_error") => "retest_inconclusive",
+        (_, "approved") => "waiver_approved",
+        (_, "denied") => "denied",
+        (AnswerKind::Done, _) => "awaiting_retest",
+        (AnswerKind::Waiver, _) => "waiver_requested",
+        (AnswerKind::Dispute, _) => "disputed",
+    }
+}
+
+/// `netpatrol_rectification_items`.
+async fn rectification(
+    registry: &mut Registry,
+    store: &Store,
+    config: &Config,
+    today: NaiveDate,
+) -> Result<(), MetricsError> {
+    let mut latest: HashMap<String, crate::store::Answer> = HashMap::new();
+    for a in store.all_answers().await? {
+        latest.insert(a.fingerprint.clone(), a);
+    }
+    let known: HashSet<&str> = config.departments.iter().map(|d| d.id.as_str()).collect();
+    let mut counts: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+    for a in latest.values() {
+        if known.contains(a.department.as_str()) {
+            *counts
+                .entry((a.department.clone(), loop_state(a)))
+                .or_default() += 1;
+        }
+    }
+    for f in store.open_findings(&Default::default()).await? {
+        let Some(dept) = f.department.as_deref().filter(|d| known.contains(d)) else {
+            continue;
+        };
+        if !latest.contains_key(&f.fingerprint)
+            && crate::finding::waiver_for(config, &f, today).is_none()
+        {
+            *counts.entry((dept.to_string(), "unanswered")).or_default() += 1;
+        }
+    }
+    let family = Family::<RectificationLabels, Gauge>::default();
+    for ((department, state), n) in counts {
+        family
+            .get_or_create(&RectificationLabels {
+                department,
+                state: state.to_string(),
+            })
+            .set(n);
+    }
+    registry.register(
+        "netpatrol_rectification_items",
+        "Findings in the rectification loop, by department and the state of the latest answer",
+        family,
+    );
+    Ok(())
+}
+
 /// The parts of a recorded service observation the TLS families read.
 #[derive(Deserialize)]
 struct ServiceData {
@@ -496,6 +565,8 @@ pub async fn render(
         "Probe failures over every recorded scan, by probe kind and bounded reason",
         errors,
     );
+
+    rectification(&mut registry, store, config, today).await?;
 
     let outbox = Family::<OutboxLabels, Gauge>::default();
     for state in ["queued", "sent", "failed"] {

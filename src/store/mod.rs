@@ -42,9 +42,11 @@ use crate::rules::Severity;
 mod audit;
 mod bulletin_queries;
 mod outbox;
+mod rectification;
 pub use audit::AuditEntry;
 pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
+pub use rectification::{Answer, AnswerKind, STORED_WAIVER_FILE, StoredException};
 
 mod snapshot;
 pub use snapshot::{FindingCount, FindingFilter, FindingScope, LatestRun, PlacementCount, TlsRow};
@@ -59,6 +61,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("migrations/0005_coverage.sql")),
     (7, include_str!("migrations/0007_audit.sql")),
     (8, include_str!("migrations/0008_outbox_lease.sql")),
+    (9, include_str!("migrations/0009_rectification.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

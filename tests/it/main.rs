@@ -8,6 +8,8 @@ mod engine;
 mod exposure;
 mod findings;
 mod probes;
+mod rectify;
+mod retest;
 mod rules;
 mod scan;
 mod store;

@@ -38,7 +38,7 @@ use crate::probe::icmp::Pinger;
 use crate::probe::service as service_probe;
 use crate::probe::syn::SynScanner;
 use crate::probe::tcp::{self, OpenPort, TcpSpec};
-use crate::probe::tls::{self, TlsSpec, Trust};
+use crate::probe::tls::{self, TlsSpec, TlsVersion, Trust};
 use crate::probe::{Cx, ProbeKind, Probed, Reason, Stage, fan_out};
 use crate::reconcile;
 use crate::scope::{Limits, Scope, ScopeTooLarge, Target};
@@ -710,7 +710,11 @@ async fn exposure_stage(
                 .tls
                 .as_ref()
                 .and_then(Option::as_ref)
-                .is_some_and(|t| t.versions.iter().any(|v| v == "TLSv1.2" || v == "TLSv1.3"));
+                .is_some_and(|t| {
+                    t.versions
+                        .iter()
+                        .any(|v| matches!(v, TlsVersion::Tls12 | TlsVersion::Tls13))
+                });
             let is_tls = service.tls.as_ref().is_some_and(Option::is_some);
             if web
                 && greeting.is_empty()

@@ -243,10 +243,12 @@ impl Finding {
     pub fn locus(&self, config: &Config) -> Locus {
         let ip = self.ip.as_deref().and_then(|s| s.parse().ok());
         let mut projects: Vec<String> = self.project.iter().cloned().collect();
-        if let (Some(ip), Some(segment)) = (ip, self.segment.as_deref()) {
-            for p in reconcile::place(config, segment, ip, None).projects {
-                if !projects.contains(&p) {
-                    projects.push(p);
+        // A stored finding has no scan's placement at hand: the projects come from the
+        // register (by address; the PTR name is not stored with it).
+        if let (Some(ip), Some(_)) = (ip, self.segment.as_deref()) {
+            for p in reconcile::projects_for(config, ip, None) {
+                if !projects.contains(&p.id) {
+                    projects.push(p.id.clone());
                 }
             }
         }

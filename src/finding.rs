@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Serialize;
 
-use crate::config::{Asset, Config, Waiver, WaiverTarget};
+use crate::config::{Asset, Config, Waiver};
 use crate::facts::{Locus, Subject};
 use crate::observation::{RunState, ScanObservations};
 use crate::reconcile::{self, History, SubjectFacts};
@@ -208,12 +208,7 @@ pub fn advance(
         }
         // What the finding says follows the latest observation and rule pack.
         f.severity = o.severity;
-        f.ip = o.locus.ip.map(|ip| ip.to_string());
-        f.port = o.locus.port;
-        f.segment = o.locus.segment.clone();
-        f.department = o.locus.department.clone();
-        f.project = o.locus.project.clone();
-        f.approval = o.locus.approval.clone();
+        f.set_locus(&o.locus);
         f.title = o.title.clone();
         f.evidence = o.evidence.clone();
         f.basis = o.basis.clone();
@@ -238,15 +233,30 @@ pub fn advance(
 }
 
 impl Finding {
+    /// Writes `locus` into the finding's flat fields, which are the store's columns (the
+    /// store keeps one project per finding, the one it names). With [`Finding::locus`] the one
+    /// conversion between a locus and those columns.
+    pub fn set_locus(&mut self, locus: &Locus) {
+        self.subject = locus.subject;
+        self.ip = locus.ip.map(|ip| ip.to_string());
+        self.port = locus.port;
+        self.segment = locus.segment.clone();
+        self.department = locus.department.clone();
+        self.project = locus.project.clone();
+        self.approval = locus.approval.clone();
+    }
+
     /// The finding's locus as stored, with every project that lists its host (the stored row
     /// names the first one only): a waiver scoped to a host's second project covers it too.
     pub fn locus(&self, config: &Config) -> Locus {
         let ip = self.ip.as_deref().and_then(|s| s.parse().ok());
         let mut projects: Vec<String> = self.project.iter().cloned().collect();
-        if let (Some(ip), Some(segment)) = (ip, self.segment.as_deref()) {
-            for p in reconcile::place(config, segment, ip, None).projects {
-                if !projects.contains(&p) {
-                    projects.push(p);
+        // A stored finding has no scan's placement at hand: the projects come from the
+        // register (by address; the PTR name is not stored with it).
+        if let (Some(ip), Some(_)) = (ip, self.segment.as_deref()) {
+            for p in reconcile::projects_for(config, ip, None) {
+                if !projects.contains(&p.id) {
+                    projects.push(p.id.clone());
                 }
             }
         }
@@ -270,17 +280,10 @@ pub fn waiver_for<'a>(
     today: NaiveDate,
 ) -> Option<&'a Waiver> {
     let locus = finding.locus(config);
-    let target = WaiverTarget {
-        ip: locus.ip,
-        port: locus.port,
-        segment: locus.segment.as_deref(),
-        department: locus.department.as_deref(),
-        projects: &locus.projects,
-    };
     config
         .exceptions
         .iter()
-        .find(|w| w.is_active(today) && w.matches(&finding.rule, &target))
+        .find(|w| w.is_active(today) && w.matches(&finding.rule, &locus))
 }
 
 /// What one scan changed, and what it found.

@@ -15,6 +15,7 @@ use crate::config::NetworkKind;
 use crate::probe::http::HttpFacts;
 use crate::probe::tls::TlsFacts;
 use crate::probe::{Coverage, ProbeKind, Reason};
+use crate::reconcile::Placement;
 
 /// One scan run: what was asked and how it ended.
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +85,10 @@ pub struct HostObservation {
     pub alive_by: Vec<Liveness>,
     pub ptr: Option<String>,
     pub services: Vec<ServiceObservation>,
+    /// Where the host stands in the registers, placed once by the scan (not serialised: the
+    /// report and the store write its parts).
+    #[serde(skip)]
+    pub placement: Placement,
 }
 
 /// An open TCP port and what it said.

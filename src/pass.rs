@@ -29,7 +29,7 @@ use crate::finding;
 use crate::observation::{HostObservation, ScanObservations};
 use crate::output::report::{self, Report};
 use crate::probe::Cx;
-use crate::reconcile::{self, History};
+use crate::reconcile::History;
 use crate::rules::RuleSet;
 use crate::scan::{self, ScanRequest};
 use crate::scope::Limits;
@@ -68,7 +68,7 @@ pub async fn scan_and_record(
     };
     let (sink, mut batches) = mpsc::unbounded_channel::<Vec<HostObservation>>();
     let writer = {
-        let (store, run, config) = (store.clone(), planned.run.clone(), config.clone());
+        let (store, run) = (store.clone(), planned.run.clone());
         tokio::spawn(async move {
             while let Some(hosts) = batches.recv().await {
                 if !begun {
@@ -77,9 +77,7 @@ pub async fn scan_and_record(
                 let hosts: Vec<HostObservation> = hosts;
                 let departments: Vec<Option<String>> = hosts
                     .iter()
-                    .map(|h| {
-                        reconcile::place(&config, &h.segment, h.ip, h.ptr.as_deref()).department
-                    })
+                    .map(|h| h.placement.department.clone())
                     .collect();
                 if let Err(error) = store.checkpoint(&run, &hosts, &departments).await {
                     tracing::error!(%error, run = %run.id, "cannot checkpoint the scan");
@@ -107,10 +105,10 @@ pub async fn scan_and_record(
     let existing = store.findings().await?;
     let assessment = finding::assess(config, rules, &observations, &history, &existing, today);
     let report = report::build(config, &observations, &assessment.current, today);
-    let departments: HashMap<String, Option<String>> = report
+    let departments: HashMap<String, Option<String>> = observations
         .hosts
         .iter()
-        .map(|h| (h.ip.clone(), h.department.clone()))
+        .map(|h| (h.ip.to_string(), h.placement.department.clone()))
         .collect();
     let json = serde_json::to_value(&report)?;
     if let Err(source) = store

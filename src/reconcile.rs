@@ -7,8 +7,10 @@
 //! about it is about, the one type the lifecycle and the waivers use too) and its facts. No
 //! I/O, no clock.
 //!
-//! Placement: a host's department is its segment's owner when the segment is departmental, else
-//! the department of an approval or project that covers it. An approval is valid on a day from
+//! Placement ([`place`], the one computation of it): a host's department is its segment's owner
+//! when the segment is departmental, else the department of an approval or project that covers
+//! it. The scan places each live host once, when its PTR name is known, and the placement
+//! travels on its observation; reconciliation reads it and never places a host again. An approval is valid on a day from
 //! `approved_on` through `expires_on` (inclusive); a host is approved when a valid approval
 //! covers its address, and a service when that approval also lists its port (or lists none).
 
@@ -17,19 +19,41 @@ use std::net::IpAddr;
 
 use chrono::{Months, NaiveDate};
 
-use crate::config::{Approval, Asset, Config, ProjectStage};
+use crate::config::{Approval, Asset, Config, NetworkKind, Project, ProjectStage};
 use crate::facts::{Facts, Locus, Subject};
 use crate::observation::{HostObservation, ScanObservations};
 use crate::probe::tls::{TlsFacts, TlsVersion};
 
-/// Where a host stands in the registers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where a host stands in the registers, computed once per host per scan (by the scan, as soon
+/// as its PTR name is known) and carried on its observation to the TLS and HTTP stages (SNI and
+/// Host names), the checkpoint writer, reconciliation, the report and the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
+    pub segment: String,
+    pub network: NetworkKind,
     pub department: Option<String>,
-    /// Approvals whose addresses cover the host (valid or not).
+    /// Approvals whose addresses cover the host (valid or not), in register order.
     pub approvals: Vec<String>,
     /// Projects that list the host among their assets (by address, or by its PTR name).
     pub projects: Vec<String>,
+    /// The names the host goes by: the host names of projects that list it, then its PTR. The
+    /// TLS and HTTP probes send the first as SNI / Host; certificates are matched against all.
+    pub names: Vec<String>,
+}
+
+impl Placement {
+    /// A host in `segment` that no approval or project covers and that has no name (as for
+    /// observations made by hand, before [`place`] ran).
+    pub fn bare(segment: &str, network: NetworkKind) -> Placement {
+        Placement {
+            segment: segment.to_string(),
+            network,
+            department: None,
+            approvals: Vec::new(),
+            projects: Vec::new(),
+            names: Vec::new(),
+        }
+    }
 }
 
 /// What the store remembers that reconciliation needs: the last day each address answered
@@ -73,54 +97,54 @@ pub fn approvals_for<'a>(
         .filter(move |a| a.segment == segment && a.addresses.iter().any(|n| n.contains(&ip)))
 }
 
-/// Place one host in the registers.
-pub fn place(config: &Config, segment: &str, ip: IpAddr, ptr: Option<&str>) -> Placement {
-    let approvals: Vec<&Approval> = approvals_for(config, segment, ip).collect();
-    let projects: Vec<&str> = config
-        .projects
-        .iter()
-        .filter(|p| {
-            p.assets.iter().any(|asset| match asset {
-                Asset::Address(net) => net.contains(&ip),
-                Asset::Name(name) => ptr.is_some_and(|ptr| ptr.eq_ignore_ascii_case(name)),
-            })
+/// Projects that list `ip` among their assets (by address, or by its PTR name `ptr`).
+pub fn projects_for<'a>(
+    config: &'a Config,
+    ip: IpAddr,
+    ptr: Option<&'a str>,
+) -> impl Iterator<Item = &'a Project> + 'a {
+    config.projects.iter().filter(move |p| {
+        p.assets.iter().any(|asset| match asset {
+            Asset::Address(net) => net.contains(&ip),
+            Asset::Name(name) => ptr.is_some_and(|ptr| ptr.eq_ignore_ascii_case(name)),
         })
-        .map(|p| p.id.as_str())
-        .collect();
+    })
+}
+
+/// Place one host of `segment` (a `network` segment) in the registers: the one computation of
+/// a host's placement. `ptr` is its reverse DNS name, when known.
+pub fn place(
+    config: &Config,
+    segment: &str,
+    network: NetworkKind,
+    ip: IpAddr,
+    ptr: Option<&str>,
+) -> Placement {
+    let approvals: Vec<&Approval> = approvals_for(config, segment, ip).collect();
+    let projects: Vec<&Project> = projects_for(config, ip, ptr).collect();
     let department = config
         .segment(segment)
         .and_then(|s| s.department.clone())
         .or_else(|| approvals.first().map(|a| a.department.clone()))
-        .or_else(|| {
-            projects
-                .first()
-                .and_then(|id| config.projects.iter().find(|p| p.id == *id))
-                .map(|p| p.department.clone())
-        });
-    Placement {
-        department,
-        approvals: approvals.iter().map(|a| a.id.clone()).collect(),
-        projects: projects.into_iter().map(str::to_string).collect(),
-    }
-}
-
-/// The names a host is known by: the host names of projects that list it, then its PTR. The TLS
-/// and HTTP probes send the first as SNI / Host; certificates are matched against all of them.
-pub fn known_names(config: &Config, host: &HostObservation) -> Vec<String> {
-    let placement = place(config, &host.segment, host.ip, host.ptr.as_deref());
-    let mut names: Vec<String> = config
-        .projects
+        .or_else(|| projects.first().map(|p| p.department.clone()));
+    let mut names: Vec<String> = projects
         .iter()
-        .filter(|p| placement.projects.contains(&p.id))
         .flat_map(|p| &p.assets)
         .filter_map(|a| match a {
             Asset::Name(n) => Some(n.clone()),
             Asset::Address(_) => None,
         })
         .collect();
-    names.extend(host.ptr.clone());
+    names.extend(ptr.map(str::to_string));
     names.dedup();
-    names
+    Placement {
+        segment: segment.to_string(),
+        network,
+        department,
+        approvals: approvals.iter().map(|a| a.id.clone()).collect(),
+        projects: projects.iter().map(|p| p.id.clone()).collect(),
+        names,
+    }
 }
 
 /// Every subject of one scan, with its facts.
@@ -211,8 +235,12 @@ fn host_subjects(
     today: NaiveDate,
     out: &mut Vec<SubjectFacts>,
 ) {
-    let placement = place(config, &host.segment, host.ip, host.ptr.as_deref());
-    let covering: Vec<&Approval> = approvals_for(config, &host.segment, host.ip).collect();
+    let placement = &host.placement;
+    let covering: Vec<&Approval> = config
+        .approvals
+        .iter()
+        .filter(|a| placement.approvals.contains(&a.id))
+        .collect();
     let valid: Vec<&Approval> = covering
         .iter()
         .copied()
@@ -249,7 +277,7 @@ fn host_subjects(
             .collect::<Vec<_>>(),
     );
 
-    let names_known = !known_names(config, host).is_empty();
+    let names_known = !placement.names.is_empty();
     for service in &host.services {
         let mut s = h.clone();
         s.locus.subject = Subject::Service;
@@ -388,15 +416,7 @@ fn project_subject(
     let assets: Vec<&HostObservation> = scan
         .hosts
         .iter()
-        .filter(|h| {
-            project.assets.iter().any(|a| match a {
-                Asset::Address(net) => net.contains(&h.ip),
-                Asset::Name(name) => h
-                    .ptr
-                    .as_deref()
-                    .is_some_and(|p| p.eq_ignore_ascii_case(name)),
-            })
-        })
+        .filter(|h| h.placement.projects.contains(&project.id))
         .collect();
     let live_assets: Vec<String> = assets.iter().map(|h| h.ip.to_string()).collect();
     let tls_endpoints: Vec<&TlsFacts> = assets

@@ -1,7 +1,11 @@
 //! One scan pass: scope → discovery (ICMP) → port scan (raw SYN as root, else TCP connect;
 //! open ports connected for their greetings) → reverse DNS →
 //! service naming → TLS/TLCP posture of the ports that did not greet in plaintext → safe
-//! identification and unauthenticated-access checks → web pages. Produces [`ScanObservations`]; recording them is the caller's job.
+//! identification and unauthenticated-access checks → web pages. Each live host is placed in the
+//! registers once (`reconcile::place`, after reverse DNS): the TLS and HTTP stages take their
+//! SNI / Host names from that placement, and it travels on the host's observation (to the
+//! checkpoints, reconciliation, the report and the store). Produces [`ScanObservations`];
+//! recording them is the caller's job.
 //!
 //! Every stage goes through the one fan-out of `probe::fanout` (slot, rate, deadline,
 //! cancellation, progress, tally), except the raw SYN sender, which sends whole batches and
@@ -41,9 +45,9 @@ use crate::probe::icmp::Pinger;
 use crate::probe::service as service_probe;
 use crate::probe::syn::SynScanner;
 use crate::probe::tcp::{self, OpenPort, TcpSpec};
-use crate::probe::tls::{self, TlsSpec, Trust};
+use crate::probe::tls::{self, TlsSpec, TlsVersion, Trust};
 use crate::probe::{Cx, ProbeKind, Probed, Reason, Stage, fan_out};
-use crate::reconcile;
+use crate::reconcile::{self, Placement};
 use crate::scope::{Limits, Scope, ScopeTooLarge, Target};
 
 /// Addresses scanned together through every stage before their hosts are checkpointed.
@@ -393,6 +397,7 @@ async fn scan_batch(
             alive_by: Vec::new(),
             ptr: None,
             services: Vec::new(),
+            placement: Placement::bare(target.segment(), target.network()),
         })
     }
     for (ip, rtt) in &icmp_rtt {
@@ -438,22 +443,18 @@ async fn scan_batch(
         }
     }
 
+    // Each live host placed in the registers, once, now that its name is known.
+    for h in hosts.values_mut() {
+        h.placement = reconcile::place(config, &h.segment, h.network, h.ip, h.ptr.as_deref());
+    }
+
     // TLS and TLCP posture of every open port that did not greet in plaintext.
     if let Some(trust) = &tools.trust {
-        tls_stage(
-            config,
-            &mut hosts,
-            &by_ip,
-            trust.clone(),
-            settings.timeout,
-            cx,
-        )
-        .await;
+        tls_stage(&mut hosts, &by_ip, trust.clone(), settings.timeout, cx).await;
     }
     // Safe identification and unauthenticated-access checks, then the web pages.
     if tools.identify || tools.web {
         exposure_stage(
-            config,
             &mut hosts,
             &by_ip,
             &greetings,
@@ -650,7 +651,6 @@ fn service_mut(
 }
 
 async fn tls_stage(
-    config: &Config,
     hosts: &mut BTreeMap<IpAddr, HostObservation>,
     by_ip: &HashMap<IpAddr, &Target>,
     trust: Arc<Trust>,
@@ -660,7 +660,7 @@ async fn tls_stage(
     let now = Utc::now();
     let mut jobs = Vec::new();
     for host in hosts.values() {
-        let names = reconcile::known_names(config, host);
+        let names = &host.placement.names;
         for service in &host.services {
             // TLS servers never speak first: a greeting means a plaintext protocol.
             if service.banner.is_some() {
@@ -726,7 +726,6 @@ fn failed(service: &mut ServiceObservation, probe: ProbeKind, reason: Reason) {
 type Check = (Target, u16, banner::Identity, Vec<u8>);
 
 async fn exposure_stage(
-    config: &Config,
     hosts: &mut BTreeMap<IpAddr, HostObservation>,
     by_ip: &HashMap<IpAddr, &Target>,
     greetings: &HashMap<(IpAddr, u16), Vec<u8>>,
@@ -738,7 +737,7 @@ async fn exposure_stage(
     let mut checks = Vec::new();
     let mut fetches = Vec::new();
     for host in hosts.values() {
-        let name = reconcile::known_names(config, host).into_iter().next();
+        let name = host.placement.names.first().cloned();
         for service in &host.services {
             let greeting = greetings
                 .get(&(host.ip, service.port))
@@ -757,7 +756,11 @@ async fn exposure_stage(
                 .tls
                 .as_ref()
                 .and_then(Option::as_ref)
-                .is_some_and(|t| t.versions.iter().any(|v| v == "TLSv1.2" || v == "TLSv1.3"));
+                .is_some_and(|t| {
+                    t.versions
+                        .iter()
+                        .any(|v| matches!(v, TlsVersion::Tls12 | TlsVersion::Tls13))
+                });
             let is_tls = service.tls.as_ref().is_some_and(Option::is_some);
             if web
                 && greeting.is_empty()

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::Position;
+use crate::facts::Locus;
 use crate::severity::Severity;
 
 /// The whole validated configuration.
@@ -342,17 +343,6 @@ pub struct Waiver {
     pub at: Position,
 }
 
-/// What a finding is about, as a waiver's scope sees it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WaiverTarget<'a> {
-    pub ip: Option<IpAddr>,
-    pub port: Option<u16>,
-    pub segment: Option<&'a str>,
-    pub department: Option<&'a str>,
-    /// Projects the finding's host or project belongs to; a `project` scope matches any.
-    pub projects: &'a [String],
-}
-
 impl Waiver {
     /// Whether the rule pattern names `id`: equal, or `id` starts with the prefix before `*`.
     pub fn matches_rule(&self, id: &str) -> bool {
@@ -367,23 +357,24 @@ impl Waiver {
         today <= self.expires_on
     }
 
-    /// Whether the waiver covers a finding of rule `id` about `target` (expiry not checked).
-    /// A scope key the finding has no value for (e.g. `port` for a host finding) does not match.
-    pub fn matches(&self, id: &str, target: &WaiverTarget<'_>) -> bool {
+    /// Whether the waiver covers a finding of rule `id` about `locus` (expiry not checked).
+    /// A scope key the finding has no value for (e.g. `port` for a host finding) does not match;
+    /// a `project` scope matches any of the locus's `projects`.
+    pub fn matches(&self, id: &str, locus: &Locus) -> bool {
         fn scope<T: PartialEq + ?Sized>(want: Option<&T>, got: Option<&T>) -> bool {
             want.is_none_or(|w| got == Some(w))
         }
         self.matches_rule(id)
             && self
                 .ip
-                .is_none_or(|net| target.ip.is_some_and(|ip| net.contains(&ip)))
-            && scope(self.port.as_ref(), target.port.as_ref())
-            && scope(self.segment.as_deref(), target.segment)
-            && scope(self.department.as_deref(), target.department)
+                .is_none_or(|net| locus.ip.is_some_and(|ip| net.contains(&ip)))
+            && scope(self.port.as_ref(), locus.port.as_ref())
+            && scope(self.segment.as_deref(), locus.segment.as_deref())
+            && scope(self.department.as_deref(), locus.department.as_deref())
             && self
                 .project
                 .as_ref()
-                .is_none_or(|p| target.projects.contains(p))
+                .is_none_or(|p| locus.projects.contains(p))
     }
 }
 

@@ -49,11 +49,11 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 
-use crate::config::{Config, WaiverTarget};
+use crate::config::Config;
 use crate::probe::tls::TlsVersion;
 use crate::probe::{ProbeKind, Reason};
 use crate::reconcile;
-use crate::store::{FindingCount, LatestRun, PlacementCount, Store, StoreError};
+use crate::store::{FindingCount, FindingFilter, LatestRun, PlacementCount, Store, StoreError};
 
 /// The content type of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -844,28 +844,25 @@ async fn findings(
         .collect();
     rules.sort_unstable();
     rules.dedup();
-    let today_text = today.to_string();
     for rule in rules {
-        for f in store.open_finding_scopes(rule).await? {
-            let projects: Vec<String> = f.project.iter().cloned().collect();
-            let target = WaiverTarget {
-                ip: f.ip.as_deref().and_then(|ip| ip.parse().ok()),
-                port: f.port,
-                segment: f.segment.as_deref(),
-                department: f.department.as_deref(),
-                projects: &projects,
-            };
-            if !active.iter().any(|w| w.matches(&f.rule, &target)) {
+        let filter = FindingFilter {
+            rule: Some(rule.to_string()),
+            ..FindingFilter::default()
+        };
+        for f in store.open_findings(&filter).await? {
+            // The same locus the report's and the bulletin's waiver match sees.
+            let locus = f.locus(config);
+            if !active.iter().any(|w| w.matches(&f.rule, &locus)) {
                 continue;
             }
             let key = (
-                f.severity.clone(),
+                f.severity.as_str().to_string(),
                 f.rule.clone(),
                 label(f.department.as_deref()),
             );
             if let Some((n, late)) = open.get_mut(&key) {
                 *n -= 1;
-                *late -= i64::from(f.due < today_text);
+                *late -= i64::from(f.due < today);
             }
             if f.rule == UNAPPROVED
                 && let Some(n) = unapproved

@@ -15,7 +15,6 @@ use crate::config::{Config, NetworkKind};
 use crate::finding::{self, Finding};
 use crate::observation::{ProbeFailure, RunState, ScanObservations};
 use crate::probe::Coverage;
-use crate::reconcile;
 use crate::rules::Severity;
 
 #[derive(Debug, Serialize)]
@@ -152,16 +151,16 @@ pub fn build(
         .hosts
         .iter()
         .map(|h| {
-            let placement = reconcile::place(config, &h.segment, h.ip, h.ptr.as_deref());
+            let placement = &h.placement;
             HostEntry {
                 ip: h.ip.to_string(),
                 segment: h.segment.clone(),
                 network: h.network,
-                department: placement.department,
+                department: placement.department.clone(),
                 alive: !h.alive_by.is_empty(),
                 ptr: h.ptr.clone(),
-                approvals: placement.approvals,
-                projects: placement.projects,
+                approvals: placement.approvals.clone(),
+                projects: placement.projects.clone(),
                 services: h
                     .services
                     .iter()

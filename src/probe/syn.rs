@@ -8,7 +8,8 @@
 //! How: one SYN per (target, port) job, built by hand (IPv4 and TCP headers with their
 //! checksums) and sent on a send-only `IPPROTO_RAW` socket; replies are read by one receiving
 //! thread from a raw `IPPROTO_TCP` socket whose kernel filter (classic BPF) passes only SYN-ACK
-//! and RST-ACK segments addressed to this scan's source port. A SYN-ACK means open, a RST means
+//! and RST-ACK segments addressed to this scan's source port, many replies per system call
+//! (`recvmmsg`, through nix's safe wrapper). A SYN-ACK means open, a RST means
 //! closed, silence after `retries` resends and `timeout` means filtered (reported as not open).
 //!
 //! Invariants:
@@ -33,12 +34,15 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::io::{self, Read};
+use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, MultiHeaders, recvmmsg};
 use socket2::{Domain, Protocol, SockAddr, SockFilter, Socket, Type};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -62,6 +66,8 @@ const SEND_BUFFER: usize = 4 << 20;
 const RECV_POLL: Duration = Duration::from_millis(100);
 /// Bytes of a reply kept: IPv4 header (at most 60) and the first 20 of TCP are all we read.
 const SNAP_LEN: usize = 128;
+/// Replies read per `recvmmsg` call at most.
+const RECV_BATCH: usize = 64;
 
 /// Jobs handed to one blocking send call when the rate is unlimited.
 const SEND_BATCH: usize = 8192;
@@ -703,27 +709,37 @@ async fn send_syn_async(
     }
 }
 
-/// The reader: takes replies off the raw socket until the group is over.
+/// The reader: takes replies off the raw socket until the group is over, up to
+/// [`RECV_BATCH`] per system call (`recvmmsg` waiting for the first only, so a lone reply is
+/// not held back).
 fn receive(socket: &Socket, plan: &Plan, group: &Group) {
-    let mut buf = [0u8; SNAP_LEN];
+    let mut bufs = vec![[0u8; SNAP_LEN]; RECV_BATCH];
+    let mut headers = MultiHeaders::<()>::preallocate(RECV_BATCH, None);
+    let mut lens: Vec<usize> = Vec::with_capacity(RECV_BATCH);
     while !group.stop.load(Ordering::Acquire) {
-        match (&*socket).read(&mut buf) {
-            Ok(0) => {} // shut down for reading: the loop condition ends it
-            Ok(n) => {
-                if let Some(reply) = Reply::parse(&buf[..n]) {
-                    record(plan, group, &reply);
+        lens.clear();
+        {
+            let mut iovs: Vec<[IoSliceMut<'_>; 1]> =
+                bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            match recvmmsg(
+                socket.as_raw_fd(),
+                &mut headers,
+                iovs.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                // None after a shutdown for reading: the loop condition ends it.
+                Ok(messages) => lens.extend(messages.map(|m| m.bytes)),
+                Err(Errno::EAGAIN | Errno::ETIMEDOUT | Errno::EINTR) => {}
+                Err(error) => {
+                    // An ICMP error about one of our SYNs, reported once through the socket.
+                    tracing::debug!(%error, "raw socket reported an error");
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(error) => {
-                // An ICMP error about one of our SYNs, reported once through the socket.
-                tracing::debug!(%error, "raw socket reported an error");
+        }
+        for (buf, &n) in bufs.iter().zip(&lens) {
+            if let Some(reply) = Reply::parse(&buf[..n.min(SNAP_LEN)]) {
+                record(plan, group, &reply);
             }
         }
     }

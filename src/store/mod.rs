@@ -49,7 +49,7 @@ pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
 pub use rectification::{Answer, AnswerKind, STORED_WAIVER_FILE, StoredException};
 
 mod snapshot;
-pub use snapshot::{FindingCount, FindingFilter, FindingScope, LatestRun, PlacementCount, TlsRow};
+pub use snapshot::{FindingCount, FindingFilter, LatestRun, PlacementCount, TlsRow};
 
 /// Embedded migrations, in order. Never edit one that has shipped: add the next. The first
 /// comment line of each is its description in `_sqlx_migrations`.

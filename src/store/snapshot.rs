@@ -50,19 +50,6 @@ pub struct FindingCount {
     pub overdue: i64,
 }
 
-/// What a waiver's scope looks at in one open finding.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FindingScope {
-    pub rule: String,
-    pub severity: String,
-    pub department: Option<String>,
-    pub segment: Option<String>,
-    pub ip: Option<String>,
-    pub port: Option<u16>,
-    pub project: Option<String>,
-    pub due: String,
-}
-
 /// Filters of `GET /api/v1/findings`; `None` = any.
 #[derive(Debug, Clone, Default)]
 pub struct FindingFilter {
@@ -294,32 +281,6 @@ impl Store {
             .map(|r| {
                 let c = Cells::aggregate(r, "findings");
                 Ok((c.get("segment")?, c.get("department")?, c.get("n")?))
-            })
-            .collect()
-    }
-
-    /// The scope (what waivers look at) of each open finding of `rule`.
-    pub async fn open_finding_scopes(&self, rule: &str) -> Result<Vec<FindingScope>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT fingerprint, rule, severity, department, segment, ip, port, project, due
-             FROM findings WHERE state = 'open' AND rule = $1",
-        )
-        .bind(rule)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let c = Cells::new(r, "findings", "fingerprint");
-                Ok(FindingScope {
-                    rule: c.get("rule")?,
-                    severity: c.get("severity")?,
-                    department: c.get("department")?,
-                    segment: c.get("segment")?,
-                    ip: c.get("ip")?,
-                    port: c.opt_int("port")?,
-                    project: c.get("project")?,
-                    due: c.get("due")?,
-                })
             })
             .collect()
     }

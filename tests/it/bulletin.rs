@@ -18,6 +18,7 @@ use netpatrol::observation::{
 };
 use netpatrol::probe::ProbeKind;
 use netpatrol::probe::tls::{CertFacts, TlsFacts, TlsVersion};
+use netpatrol::reconcile::Placement;
 use netpatrol::rules::{RuleSet, Severity, Text};
 use netpatrol::store::Store;
 
@@ -189,6 +190,7 @@ fn host(
         alive_by: vec![Liveness::OpenPort],
         ptr: None,
         services,
+        placement: Placement::bare(segment, network),
     }
 }
 

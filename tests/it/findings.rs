@@ -7,6 +7,7 @@ use chrono::NaiveDate;
 use indicatif::ProgressBar;
 use netpatrol::finding::{self, State};
 use netpatrol::lab;
+use netpatrol::output::metrics::{self, DaemonMetrics};
 use netpatrol::pass::scan_and_record;
 use netpatrol::reconcile::History;
 use netpatrol::rules::RuleSet;
@@ -412,5 +413,61 @@ async fn a_waiver_for_a_hosts_second_project_matches() {
         .expect("the host is unapproved");
     assert_eq!(f.project.as_deref(), Some("XM-1"));
     assert_eq!(f.state, "waived", "the XM-2 waiver covers the host");
+    store.close().await;
+}
+
+/// The metrics see the same locus as the report: a waiver scoped to a host's second project
+/// counts its finding as waived in `netpatrol_findings_waived`, not as open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_waiver_for_a_hosts_second_project() {
+    let host = CountingListener::bind("127.115.50.1".parse().unwrap(), 0).await;
+    let port = host.addr.port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "scan: {{icmp: false, ports: [{port}], rate: 0, dns: {{enabled: false}}}}\n\
+             departments:\n  - {{id: fgw, name: 区发改委}}\n\
+             segments:\n  - {{name: s, network: extranet, cidrs: [127.115.50.0/30]}}\n\
+             projects:\n\
+             \x20 - {{id: XM-1, name: 一号, department: fgw, stage: building, assets: [127.115.50.1]}}\n\
+             \x20 - {{id: XM-2, name: 二号, department: fgw, stage: building, assets: [127.115.50.1]}}\n\
+             exceptions:\n  - {{rule: \"access.*\", project: XM-2, reason: 改造中, approver: 张伟, expires_on: 2099-12-31}}\n"
+        ),
+    );
+    let store = Store::open(&cfg.store.path).await.unwrap();
+    let rules = RuleSet::load(&cfg).unwrap();
+    scan_and_record(
+        &cfg,
+        &rules,
+        &store,
+        &ScanRequest::all(),
+        Limits::new(0, 64),
+        ProgressBar::hidden(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let text = metrics::render(&store, &cfg, &DaemonMetrics::default(), chrono::Utc::now())
+        .await
+        .unwrap();
+    let series = |family: &str| -> Vec<&str> {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .filter(|l| l.contains("rule=\"access.unapproved_host\""))
+            .collect()
+    };
+    let waived = series("netpatrol_findings_waived");
+    assert!(
+        waived.len() == 1 && waived[0].ends_with(" 1"),
+        "waived by the XM-2 waiver: {waived:?}"
+    );
+    assert!(
+        series("netpatrol_findings")
+            .iter()
+            .all(|l| l.ends_with(" 0")),
+        "not counted as open: {:?}",
+        series("netpatrol_findings")
+    );
     store.close().await;
 }

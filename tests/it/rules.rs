@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
-use netpatrol::config::{self, Config, WaiverTarget};
-use netpatrol::facts::{Facts, Subject};
+use netpatrol::config::{self, Config};
+use netpatrol::facts::{Facts, Locus, Subject};
 use netpatrol::probe::ProbeKind;
 use netpatrol::rules::{RuleSet, Severity};
 
@@ -535,20 +535,23 @@ fn waivers_load_inline_and_match_their_scope() {
     assert!(tls.matches_rule("tls.cert_expired"));
     assert!(!tls.matches_rule("http.missing_hsts"));
 
-    let at = |ip: &str, port| WaiverTarget {
+    let at = |ip: &str, port| Locus {
         ip: Some(ip.parse().unwrap()),
         port,
-        segment: Some("extranet-a"),
-        department: Some("fgw"),
-        projects: &[],
+        segment: Some("extranet-a".into()),
+        department: Some("fgw".into()),
+        ..Locus::of(if port.is_some() {
+            Subject::Service
+        } else {
+            Subject::Host
+        })
     };
     assert!(telnet.matches("exposure.telnet", &at("192.0.2.12", Some(23))));
     assert!(!telnet.matches("exposure.telnet", &at("192.0.2.12", Some(2323))));
     assert!(!telnet.matches("exposure.telnet", &at("192.0.2.13", Some(23))));
     assert!(!telnet.matches("exposure.telnet", &at("192.0.2.12", None)));
-    let projects = ["XM-1".to_string()];
-    let in_project = WaiverTarget {
-        projects: &projects,
+    let in_project = Locus {
+        projects: vec!["XM-1".to_string()],
         ..at("192.0.2.40", Some(443))
     };
     assert!(tls.matches("tls.cert_expiring", &in_project));

@@ -84,8 +84,7 @@ pub struct TlsSpec {
 /// extra fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TlsFacts {
-    /// Accepted protocol versions, oldest first: "SSLv3", "TLSv1.0", "TLSv1.1", "TLSv1.2",
-    /// "TLSv1.3" (TLCP is `tlcp`).
+    /// Accepted protocol versions, oldest first, SSLv3 to TLS 1.3 (TLCP is `tlcp`).
     pub versions: Vec<TlsVersion>,
     /// The endpoint completes a TLCP (GB/T 38636, 0x0101) ServerHello.
     pub tlcp: bool,

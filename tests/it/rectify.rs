@@ -3,6 +3,7 @@
 //! CSRF. The daemon's real router and guard over a real SQLite store, driven in process
 //! (`tower::ServiceExt::oneshot`), the findings recorded as a scan records them.
 
+use netpatrol::reconcile::Placement;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -86,6 +87,7 @@ fn host(ip: &str, segment: &str) -> HostObservation {
         alive_by: vec![Liveness::OpenPort],
         ptr: None,
         services: Vec::new(),
+        placement: Placement::bare(segment, NetworkKind::Departmental),
     }
 }
 

@@ -333,6 +333,10 @@ impl SynScanner {
             let (socket, plan, group) = (socket.clone(), plan.clone(), group.clone());
             tokio::task::spawn_blocking(move || receive(&socket, &plan, &group))
         };
+        let stop = ReaderStop {
+            group: group.clone(),
+            socket: socket.clone(),
+        };
 
         for round in 0..=retries {
             let pass = if round == 0 {
@@ -348,9 +352,7 @@ impl SynScanner {
             }
         }
 
-        group.stop.store(true, Ordering::Release);
-        // Wakes the reader at once (its recv returns 0); the error (ENOTCONN) is expected.
-        let _ = socket.shutdown(Shutdown::Read);
+        drop(stop);
         if let Err(error) = receiver.await {
             tracing::debug!(%error, "SYN reply reader ended abnormally");
         }
@@ -458,6 +460,22 @@ impl SynScanner {
 enum Pass<'a> {
     First(&'a (dyn Fn(u64) + Sync)),
     Resend,
+}
+
+/// Stops a group's reply reader when dropped: at the end of the group, and also when the scan's
+/// future is dropped half-way without being cancelled (the blocking reader would otherwise run
+/// on and hold up the runtime's shutdown).
+struct ReaderStop {
+    group: Arc<Group>,
+    socket: Arc<Socket>,
+}
+
+impl Drop for ReaderStop {
+    fn drop(&mut self) {
+        self.group.stop.store(true, Ordering::Release);
+        // Wakes the reader at once (its recv returns 0); the error (ENOTCONN) is expected.
+        let _ = self.socket.shutdown(Shutdown::Read);
+    }
 }
 
 /// Waits until every job of the group is answered, `deadline` passes, or the scan is cancelled.

@@ -6,12 +6,10 @@
 //! 127.110.0.0/16 while a scan runs, so the rate is measured where the network's owner would
 //! measure it, not from the scanner's own counters.
 
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -22,57 +20,13 @@ use netpatrol::scope::Limits;
 use netpatrol::store::Store;
 
 use crate::support::store::for_each_backend;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::sniffer::SynSniffer;
 use crate::support::{CountingListener, config};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
-}
-
-/// Timestamps of every SYN (without ACK) to 127.110.`subnet`.0/24 until stopped (each test
-/// scans a /24 of its own: tests run at once).
-struct SynClock {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Instant>>,
-}
-
-impl SynClock {
-    fn start(subnet: u8) -> SynClock {
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let _ = socket.set_recv_buffer_size(16 << 20);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 128];
-            while !flag.load(Ordering::Acquire) {
-                let Ok(n) = (&socket).read(&mut buf) else {
-                    continue;
-                };
-                let p = &buf[..n];
-                let ihl = usize::from(p[0] & 0x0f) * 4;
-                if n < ihl + 14 || p[16] != 127 || p[17] != 110 || p[18] != subnet {
-                    continue;
-                }
-                if p[ihl + 13] & 0x12 == 0x02 {
-                    seen.push(Instant::now());
-                }
-            }
-            seen
-        });
-        SynClock { stop, thread }
-    }
-
-    fn finish(self) -> Vec<Instant> {
-        std::thread::sleep(Duration::from_millis(50));
-        self.stop.store(true, Ordering::Release);
-        self.thread.join().unwrap()
-    }
 }
 
 /// The most SYNs any one-second window (starting at any SYN) holds.
@@ -100,7 +54,8 @@ async fn scan_at(rate: u32, subnet: u8, ports: &str) -> (Vec<Instant>, u64) {
         ),
     );
     let limits = Limits::new(config.scan.rate, config.scan.concurrency);
-    let clock = SynClock::start(subnet);
+    // Each test scans a /24 of its own: tests run at once.
+    let clock = SynSniffer::start(move |d| d.octets()[..3] == [127, 110, subnet]);
     let obs = scan::run(
         &config,
         &ScanRequest {
@@ -113,7 +68,8 @@ async fn scan_at(rate: u32, subnet: u8, ports: &str) -> (Vec<Instant>, u64) {
     )
     .await
     .unwrap();
-    (clock.finish(), obs.run.probes)
+    let at = clock.finish_timed().into_iter().map(|(at, _)| at).collect();
+    (at, obs.run.probes)
 }
 
 fn assert_rate_kept(rate: u32, syns: Vec<Instant>, probes: u64) {

@@ -6,10 +6,7 @@
 //! (整改未通过). Then the same loop through the daemon's page: a 已整改 answer queues the
 //! re-test, and the page says 复测通过 or 整改未通过.
 
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -23,60 +20,10 @@ use netpatrol::rectify::Link;
 use netpatrol::scan::ScanRequest;
 use netpatrol::scope::Limits;
 use netpatrol::store::Store;
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// Records (destination, port) of every SYN sent to 127.117.3.0/24 until stopped.
-struct Sniffer {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<SocketAddr>>,
-}
-
-impl Sniffer {
-    fn start() -> Sniffer {
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 256];
-            while !flag.load(Ordering::Acquire) {
-                let Ok(n) = (&socket).read(&mut buf) else {
-                    continue;
-                };
-                let p = &buf[..n];
-                if n < 20 {
-                    continue;
-                }
-                let ihl = usize::from(p[0] & 0x0f) * 4;
-                if n < ihl + 14 || p[16..19] != [127, 117, 3] {
-                    continue;
-                }
-                let tcp = &p[ihl..];
-                // SYN without ACK: a probe's first segment.
-                if tcp[13] & 0x12 == 0x02 {
-                    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-                    seen.push(SocketAddr::from((
-                        dst,
-                        u16::from_be_bytes([tcp[2], tcp[3]]),
-                    )));
-                }
-            }
-            seen
-        });
-        Sniffer { stop, thread }
-    }
-
-    fn finish(self) -> Vec<SocketAddr> {
-        std::thread::sleep(Duration::from_millis(50));
-        self.stop.store(true, Ordering::Release);
-        self.thread.join().unwrap()
-    }
-}
+use crate::support::sniffer::SynSniffer;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -166,7 +113,7 @@ async fn a_retest_probes_one_endpoint_and_resolves_only_its_finding_when_the_ser
     drop(held.remove(2));
     drop(held.remove(1));
 
-    let sniffer = Sniffer::start();
+    let sniffer = SynSniffer::start(|d| d.octets()[..3] == [127, 117, 3]);
     let outcome = pass::retest(
         config,
         rules,

@@ -4,20 +4,18 @@
 //! scan, which proves where SYNs went: a SYN scan completes no handshake, so a listener's
 //! accept count alone could not show that an out-of-scope address was left alone.
 
-use std::io::Read;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use netpatrol::config::{NetworkKind, Segment};
 use netpatrol::probe::Reason;
 use netpatrol::probe::syn::SynScanner;
 use netpatrol::scope::{Limits, Scope, Target};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::CountingListener;
+use crate::support::sniffer::SynSniffer;
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -48,54 +46,6 @@ fn closed_ports(at: IpAddr, n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Records (destination, destination port) of every SYN (without ACK) sent to 127.41/16 until
-/// stopped.
-struct Sniffer {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<SocketAddr>>,
-}
-
-impl Sniffer {
-    fn start() -> Sniffer {
-        let socket = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP)).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let _ = socket.set_recv_buffer_size(8 << 20);
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 128];
-            while !flag.load(Ordering::Acquire) {
-                let Ok(n) = (&socket).read(&mut buf) else {
-                    continue;
-                };
-                let p = &buf[..n];
-                let ihl = usize::from(p[0] & 0x0f) * 4;
-                if n < ihl + 14 || p[16] != 127 || p[17] != 41 || p[18] > 1 {
-                    continue;
-                }
-                let tcp = &p[ihl..];
-                if tcp[13] & 0x12 == 0x02 {
-                    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-                    let port = u16::from_be_bytes([tcp[2], tcp[3]]);
-                    seen.push(SocketAddr::from((dst, port)));
-                }
-            }
-            seen
-        });
-        Sniffer { stop, thread }
-    }
-
-    fn finish(self) -> Vec<SocketAddr> {
-        // Let the last segments of the scan reach the socket.
-        std::thread::sleep(Duration::from_millis(50));
-        self.stop.store(true, Ordering::Release);
-        self.thread.join().unwrap()
-    }
-}
-
 #[tokio::test]
 async fn syn_scanner_opens_as_root() {
     SynScanner::new().expect("root may open raw sockets");
@@ -119,7 +69,7 @@ async fn syn_scan_finds_exactly_the_open_ports_and_sends_only_to_the_scope() {
     let scanner = SynScanner::new().unwrap();
     let limits = Limits::new(0, 64);
     let done = AtomicU64::new(0);
-    let sniffer = Sniffer::start();
+    let sniffer = SynSniffer::start(|d| matches!(d.octets(), [127, 41, 0 | 1, _]));
     let open = scanner
         .scan(
             &targets,

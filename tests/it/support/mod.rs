@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod fakes;
 pub mod smtp;
+pub mod sniffer;
 pub mod store;
 pub mod tls;
 pub mod tongsuo;

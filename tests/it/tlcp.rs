@@ -63,15 +63,18 @@ async fn posture(server: SocketAddr, spec: &TlsSpec) -> TlsFacts {
         .expect("speaks TLS or TLCP")
 }
 
-/// The rules that fire on one TLS port after a real scan with `trust.ca_files`.
-async fn findings_of_scan(addr: SocketAddr, ca_files: &[&std::path::Path]) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
+/// A config scanning only `addr`'s port on its address, trusting `ca_files`.
+fn one_port_config(
+    dir: &std::path::Path,
+    addr: SocketAddr,
+    ca_files: &[&std::path::Path],
+) -> netpatrol::config::Config {
     let ca: Vec<String> = ca_files
         .iter()
         .map(|p| format!("\"{}\"", p.display()))
         .collect();
-    let config = config(
-        dir.path(),
+    config(
+        dir,
         &format!(
             "scan: {{icmp: false, ports: [{port}], rate: 0, dns: {{enabled: false}}}}\n\
              trust: {{ca_files: [{ca}]}}\n\
@@ -80,7 +83,13 @@ async fn findings_of_scan(addr: SocketAddr, ca_files: &[&std::path::Path]) -> Ve
             ip = addr.ip(),
             ca = ca.join(", "),
         ),
-    );
+    )
+}
+
+/// The rules that fire on one TLS port after a real scan with `trust.ca_files`.
+async fn findings_of_scan(addr: SocketAddr, ca_files: &[&std::path::Path]) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let config = one_port_config(dir.path(), addr, ca_files);
     let rules = RuleSet::load(&config).expect("built-in rules load");
     let obs = scan::run(
         &config,
@@ -103,21 +112,7 @@ async fn recorded_scan(
     ca_files: &[&std::path::Path],
 ) -> (Vec<String>, serde_json::Value, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
-    let ca: Vec<String> = ca_files
-        .iter()
-        .map(|p| format!("\"{}\"", p.display()))
-        .collect();
-    let config = config(
-        dir.path(),
-        &format!(
-            "scan: {{icmp: false, ports: [{port}], rate: 0, dns: {{enabled: false}}}}\n\
-             trust: {{ca_files: [{ca}]}}\n\
-             segments:\n  - {{name: s, network: other, cidrs: [{ip}/32]}}\n",
-            port = addr.port(),
-            ip = addr.ip(),
-            ca = ca.join(", "),
-        ),
-    );
+    let config = one_port_config(dir.path(), addr, ca_files);
     let rules = RuleSet::load(&config).expect("built-in rules load");
     let store = Store::open(&config.store.path).await.unwrap();
     let (obs, report) = scan_and_record(

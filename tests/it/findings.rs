@@ -374,11 +374,19 @@ async fn cli_fail_on() {
     assert_eq!(code, Some(0), "waived findings do not fail the scan");
 }
 
-/// A waiver scoped to the second project that lists a host covers that host's findings (the
-/// finding names the first project only).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_waiver_for_a_hosts_second_project_matches() {
-    let host = CountingListener::bind("127.110.50.1".parse().unwrap(), 0).await;
+/// One host in `/24` prefix `net` (at `net`.1), unapproved and listed by two projects, XM-1 then
+/// XM-2, with a waiver scoped to XM-2, scanned and recorded. The temporary directory, config,
+/// store and report, and the listener that keeps the host alive.
+async fn scan_host_in_two_projects(
+    net: &str,
+) -> (
+    tempfile::TempDir,
+    netpatrol::config::Config,
+    Store,
+    netpatrol::output::report::Report,
+    CountingListener,
+) {
+    let host = CountingListener::bind(format!("{net}.1").parse().unwrap(), 0).await;
     let port = host.addr.port();
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(
@@ -386,10 +394,10 @@ async fn a_waiver_for_a_hosts_second_project_matches() {
         &format!(
             "scan: {{icmp: false, ports: [{port}], rate: 0, dns: {{enabled: false}}}}\n\
              departments:\n  - {{id: fgw, name: 区发改委}}\n\
-             segments:\n  - {{name: s, network: extranet, cidrs: [127.110.50.0/30]}}\n\
+             segments:\n  - {{name: s, network: extranet, cidrs: [{net}.0/30]}}\n\
              projects:\n\
-             \x20 - {{id: XM-1, name: 一号, department: fgw, stage: building, assets: [127.110.50.1]}}\n\
-             \x20 - {{id: XM-2, name: 二号, department: fgw, stage: building, assets: [127.110.50.1]}}\n\
+             \x20 - {{id: XM-1, name: 一号, department: fgw, stage: building, assets: [{net}.1]}}\n\
+             \x20 - {{id: XM-2, name: 二号, department: fgw, stage: building, assets: [{net}.1]}}\n\
              exceptions:\n  - {{rule: \"access.*\", project: XM-2, reason: 改造中, approver: 张伟, expires_on: 2099-12-31}}\n"
         ),
     );
@@ -406,6 +414,14 @@ async fn a_waiver_for_a_hosts_second_project_matches() {
     )
     .await
     .unwrap();
+    (dir, cfg, store, report, host)
+}
+
+/// A waiver scoped to the second project that lists a host covers that host's findings (the
+/// finding names the first project only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiver_for_a_hosts_second_project_matches() {
+    let (_dir, _cfg, store, report, _host) = scan_host_in_two_projects("127.110.50").await;
     let f = report
         .findings
         .iter()
@@ -420,34 +436,7 @@ async fn a_waiver_for_a_hosts_second_project_matches() {
 /// counts its finding as waived in `netpatrol_findings_waived`, not as open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_waiver_for_a_hosts_second_project() {
-    let host = CountingListener::bind("127.115.50.1".parse().unwrap(), 0).await;
-    let port = host.addr.port();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        dir.path(),
-        &format!(
-            "scan: {{icmp: false, ports: [{port}], rate: 0, dns: {{enabled: false}}}}\n\
-             departments:\n  - {{id: fgw, name: 区发改委}}\n\
-             segments:\n  - {{name: s, network: extranet, cidrs: [127.115.50.0/30]}}\n\
-             projects:\n\
-             \x20 - {{id: XM-1, name: 一号, department: fgw, stage: building, assets: [127.115.50.1]}}\n\
-             \x20 - {{id: XM-2, name: 二号, department: fgw, stage: building, assets: [127.115.50.1]}}\n\
-             exceptions:\n  - {{rule: \"access.*\", project: XM-2, reason: 改造中, approver: 张伟, expires_on: 2099-12-31}}\n"
-        ),
-    );
-    let store = Store::open(&cfg.store.path).await.unwrap();
-    let rules = RuleSet::load(&cfg).unwrap();
-    scan_and_record(
-        &cfg,
-        &rules,
-        &store,
-        &ScanRequest::all(),
-        Limits::new(0, 64),
-        ProgressBar::hidden(),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let (_dir, cfg, store, _report, _host) = scan_host_in_two_projects("127.115.50").await;
     let text = metrics::render(&store, &cfg, &DaemonMetrics::default(), chrono::Utc::now())
         .await
         .unwrap();

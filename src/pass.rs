@@ -92,18 +92,7 @@ pub async fn scan_and_record(
         tracing::error!(%error, "the checkpoint writer ended abnormally");
     }
 
-    let tz = config.organisation.timezone;
-    let today = observations.run.started_at.with_timezone(&tz).date_naive();
-    let history = History {
-        last_seen: store
-            .last_seen()
-            .await?
-            .into_iter()
-            .map(|(ip, at)| (ip, at.with_timezone(&tz).date_naive()))
-            .collect(),
-    };
-    let existing = store.findings().await?;
-    let assessment = finding::assess(config, rules, &observations, &history, &existing, today);
+    let (assessment, today) = assess(config, rules, store, &observations).await?;
     let report = report::build(config, &observations, &assessment.current, today);
     let departments: HashMap<String, Option<String>> = observations
         .hosts
@@ -191,18 +180,7 @@ pub async fn retest(
     if observations.run.state != crate::observation::RunState::Complete {
         return Ok(RetestOutcome::Inconclusive);
     }
-    let tz = config.organisation.timezone;
-    let today = observations.run.started_at.with_timezone(&tz).date_naive();
-    let history = History {
-        last_seen: store
-            .last_seen()
-            .await?
-            .into_iter()
-            .map(|(ip, at)| (ip, at.with_timezone(&tz).date_naive()))
-            .collect(),
-    };
-    let existing = store.findings().await?;
-    let assessment = finding::assess(config, rules, &observations, &history, &existing, today);
+    let (assessment, _) = assess(config, rules, store, &observations).await?;
     if assessment
         .current
         .iter()
@@ -216,4 +194,27 @@ pub async fn retest(
         .unwrap_or(observations.run.started_at);
     store.resolve_by_retest(&target.fingerprint, at).await?;
     Ok(RetestOutcome::Passed)
+}
+
+/// Assess what a scan saw against the store's history (last sightings, stored findings), on
+/// the organisation's calendar day the scan started: the step a pass and a re-test share.
+async fn assess(
+    config: &Config,
+    rules: &RuleSet,
+    store: &Store,
+    observations: &ScanObservations,
+) -> Result<(finding::Assessment, chrono::NaiveDate), StoreError> {
+    let tz = config.organisation.timezone;
+    let today = observations.run.started_at.with_timezone(&tz).date_naive();
+    let history = History {
+        last_seen: store
+            .last_seen()
+            .await?
+            .into_iter()
+            .map(|(ip, at)| (ip, at.with_timezone(&tz).date_naive()))
+            .collect(),
+    };
+    let existing = store.findings().await?;
+    let assessment = finding::assess(config, rules, observations, &history, &existing, today);
+    Ok((assessment, today))
 }

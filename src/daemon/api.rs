@@ -518,7 +518,7 @@ async fn submit_scan(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
         }
     };
-    match daemon.submit(request.segments.clone()) {
+    match daemon.submit(request.segments.clone()).await {
         Ok(id) => {
             let location = format!("/api/v1/scans/{id}");
             let mut response = (
@@ -550,6 +550,10 @@ async fn submit_scan(
         }
         Err(e @ SubmitError::UnknownSegment(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ SubmitError::Stopping) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(SubmitError::Store(e)) => {
+            tracing::error!(error = %e, "cannot queue the scan");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -558,7 +562,11 @@ async fn scan_state(State(daemon): State<Shared>, Path(id): Path<String>) -> Res
         tracing::error!(error = %e, "scan state query failed");
         error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     };
-    if let Some(job) = daemon.job(&id) {
+    let job = match daemon.note_store("scan job", daemon.job(&id).await) {
+        Ok(job) => job,
+        Err(e) => return store_error(e),
+    };
+    if let Some(job) = job {
         let report = match (&job.scan_id, job.state.is_done()) {
             (Some(run), true) => {
                 match daemon.note_store("report", daemon.store.report(run).await) {

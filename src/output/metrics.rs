@@ -25,6 +25,8 @@
 //! | `netpatrol_project_assessment_due_seconds` | gauge | `project`, `department`, `kind` | next MLPS (`mlps`) or 密评 (`crypto`) assessment, Unix time of that day's start |
 //! | `netpatrol_scan_duration_seconds` | histogram | | scans this daemon ran (complete or cut short) |
 //! | `netpatrol_scans_running` | gauge | | scans in flight in this daemon |
+//! | `netpatrol_scan_jobs` | gauge | `state` | scan jobs in the store's queue by state (`queued`, `running`: every hub sharing the store) |
+//! | `netpatrol_leader` | gauge (0/1) | | whether this daemon leads (runs the schedules and the bulletin; one hub among those sharing a PostgreSQL store) |
 //! | `netpatrol_scan_last_success_timestamp_seconds` | gauge | `segment` | end of the latest complete scan covering it |
 //! | `netpatrol_scan_coverage_ratio` | gauge | `segment` | (answered + failed remotely) / planned probes of the latest finished scan covering it (a degraded scan shows here) |
 //! | `netpatrol_probe_errors_total` | counter | `probe`, `reason` | summed over every recorded scan |
@@ -159,6 +161,7 @@ pub enum MetricsError {
 pub struct DaemonMetrics {
     scan_duration: Histogram,
     scans_running: Gauge,
+    leader: Gauge,
     reload_success: Gauge,
     reload_timestamp: Gauge<f64, AtomicU64>,
     /// Whether each role's API token is configured (1) or not (0).
@@ -172,6 +175,7 @@ impl Default for DaemonMetrics {
         DaemonMetrics {
             scan_duration: Histogram::new(SCAN_BUCKETS),
             scans_running: Gauge::default(),
+            leader: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
             tokens: Family::default(),
@@ -189,6 +193,11 @@ impl DaemonMetrics {
     pub fn scan_finished(&self, seconds: f64) {
         self.scans_running.dec();
         self.scan_duration.observe(seconds);
+    }
+
+    /// Whether this daemon leads the hubs sharing its store.
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// A scan ended before it ran (cancelled while it waited).
@@ -568,6 +577,22 @@ pub async fn render(
 
     rectification(&mut registry, store, config, today).await?;
 
+    let jobs = Family::<OutboxLabels, Gauge>::default();
+    for state in ["queued", "running"] {
+        jobs.get_or_create(&OutboxLabels {
+            state: state.to_string(),
+        })
+        .set(0);
+    }
+    for (state, n) in store.pending_jobs_by_state().await? {
+        jobs.get_or_create(&OutboxLabels { state }).set(n);
+    }
+    registry.register(
+        "netpatrol_scan_jobs",
+        "Scan jobs in the store's queue by state, on every hub sharing the store",
+        jobs,
+    );
+
     let outbox = Family::<OutboxLabels, Gauge>::default();
     for state in ["queued", "sent", "failed"] {
         outbox
@@ -602,6 +627,11 @@ pub async fn render(
         "netpatrol_scans_running",
         "Scans in flight in this daemon",
         daemon.scans_running.clone(),
+    );
+    registry.register(
+        "netpatrol_leader",
+        "Whether this daemon leads the hubs sharing its store: runs the schedules and the bulletin (1) or not (0)",
+        daemon.leader.clone(),
     );
     registry.register(
         "netpatrol_config_reload_success",

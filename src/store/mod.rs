@@ -18,8 +18,12 @@
 //! end everything it saw is written again in one transaction together with its final state
 //! (`complete`, `degraded` or `incomplete`) and coverage, replacing the checkpoints. So an
 //! interrupted scan never leaves half-written rows, and a process killed mid-scan leaves a run
-//! that still says `running` with the batches it finished, which [`Store::open`] marks
-//! `incomplete` at the next start.
+//! that still says `running` with the batches it finished, marked `incomplete` at the next
+//! open (SQLite), or by any process sharing the PostgreSQL store once the dead one's owner
+//! lock is free ([`Store::reap`], `jobs`).
+//!
+//! Several processes may share a PostgreSQL store: scan jobs, schedule ticks and the leader
+//! lock live in `jobs`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -41,6 +45,8 @@ use crate::rules::Severity;
 
 mod audit;
 mod bulletin_queries;
+mod jobs;
+pub use jobs::{JobRow, NewJob};
 mod outbox;
 mod rectification;
 pub use audit::AuditEntry;
@@ -62,6 +68,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_audit.sql")),
     (8, include_str!("migrations/0008_outbox_lease.sql")),
     (9, include_str!("migrations/0009_rectification.sql")),
+    (12, include_str!("migrations/0012_jobs.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +253,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL: this process's own connection holding its owner lock (and the leader lock
+    /// while it leads), see [`jobs`].
+    session: Option<std::sync::Arc<jobs::Session>>,
 }
 
 /// The store's text form of a timestamp.
@@ -340,14 +350,21 @@ impl Store {
         Store::ready(pool, Backend::Postgres).await
     }
 
-    /// Migrate a freshly opened pool and close the runs a crash left `running`.
+    /// Migrate a freshly opened pool, start the PostgreSQL session, and close the runs a
+    /// dead process left `running` ([`Store::reap`]; on SQLite every run still `running`).
     async fn ready(pool: AnyPool, backend: Backend) -> Result<Store, StoreError> {
-        let store = Store { pool, backend };
+        let mut store = Store {
+            pool,
+            backend,
+            session: None,
+        };
         store.migrate().await?;
-        // A run still `running` at open was cut off by a crash or kill.
-        sqlx::query("UPDATE scan_runs SET state = 'incomplete' WHERE state = 'running'")
-            .execute(&store.pool)
-            .await?;
+        if backend == Backend::Postgres {
+            store.session = Some(std::sync::Arc::new(
+                jobs::Session::start(&store.pool).await?,
+            ));
+        }
+        store.reap_at_open().await?;
         Ok(store)
     }
 
@@ -435,8 +452,9 @@ impl Store {
     /// Record that a scan has started.
     pub async fn begin_run(&self, run: &ScanRun) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO scan_runs (id, started_at, state, segments, probe_kinds, addresses, probes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO scan_runs (id, started_at, state, segments, probe_kinds, addresses, probes,
+               owner)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&run.id)
         .bind(timestamp(run.started_at))
@@ -445,6 +463,7 @@ impl Store {
         .bind(probe_kinds(run))
         .bind(run.addresses as i64)
         .bind(0i64)
+        .bind(self.owner())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -698,6 +717,9 @@ impl Store {
             let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
                 .execute(&self.pool)
                 .await;
+        }
+        if let Some(session) = &self.session {
+            session.close().await;
         }
         self.pool.close().await;
     }

@@ -7,6 +7,7 @@ mod docs;
 mod engine;
 mod exposure;
 mod findings;
+mod hubs;
 mod probes;
 mod rectify;
 mod retest;

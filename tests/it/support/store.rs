@@ -176,3 +176,15 @@ pub fn for_each_backend_blocking(mut body: impl FnMut(TestStore)) {
         std::panic::resume_unwind(panic);
     }
 }
+
+/// `body` on a fresh PostgreSQL database only (for what only PostgreSQL offers: several
+/// processes sharing one store), dropped whatever the body did.
+pub fn with_postgres_blocking(body: impl FnOnce(TestStore)) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (pg, name) = runtime.block_on(postgres());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(pg)));
+    runtime.block_on(drop_postgres(&name));
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}

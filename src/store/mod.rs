@@ -480,10 +480,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let seen = timestamp(Utc::now());
         let mut tx = self.pool.begin().await?;
-        for (i, host) in hosts.iter().enumerate() {
-            let department = departments.get(i).cloned().flatten();
-            write_host(&mut tx, &run.id, &seen, host, department).await?;
-        }
+        let hosts: Vec<&HostObservation> = hosts.iter().collect();
+        write_hosts(&mut tx, &run.id, &seen, &hosts, departments).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -520,10 +518,13 @@ impl Store {
             .bind(&run.id)
             .execute(&mut *tx)
             .await?;
-        for host in &scan.hosts {
-            let department = departments(&host.ip.to_string());
-            write_host(&mut tx, &run.id, &seen, host, department).await?;
-        }
+        let hosts: Vec<&HostObservation> = scan.hosts.iter().collect();
+        let host_departments: Vec<Option<String>> = scan
+            .hosts
+            .iter()
+            .map(|h| departments(&h.ip.to_string()))
+            .collect();
+        write_hosts(&mut tx, &run.id, &seen, &hosts, &host_departments).await?;
         for ((probe, reason), count) in &scan.errors {
             sqlx::query(
                 "INSERT INTO probe_errors (scan_id, probe, reason, count) VALUES ($1, $2, $3, $4)",
@@ -776,68 +777,167 @@ fn probe_kinds(run: &ScanRun) -> String {
         .join(",")
 }
 
-/// One host of a scan: its row, its services' rows and their observations.
-async fn write_host(
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Most bound values in one statement (SQLite allows 32,766, PostgreSQL 65,535).
+const MAX_BINDS: usize = 8000;
+
+/// Insert `rows` (each `width` values, bound by `bind`) with `head` (`INSERT INTO t (...)`)
+/// and `tail` (`ON CONFLICT ...`), as few multi-row statements as the bind limit allows.
+async fn insert_rows<'q, T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    head: &str,
+    tail: &str,
+    width: usize,
+    rows: &'q [T],
+    bind: impl Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks((MAX_BINDS / width).max(1)) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * width * 5);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for j in 0..width {
+                if j > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", i * width + j + 1));
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            q = bind(q, row);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Hosts of a scan: their rows, their services' rows and the observations, in multi-row
+/// statements. `departments` gives each host's department, in order.
+async fn write_hosts(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     run_id: &str,
     seen: &str,
-    host: &HostObservation,
-    department: Option<String>,
+    hosts: &[&HostObservation],
+    departments: &[Option<String>],
 ) -> Result<(), StoreError> {
-    let ip = host.ip.to_string();
-    sqlx::query(
-                "INSERT INTO hosts (ip, segment, network, department, ptr, first_seen, last_seen, last_scan)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
-                 ON CONFLICT (ip) DO UPDATE SET segment = excluded.segment,
-                   network = excluded.network, department = excluded.department,
-                   ptr = COALESCE(excluded.ptr, hosts.ptr),
-                   last_seen = excluded.last_seen, last_scan = excluded.last_scan",
-            )
-            .bind(&ip)
-            .bind(&host.segment)
-            .bind(host.network.as_str())
-            .bind(department)
-            .bind(&host.ptr)
-            .bind(seen)
-            .bind(run_id)
-            .execute(&mut **tx)
-            .await?;
-    sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, NULL, 'host', $3)")
-                .bind(run_id)
-                .bind(&ip)
-                .bind(serde_json::json!({
-                    "alive_by": host.alive_by,
-                    "icmp_rtt_ms": host.icmp_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    "ptr": host.ptr,
-                }).to_string())
-                .execute(&mut **tx)
-                .await?;
-    for service in &host.services {
-        sqlx::query(
-                    "INSERT INTO services (ip, port, protocol, service, product, version, banner, first_seen, last_seen, last_scan)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
-                     ON CONFLICT (ip, port, protocol) DO UPDATE SET service = excluded.service,
-                       product = excluded.product, version = excluded.version, banner = excluded.banner,
-                       last_seen = excluded.last_seen, last_scan = excluded.last_scan",
-                )
-                .bind(&ip)
-                .bind(i64::from(service.port))
-                .bind(service.protocol)
-                .bind(&service.service)
-                .bind(&service.product)
-                .bind(&service.version)
-                .bind(&service.banner)
+    struct HostRow<'a> {
+        ip: String,
+        host: &'a HostObservation,
+        department: Option<String>,
+        data: String,
+    }
+    struct ServiceRow<'a> {
+        ip: &'a str,
+        service: &'a crate::observation::ServiceObservation,
+        data: String,
+    }
+    let host_rows: Vec<HostRow> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| HostRow {
+            ip: host.ip.to_string(),
+            host,
+            department: departments.get(i).cloned().flatten(),
+            data: serde_json::json!({
+                "alive_by": host.alive_by,
+                "icmp_rtt_ms": host.icmp_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                "ptr": host.ptr,
+            })
+            .to_string(),
+        })
+        .collect();
+    let mut service_rows = Vec::new();
+    for h in &host_rows {
+        for service in &h.host.services {
+            service_rows.push(ServiceRow {
+                ip: &h.ip,
+                service,
+                data: serde_json::to_string(service)?,
+            });
+        }
+    }
+    insert_rows(
+        tx,
+        "INSERT INTO hosts (ip, segment, network, department, ptr, first_seen, last_seen, last_scan)",
+        "ON CONFLICT (ip) DO UPDATE SET segment = excluded.segment,
+           network = excluded.network, department = excluded.department,
+           ptr = COALESCE(excluded.ptr, hosts.ptr),
+           last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+        8,
+        &host_rows,
+        |q, h| {
+            q.bind(&h.ip)
+                .bind(&h.host.segment)
+                .bind(h.host.network.as_str())
+                .bind(&h.department)
+                .bind(&h.host.ptr)
+                .bind(seen)
                 .bind(seen)
                 .bind(run_id)
-                .execute(&mut **tx)
-                .await?;
-        sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, $3, 'service', $4)")
-                    .bind(run_id)
-                    .bind(&ip)
-                    .bind(i64::from(service.port))
-                    .bind(serde_json::to_string(service)?)
-                    .execute(&mut **tx)
-                    .await?;
-    }
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "INSERT INTO observations (scan_id, ip, port, kind, data)",
+        "",
+        5,
+        &host_rows,
+        |q, h| {
+            q.bind(run_id)
+                .bind(&h.ip)
+                .bind(None::<i64>)
+                .bind("host")
+                .bind(&h.data)
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "INSERT INTO services (ip, port, protocol, service, product, version, banner, first_seen,
+           last_seen, last_scan)",
+        "ON CONFLICT (ip, port, protocol) DO UPDATE SET service = excluded.service,
+           product = excluded.product, version = excluded.version, banner = excluded.banner,
+           last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+        10,
+        &service_rows,
+        |q, s| {
+            q.bind(s.ip)
+                .bind(i64::from(s.service.port))
+                .bind(s.service.protocol)
+                .bind(&s.service.service)
+                .bind(&s.service.product)
+                .bind(&s.service.version)
+                .bind(&s.service.banner)
+                .bind(seen)
+                .bind(seen)
+                .bind(run_id)
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "INSERT INTO observations (scan_id, ip, port, kind, data)",
+        "",
+        5,
+        &service_rows,
+        |q, s| {
+            q.bind(run_id)
+                .bind(s.ip)
+                .bind(i64::from(s.service.port))
+                .bind("service")
+                .bind(&s.data)
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -78,6 +78,9 @@ pub(super) struct LinkPrincipal(pub(super) String);
 /// The prefix of the rectification pages, whose signed link is their own authority.
 const LINK_PREFIX: &str = "/r/";
 
+/// The sensors' routes, which take the sensor's own token only (`access::check_sensor`).
+const SENSOR_PREFIX: &str = "/api/v1/sensors/";
+
 type Shared = Arc<Daemon>;
 
 /// The routes, over `daemon`.
@@ -99,6 +102,15 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(
             "/api/v1/rectification/requests/{id}/deny",
             axum::routing::post(super::rectify::deny),
+        )
+        .route(
+            "/api/v1/sensors/{id}/assignment",
+            get(super::hub::assignment),
+        )
+        .route(
+            "/api/v1/sensors/{id}/batches",
+            axum::routing::post(super::hub::batches)
+                .layer(DefaultBodyLimit::max(super::hub::BATCH_BODY_LIMIT)),
         )
         .route(
             "/r/{token}",
@@ -142,8 +154,17 @@ async fn guard(State(daemon): State<Shared>, mut request: Request, next: Next) -
     // The rectification pages check their signed link themselves, and nothing else passes
     // without a credential: only this prefix, and in it only the routes of `router`.
     let by_link = route.starts_with(LINK_PREFIX);
+    let sensor = route
+        .strip_prefix(SENSOR_PREFIX)
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty());
     let checked = if by_link {
         Ok(None)
+    } else if let Some(id) = sensor {
+        loaded
+            .access
+            .check_sensor(id, authorization.as_deref())
+            .map(Some)
     } else {
         loaded
             .access
@@ -518,6 +539,10 @@ async fn submit_scan(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
         }
     };
+    // On a hub, segments a sensor owns go to it.
+    if let Some(response) = super::hub::submit(&daemon, &request.segments) {
+        return response;
+    }
     match daemon.submit(request.segments.clone()) {
         Ok(id) => {
             let location = format!("/api/v1/scans/{id}");

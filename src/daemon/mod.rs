@@ -30,11 +30,13 @@
 //! Submodules: `api` (routes, accept loop, limits, audit), `access` (tokens, roles, the
 //! decision per request), `web` (the exporter-toolkit web config), `audit` (the `audit`
 //! command), `rectify` (the departments' rectification page on their signed link; a 已整改
-//! answer queues a re-test, [`Daemon::queue_retest`]).
+//! answer queues a re-test, [`Daemon::queue_retest`]), `hub` (the sensors' routes and the
+//! ingestion of their scans; scheduled scans skip the segments a sensor owns).
 
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod hub;
 pub mod rectify;
 pub mod web;
 
@@ -231,6 +233,8 @@ pub struct Daemon {
     retests: Mutex<HashSet<String>>,
     /// The store's link key, read once (when `daemon.link_key_env` is not set).
     stored_link_key: tokio::sync::OnceCell<crate::rectify::LinkKey>,
+    /// Sensors' on-demand requests (`hub`).
+    pub hub: hub::Hub,
 }
 
 /// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
@@ -265,6 +269,7 @@ impl Daemon {
             stored_link_key: tokio::sync::OnceCell::new(),
             stored_waivers: Mutex::default(),
             retests: Mutex::default(),
+            hub: hub::Hub::default(),
         })
     }
 
@@ -650,6 +655,16 @@ impl Daemon {
     }
 
     fn scheduled_scan(self: &Arc<Self>, key: &str, segments: &[String]) {
+        // On a hub, the segments a sensor owns are its sensor's to scan.
+        let own = hub::own_segments(&self.current().config, segments);
+        let segments = match &own {
+            None => segments,
+            Some(own) if own.is_empty() => {
+                tracing::debug!(schedule = key, "every segment is a sensor's; tick skipped");
+                return;
+            }
+            Some(own) => own.as_slice(),
+        };
         if !lock(&self.busy_schedules).insert(key.to_string()) {
             tracing::info!(
                 schedule = key,
@@ -839,6 +854,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
     }
     daemon.metrics.reloaded(true, Utc::now());
     daemon.metrics.tokens(&daemon.current().access);
+    hub::recover(&daemon).await;
 
     // Signal handlers before anything runs, so an early SIGTERM is not the default (death).
     let (mut hup, mut term) = match (

@@ -19,7 +19,8 @@
 //! (`complete`, `degraded` or `incomplete`) and coverage, replacing the checkpoints. So an
 //! interrupted scan never leaves half-written rows, and a process killed mid-scan leaves a run
 //! that still says `running` with the batches it finished, which [`Store::open`] marks
-//! `incomplete` at the next start.
+//! `incomplete` at the next start. A hub's runs of a sensor's scans (`scan_runs.sensor`) are
+//! left `running` at open: their final batch may still come (see `sensors.rs`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +49,9 @@ pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
 pub use rectification::{Answer, AnswerKind, STORED_WAIVER_FILE, StoredException};
 
+mod sensors;
+pub use sensors::{IncomingBatch, OutboxBatch, Received, SensorContact};
+
 mod snapshot;
 pub use snapshot::{FindingCount, FindingFilter, LatestRun, PlacementCount, TlsRow};
 
@@ -62,6 +66,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_audit.sql")),
     (8, include_str!("migrations/0008_outbox_lease.sql")),
     (9, include_str!("migrations/0009_rectification.sql")),
+    (10, include_str!("migrations/0010_sensors.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -344,10 +349,13 @@ impl Store {
     async fn ready(pool: AnyPool, backend: Backend) -> Result<Store, StoreError> {
         let store = Store { pool, backend };
         store.migrate().await?;
-        // A run still `running` at open was cut off by a crash or kill.
-        sqlx::query("UPDATE scan_runs SET state = 'incomplete' WHERE state = 'running'")
-            .execute(&store.pool)
-            .await?;
+        // A run still `running` at open was cut off by a crash or kill; not a sensor's run
+        // on a hub, which its sensor ends with its final batch (sensor::batch).
+        sqlx::query(
+            "UPDATE scan_runs SET state = 'incomplete' WHERE state = 'running' AND sensor IS NULL",
+        )
+        .execute(&store.pool)
+        .await?;
         Ok(store)
     }
 
@@ -480,6 +488,36 @@ impl Store {
         events: &[(String, Event)],
         report: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.record_run(scan, departments, findings, events, report, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`record`](Store::record), only if the run is still `running` in the store: the
+    /// run's final state and everything else commit together, so a run is recorded exactly
+    /// once however often this is called (a sensor's final batch sent again, two hubs).
+    /// `false`: it was recorded already, nothing was written.
+    pub async fn record_once(
+        &self,
+        scan: &ScanObservations,
+        departments: &(dyn Fn(&str) -> Option<String> + Sync),
+        findings: &[Finding],
+        events: &[(String, Event)],
+        report: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        self.record_run(scan, departments, findings, events, report, true)
+            .await
+    }
+
+    async fn record_run(
+        &self,
+        scan: &ScanObservations,
+        departments: &(dyn Fn(&str) -> Option<String> + Sync),
+        findings: &[Finding],
+        events: &[(String, Event)],
+        report: &serde_json::Value,
+        once: bool,
+    ) -> Result<bool, StoreError> {
         let run = &scan.run;
         let seen = timestamp(run.finished_at.unwrap_or(run.started_at));
         let mut tx = self.pool.begin().await?;
@@ -496,6 +534,20 @@ impl Store {
         .bind(run.addresses as i64)
         .execute(&mut *tx)
         .await?;
+        // Claimed first, so that a second recorder waits here (PostgreSQL row lock; SQLite
+        // writes one at a time) and then finds the run recorded.
+        if once {
+            let claimed = sqlx::query(
+                "UPDATE scan_runs SET state = 'recording' WHERE id = $1 AND state = 'running'",
+            )
+            .bind(&run.id)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
         // What checkpoints wrote is written again below, whole.
         sqlx::query("DELETE FROM observations WHERE scan_id = $1")
             .bind(&run.id)
@@ -580,7 +632,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn runs(&self) -> Result<Vec<StoredRun>, StoreError> {

@@ -1509,6 +1509,16 @@ pub fn is_host_name(text: &str) -> bool {
         && !text.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
 }
 
+/// Whether a URL's host is a loopback address or `localhost` (plain http is allowed there).
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1528,15 +1538,5 @@ mod tests {
             parse_nameserver("127.0.0.1:5353"),
             "127.0.0.1:5353".parse().ok()
         );
-    }
-}
-
-/// Whether a URL's host is a loopback address or `localhost` (plain http is allowed there).
-fn is_loopback_host(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
     }
 }

@@ -367,17 +367,16 @@ impl Sensor {
                     }
                 }
                 let now = Utc::now();
-                for i in 0..p.crons.len() {
-                    let Some(at) = next[i].filter(|at| *at <= now) else {
+                for ((cron, segments), due) in p.crons.iter().zip(next.iter_mut()) {
+                    let Some(at) = due.filter(|at| *at <= now) else {
                         continue;
                     };
-                    let (cron, segments) = &p.crons[i];
                     self.scan(segments.clone(), None, &stop).await;
                     if stop.is_cancelled() {
                         return;
                     }
                     // From now, not from `at`: ticks missed while scanning are skipped.
-                    next[i] = next_after(cron, Utc::now().max(at), p.tz);
+                    *due = next_after(cron, Utc::now().max(at), p.tz);
                 }
             }
             let keep = chrono::Duration::from_std(self.hub.keep).unwrap_or(chrono::Duration::MAX);

@@ -12,6 +12,7 @@ mod rectify;
 mod retest;
 mod rules;
 mod scan;
+mod sensor;
 mod store;
 mod support;
 mod syn;

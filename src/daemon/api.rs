@@ -10,7 +10,9 @@
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
 //! posting gets 403); `/metrics` only when the web config has basic-auth users. The one
 //! exception is `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
-//! by its handlers; its audit principal is `link:DEPARTMENT`. Every request
+//! by its handlers; its audit principal is `link:DEPARTMENT`. The sensor routes
+//! (`/api/v1/sensors/{id}/...`, [`super::hub`]) take that sensor's own token only
+//! (`Access::check_sensor`); their principal is `sensor:ID`. Every request
 //! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
 //! line): time, principal, peer, method, route, status, what it started or why it was refused.
 //!
@@ -18,7 +20,7 @@
 //! slot, so descriptors are never exhausted); a request's headers (and a TLS handshake) must
 //! arrive within [`HEADER_TIMEOUT`], idle keep-alive connections are closed after it too; a
 //! request (its body read, its handler) answers 408 after [`REQUEST_TIMEOUT`];
-//! bodies over [`BODY_LIMIT`] answer 413; more than `daemon.max_queued_scans` scans accepted
+//! bodies over [`BODY_LIMIT`] (a sensor's batch: `hub::BATCH_BODY_LIMIT`) answer 413; more than `daemon.max_queued_scans` scans accepted
 //! and not finished answer 429.
 //!
 //! TLS (web config `tls_server_config`): rustls with the ring provider; each connection takes

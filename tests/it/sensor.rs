@@ -602,6 +602,23 @@ fn check_config_refuses_a_shared_segment_plain_http_a_short_keep_and_a_missing_t
     }
 }
 
+#[test]
+fn the_example_hub_and_sensor_configs_load() {
+    for name in ["config/hub.example.yaml", "config/sensor.example.yaml"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
+        let config =
+            netpatrol::config::load(&path).unwrap_or_else(|e| panic!("{name} does not load:\n{e}"));
+        if name.contains("hub") {
+            assert_eq!(config.sensors.len(), 3);
+            assert!(config.hub.is_none());
+        } else {
+            let hub = config.hub.expect("hub:");
+            assert_eq!(hub.sensor, "extranet-1");
+            assert!(config.sensors.is_empty());
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Two sensors in two namespaces, one hub with mTLS.
 

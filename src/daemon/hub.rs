@@ -294,10 +294,13 @@ pub(super) async fn batches(
         );
     }
     let payload = String::from_utf8_lossy(&body);
+    // The run covers the sensor's own segments only, whatever it claims.
+    let mut run = batch.scan.clone();
+    run.segments.retain(|s| sensor.segments.contains(s));
     let incoming = IncomingBatch {
         batch: &batch.batch,
         sensor: &id,
-        run: &batch.scan,
+        run: &run,
         seq: batch.seq,
         is_final: batch.is_final,
         hosts: batch.hosts.len() as u64 - refused,

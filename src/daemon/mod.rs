@@ -7,7 +7,8 @@
 //! daemon's own metrics.
 //!
 //! Invariants:
-//! - every scan goes through [`crate::pass::scan_and_record`], and at most one scan of a segment
+//! - every scan goes through [`crate::pass::scan_and_record`] (a sensor's, on a hub, through
+//!   its assessment step `pass::assess_and_record`, see `hub`), and at most one scan of a segment
 //!   runs at a time: a scan takes a lock per segment (in name order, so two scans cannot
 //!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
 //!   pending or running skips its tick;

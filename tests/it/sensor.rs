@@ -791,6 +791,12 @@ fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls()
             vec!["sensor-b".to_string(), "[\"seg-b\"]".to_string()],
         ]
     );
+    // Every segment is a sensor's: the hub never scanned any itself.
+    let own = rows(&hub_store, "SELECT id FROM scan_runs WHERE sensor IS NULL");
+    assert!(
+        own.is_empty(),
+        "the hub scanned a sensor's segment: {own:?}"
+    );
     // Every sensor scan was assessed like the hub's own: the unapproved host has its finding.
     let findings = rows(
         &hub_store,
@@ -856,6 +862,11 @@ fn sensor_routes_take_only_their_own_token_and_metrics_show_each_sensor() {
         a["schedules"][0]["segments"],
         serde_json::json!(["seg-a", "seg-x"])
     );
+    let metrics = http(addr, "GET", "/metrics", None, "").1;
+    assert!(
+        metrics.contains("netpatrol_sensor_backlog_batches{sensor=\"sensor-a\"} 7"),
+        "the backlog the assignment request reported: {metrics}"
+    );
     // An on-demand scan of seg-b goes to sensor B's assignment, not to the hub's queue.
     let (status, body) = http(
         addr,
@@ -878,7 +889,7 @@ fn sensor_routes_take_only_their_own_token_and_metrics_show_each_sensor() {
         serde_json::json!(["seg-b"]),
         "{b}"
     );
-    // A batch that is not the route's sensor's is refused; a bad body too.
+    // A bad body is refused; so is another sensor's batch.
     let (status, _) = http(
         addr,
         "POST",
@@ -887,15 +898,87 @@ fn sensor_routes_take_only_their_own_token_and_metrics_show_each_sensor() {
         "{",
     );
     assert_eq!(status, 400);
+    let host = |ip: &str| {
+        serde_json::json!({"ip": ip, "segment": "seg-a", "network": "extranet", "icmp_rtt": null,
+            "alive_by": ["open_port"], "ptr": null, "services": []})
+    };
+    // The run claims seg-b too, which is sensor B's: it will cover seg-a only.
+    let claimed = run("sensor-a-20261201T000000.000Z-00aa", &["seg-a", "seg-b"]);
+    let mut begin = serde_json::json!({
+        "batch": batch::new_id(), "sensor": "sensor-b",
+        "scan": serde_json::to_value(&claimed).unwrap(),
+        "seq": 0, "final": false,
+        "hosts": [host("127.121.1.2"), host("127.121.2.2")],
+    });
+    let post_batch = |b: &serde_json::Value| {
+        let (status, body) = http(
+            addr,
+            "POST",
+            "/api/v1/sensors/sensor-a/batches",
+            Some(A_TOKEN),
+            &b.to_string(),
+        );
+        (
+            status,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+        )
+    };
+    assert_eq!(
+        post_batch(&begin).0,
+        400,
+        "sensor-b's batch on sensor-a's route"
+    );
+    // A host of seg-b (sensor B's) in sensor A's batch is dropped and counted; sent again,
+    // the batch is a duplicate.
+    begin["sensor"] = serde_json::json!("sensor-a");
+    let (status, answer) = post_batch(&begin);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "accepted");
+    assert_eq!(answer["hosts"], 1);
+    assert_eq!(answer["refused"], 1);
+    assert_eq!(post_batch(&begin).1["status"], "duplicate");
     let metrics = http(addr, "GET", "/metrics", None, "").1;
     assert!(
-        metrics.contains("netpatrol_sensor_backlog_batches{sensor=\"sensor-a\"} 7"),
+        metrics.contains("netpatrol_sensor_backlog_batches{sensor=\"sensor-a\"} 0"),
+        "the backlog the batch reported (none): {metrics}"
+    );
+    let mut done = claimed.clone();
+    done.state = RunState::Complete;
+    done.finished_at = Some(chrono::Utc::now());
+    let last = serde_json::json!({
+        "batch": batch::new_id(), "sensor": "sensor-a",
+        "scan": serde_json::to_value(&done).unwrap(), "seq": 1, "final": true, "backlog": 2,
+    });
+    let (status, answer) = post_batch(&last);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["recorded"], true);
+    // Sent again: nothing recorded twice.
+    let again = post_batch(&last).1;
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(again["recorded"], false);
+    let metrics = http(addr, "GET", "/metrics", None, "").1;
+    assert!(
+        metrics.contains("netpatrol_sensor_backlog_batches{sensor=\"sensor-a\"} 2"),
         "{metrics}"
     );
     assert!(
         metrics.contains("netpatrol_sensor_last_contact_timestamp_seconds{sensor=\"sensor-b\"}")
     );
     assert_eq!(hub.stop(), Some(0));
+    let recorded = rows(
+        &store,
+        "SELECT state, segments FROM scan_runs WHERE id = 'sensor-a-20261201T000000.000Z-00aa'",
+    );
+    assert_eq!(
+        recorded,
+        vec![vec!["complete".to_string(), "[\"seg-a\"]".to_string()]]
+    );
+    let hosts = rows(&store, "SELECT ip, segment FROM hosts");
+    assert_eq!(
+        hosts,
+        vec![vec!["127.121.1.2".to_string(), "seg-a".to_string()]],
+        "the host of seg-b was refused"
+    );
     // Every sensor request is audited, with its principal.
     let audit = rows(
         &store,

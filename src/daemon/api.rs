@@ -10,7 +10,9 @@
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
 //! posting gets 403); `/metrics` only when the web config has basic-auth users. The one
 //! exception is `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
-//! by its handlers; its audit principal is `link:DEPARTMENT`. Every request
+//! by its handlers; its audit principal is `link:DEPARTMENT`. The sensor routes
+//! (`/api/v1/sensors/{id}/...`, [`super::hub`]) take that sensor's own token only
+//! (`Access::check_sensor`); their principal is `sensor:ID`. Every request
 //! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
 //! line): time, principal, peer, method, route, status, what it started or why it was refused.
 //!
@@ -18,7 +20,7 @@
 //! slot, so descriptors are never exhausted); a request's headers (and a TLS handshake) must
 //! arrive within [`HEADER_TIMEOUT`], idle keep-alive connections are closed after it too; a
 //! request (its body read, its handler) answers 408 after [`REQUEST_TIMEOUT`];
-//! bodies over [`BODY_LIMIT`] answer 413; more than `daemon.max_queued_scans` scans accepted
+//! bodies over [`BODY_LIMIT`] (a sensor's batch: `hub::BATCH_BODY_LIMIT`) answer 413; more than `daemon.max_queued_scans` scans accepted
 //! and not finished answer 429.
 //!
 //! TLS (web config `tls_server_config`): rustls with the ring provider; each connection takes
@@ -78,6 +80,9 @@ pub(super) struct LinkPrincipal(pub(super) String);
 /// The prefix of the rectification pages, whose signed link is their own authority.
 const LINK_PREFIX: &str = "/r/";
 
+/// The sensors' routes, which take the sensor's own token only (`access::check_sensor`).
+const SENSOR_PREFIX: &str = "/api/v1/sensors/";
+
 type Shared = Arc<Daemon>;
 
 /// The routes, over `daemon`.
@@ -99,6 +104,15 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(
             "/api/v1/rectification/requests/{id}/deny",
             axum::routing::post(super::rectify::deny),
+        )
+        .route(
+            "/api/v1/sensors/{id}/assignment",
+            get(super::hub::assignment),
+        )
+        .route(
+            "/api/v1/sensors/{id}/batches",
+            axum::routing::post(super::hub::batches)
+                .layer(DefaultBodyLimit::max(super::hub::BATCH_BODY_LIMIT)),
         )
         .route(
             "/r/{token}",
@@ -142,8 +156,17 @@ async fn guard(State(daemon): State<Shared>, mut request: Request, next: Next) -
     // The rectification pages check their signed link themselves, and nothing else passes
     // without a credential: only this prefix, and in it only the routes of `router`.
     let by_link = route.starts_with(LINK_PREFIX);
+    let sensor = route
+        .strip_prefix(SENSOR_PREFIX)
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty());
     let checked = if by_link {
         Ok(None)
+    } else if let Some(id) = sensor {
+        loaded
+            .access
+            .check_sensor(id, authorization.as_deref())
+            .map(Some)
     } else {
         loaded
             .access
@@ -518,6 +541,10 @@ async fn submit_scan(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
         }
     };
+    // On a hub, segments a sensor owns go to it.
+    if let Some(response) = super::hub::submit(&daemon, &request.segments).await {
+        return response;
+    }
     match daemon.submit(request.segments.clone()).await {
         Ok(id) => {
             let location = format!("/api/v1/scans/{id}");

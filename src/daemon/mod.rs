@@ -9,10 +9,12 @@
 //! whichever hub claims one first runs it.
 //!
 //! Invariants:
-//! - every scan goes through [`crate::pass::scan_and_record`], and at most one scan of a segment
-//!   runs at a time, across hubs: a job is claimed only when no running job holds one of its
-//!   segments (and locally a scan takes a lock per segment, in name order, which re-tests
-//!   share); a scheduled scan whose previous job is still queued or running skips its tick;
+//! - every scan goes through [`crate::pass::scan_and_record`] (a sensor's, on a hub, through
+//!   its assessment step `pass::assess_and_record`, see `hub`), and at most one scan of a
+//!   segment runs at a time, across hubs: a job is claimed only when no running job holds one
+//!   of its segments (and locally a scan takes a lock per segment, in name order, which
+//!   re-tests share); a scheduled scan whose previous job is still queued or running skips its
+//!   tick; the hub's own scheduled scans skip the segments a sensor owns;
 //! - only the leader acts on schedule ticks (`Store::try_lead`: a PostgreSQL advisory lock;
 //!   with SQLite the one process), and a tick is taken once in the store: each scheduled scan
 //!   is queued once, the scheduled bulletin is built once per period; the leader closes the
@@ -37,11 +39,13 @@
 //! Submodules: `api` (routes, accept loop, limits, audit), `access` (tokens, roles, the
 //! decision per request), `web` (the exporter-toolkit web config), `audit` (the `audit`
 //! command), `rectify` (the departments' rectification page on their signed link; a 已整改
-//! answer queues a re-test, [`Daemon::queue_retest`]).
+//! answer queues a re-test, [`Daemon::queue_retest`]), `hub` (the sensors' routes and the
+//! ingestion of their scans; scheduled scans skip the segments a sensor owns).
 
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod hub;
 pub mod rectify;
 pub mod web;
 
@@ -258,6 +262,8 @@ pub struct Daemon {
     retests: Mutex<HashSet<String>>,
     /// The store's link key, read once (when `daemon.link_key_env` is not set).
     stored_link_key: tokio::sync::OnceCell<crate::rectify::LinkKey>,
+    /// Sensors' on-demand requests (`hub`).
+    pub hub: hub::Hub,
 }
 
 /// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
@@ -291,6 +297,7 @@ impl Daemon {
             stored_link_key: tokio::sync::OnceCell::new(),
             stored_waivers: Mutex::default(),
             retests: Mutex::default(),
+            hub: hub::Hub::default(),
         })
     }
 
@@ -740,9 +747,20 @@ impl Daemon {
         }
     }
 
-    /// Schedule entry `key` fired at `at`: queue its scan, unless another hub took this tick
-    /// or the entry's previous scan is still queued or running.
+    /// Schedule entry `key` fired at `at`: queue its scan (of the segments no sensor owns),
+    /// unless another hub took this tick or the entry's previous scan is still queued or
+    /// running.
     async fn scheduled_scan(&self, key: &str, at: DateTime<Utc>, segments: &[String]) {
+        // On a hub, the segments a sensor owns are its sensor's to scan.
+        let own = hub::own_segments(&self.current().config, segments);
+        let segments = match &own {
+            None => segments,
+            Some(own) if own.is_empty() => {
+                tracing::debug!(schedule = key, "every segment is a sensor's; tick skipped");
+                return;
+            }
+            Some(own) => own.as_slice(),
+        };
         let due = crate::store::timestamp(at);
         match self.store.take_tick(key, &due).await {
             Ok(true) => {}
@@ -966,6 +984,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
     }
     daemon.metrics.reloaded(true, Utc::now());
     daemon.metrics.tokens(&daemon.current().access);
+    hub::recover(&daemon).await;
 
     // Signal handlers before anything runs, so an early SIGTERM is not the default (death).
     let (mut hup, mut term) = match (

@@ -30,6 +30,9 @@
 //! | `netpatrol_scan_last_success_timestamp_seconds` | gauge | `segment` | end of the latest complete scan covering it |
 //! | `netpatrol_scan_coverage_ratio` | gauge | `segment` | (answered + failed remotely) / planned probes of the latest finished scan covering it (a degraded scan shows here) |
 //! | `netpatrol_probe_errors_total` | counter | `probe`, `reason` | summed over every recorded scan |
+//! | `netpatrol_sensor_last_contact_timestamp_seconds` | gauge | `sensor` | when the hub last heard from each configured sensor (assignment fetched or batch posted), Unix time; absent until it has |
+//! | `netpatrol_sensor_backlog_batches` | gauge | `sensor` | batches waiting in the sensor's outbox, as it last reported |
+//! | `netpatrol_sensor_coverage_ratio` | gauge | `sensor` | (answered + failed remotely) / planned probes of the sensor's latest finished scan |
 //! | `netpatrol_outbox_messages` | gauge | `state` | mail by outbox state (`queued` always present) |
 //! | `netpatrol_rectification_items` | gauge | `department`, `state` | the rectification loop, by the latest answer on each finding: `unanswered` (open, not waived, no answer), `awaiting_retest`, `retest_passed`, `retest_failed`, `retest_inconclusive`, `waiver_requested`, `waiver_approved`, `disputed`, `denied`; only pairs with items |
 //! | `netpatrol_config_reload_success` | gauge (0/1) | | whether the last (re)load was applied |
@@ -297,6 +300,11 @@ struct ProjectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SensorLabels {
+    sensor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SegmentLabels {
     segment: String,
 }
@@ -551,6 +559,7 @@ pub async fn render(
     )
     .await?;
     projects(&mut registry, config);
+    sensors(&mut registry, store, config).await?;
 
     let errors = Family::<ProbeErrorLabels, Counter>::default();
     // Every (probe, reason) pair from the start, so rate() and increase() see the first error.
@@ -653,6 +662,54 @@ pub async fn render(
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// The hub's sensors: last contact, reported backlog, coverage of the latest scan. Only the
+/// sensors the config in force names (a removed sensor's rows leave no series).
+async fn sensors(
+    registry: &mut Registry,
+    store: &Store,
+    config: &Config,
+) -> Result<(), MetricsError> {
+    let contact = Family::<SensorLabels, Gauge<f64, AtomicU64>>::default();
+    let backlog = Family::<SensorLabels, Gauge>::default();
+    let coverage = Family::<SensorLabels, Gauge<f64, AtomicU64>>::default();
+    if !config.sensors.is_empty() {
+        let known = |id: &str| config.sensor(id).is_some();
+        for c in store.sensor_contacts().await? {
+            if !known(&c.sensor) {
+                continue;
+            }
+            let labels = SensorLabels { sensor: c.sensor };
+            contact
+                .get_or_create(&labels)
+                .set(c.last_contact.timestamp_millis() as f64 / 1000.0);
+            backlog
+                .get_or_create(&labels)
+                .set(i64::try_from(c.backlog).unwrap_or(i64::MAX));
+        }
+        for (sensor, ratio) in store.sensor_coverage().await? {
+            if known(&sensor) {
+                coverage.get_or_create(&SensorLabels { sensor }).set(ratio);
+            }
+        }
+    }
+    registry.register(
+        "netpatrol_sensor_last_contact_timestamp_seconds",
+        "When the hub last heard from the sensor (assignment fetched or batch posted), Unix time",
+        contact,
+    );
+    registry.register(
+        "netpatrol_sensor_backlog_batches",
+        "Batches waiting in the sensor's outbox, as it last reported",
+        backlog,
+    );
+    registry.register(
+        "netpatrol_sensor_coverage_ratio",
+        "Probes answered or failed remotely over probes planned, latest scan of the sensor",
+        coverage,
+    );
+    Ok(())
 }
 
 /// Hosts, services, TLS facts and last success, from the latest complete scan of each segment.

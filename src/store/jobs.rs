@@ -399,7 +399,7 @@ impl Store {
             return Ok(0);
         }
         let rows = sqlx::query(
-            "SELECT owner AS o FROM scan_runs WHERE state = 'running'
+            "SELECT owner AS o FROM scan_runs WHERE state = 'running' AND sensor IS NULL
              UNION SELECT claimed_by AS o FROM scan_jobs WHERE state = 'running'",
         )
         .fetch_all(&self.pool)
@@ -447,7 +447,9 @@ impl Store {
     }
 
     /// Mark the runs and jobs of `owner` (`None`: those recorded without one; on SQLite:
-    /// every one) that still say `running` as `incomplete`, in one transaction.
+    /// every one) that still say `running` as `incomplete`, in one transaction. A sensor's
+    /// run on a hub is never closed here: its sensor ends it with its final batch, whichever
+    /// hub is up by then.
     async fn close_owner(&self, owner: Option<&str>) -> Result<u64, StoreError> {
         let every = self.backend == Backend::Sqlite;
         let (runs_where, jobs_where) = match (every, owner) {
@@ -457,7 +459,8 @@ impl Store {
         };
         let mut tx = self.pool.begin().await?;
         let mut q = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE scan_runs SET state = 'incomplete' WHERE state = 'running'{runs_where}"
+            "UPDATE scan_runs SET state = 'incomplete'
+             WHERE state = 'running' AND sensor IS NULL{runs_where}"
         )));
         if let (false, Some(o)) = (every, owner) {
             q = q.bind(o);

@@ -20,7 +20,9 @@
 //! interrupted scan never leaves half-written rows, and a process killed mid-scan leaves a run
 //! that still says `running` with the batches it finished, marked `incomplete` at the next
 //! open (SQLite), or by any process sharing the PostgreSQL store once the dead one's owner
-//! lock is free ([`Store::reap`], `jobs`).
+//! lock is free ([`Store::reap`], `jobs`). A hub's runs of a sensor's scans
+//! (`scan_runs.sensor`) are never closed so: their sensor ends them with its final batch (see
+//! `sensors.rs`).
 //!
 //! Several processes may share a PostgreSQL store: scan jobs, schedule ticks and the leader
 //! lock live in `jobs`.
@@ -54,6 +56,9 @@ pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
 pub use rectification::{Answer, AnswerKind, STORED_WAIVER_FILE, StoredException};
 
+mod sensors;
+pub use sensors::{IncomingBatch, OutboxBatch, Received, SensorContact};
+
 mod snapshot;
 pub use snapshot::{FindingCount, FindingFilter, LatestRun, PlacementCount, TlsRow};
 
@@ -68,6 +73,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_audit.sql")),
     (8, include_str!("migrations/0008_outbox_lease.sql")),
     (9, include_str!("migrations/0009_rectification.sql")),
+    (10, include_str!("migrations/0010_sensors.sql")),
     (12, include_str!("migrations/0012_jobs.sql")),
 ];
 
@@ -497,6 +503,36 @@ impl Store {
         events: &[(String, Event)],
         report: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.record_run(scan, departments, findings, events, report, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`record`](Store::record), only if the run is still `running` in the store: the
+    /// run's final state and everything else commit together, so a run is recorded exactly
+    /// once however often this is called (a sensor's final batch sent again, two hubs).
+    /// `false`: it was recorded already, nothing was written.
+    pub async fn record_once(
+        &self,
+        scan: &ScanObservations,
+        departments: &(dyn Fn(&str) -> Option<String> + Sync),
+        findings: &[Finding],
+        events: &[(String, Event)],
+        report: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        self.record_run(scan, departments, findings, events, report, true)
+            .await
+    }
+
+    async fn record_run(
+        &self,
+        scan: &ScanObservations,
+        departments: &(dyn Fn(&str) -> Option<String> + Sync),
+        findings: &[Finding],
+        events: &[(String, Event)],
+        report: &serde_json::Value,
+        once: bool,
+    ) -> Result<bool, StoreError> {
         let run = &scan.run;
         let seen = timestamp(run.finished_at.unwrap_or(run.started_at));
         let mut tx = self.pool.begin().await?;
@@ -513,6 +549,20 @@ impl Store {
         .bind(run.addresses as i64)
         .execute(&mut *tx)
         .await?;
+        // Claimed first, so that a second recorder waits here (PostgreSQL row lock; SQLite
+        // writes one at a time) and then finds the run recorded.
+        if once {
+            let claimed = sqlx::query(
+                "UPDATE scan_runs SET state = 'recording' WHERE id = $1 AND state = 'running'",
+            )
+            .bind(&run.id)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
         // What checkpoints wrote is written again below, whole.
         sqlx::query("DELETE FROM observations WHERE scan_id = $1")
             .bind(&run.id)
@@ -600,7 +650,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn runs(&self) -> Result<Vec<StoredRun>, StoreError> {

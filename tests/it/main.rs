@@ -13,6 +13,7 @@ mod rectify;
 mod retest;
 mod rules;
 mod scan;
+mod sensor;
 mod store;
 mod support;
 mod syn;

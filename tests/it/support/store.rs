@@ -95,6 +95,21 @@ async fn admin() -> PgConnection {
     })
 }
 
+impl TestStore {
+    /// A SQLite store at `path` (a file some process under test writes).
+    pub fn sqlite_at(path: std::path::PathBuf) -> TestStore {
+        TestStore {
+            backend: Backend::Sqlite,
+            settings: StoreSettings {
+                path,
+                url: None,
+                password_env: None,
+            },
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
 /// A fresh SQLite store in a folder of its own.
 fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().unwrap();

@@ -586,54 +586,76 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for f in findings {
-            sqlx::query(
-                "INSERT INTO findings (fingerprint, rule, severity, subject, ip, port, segment, department,
-                   project, approval, title, evidence, basis, first_seen, last_seen, due, state,
-                   absent_scans, resolved_at, reopened_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-                 ON CONFLICT (fingerprint) DO UPDATE SET severity = excluded.severity,
-                   ip = excluded.ip, port = excluded.port, segment = excluded.segment,
-                   department = excluded.department, project = excluded.project,
-                   approval = excluded.approval, title = excluded.title, evidence = excluded.evidence,
-                   basis = excluded.basis, last_seen = excluded.last_seen, due = excluded.due,
-                   state = excluded.state, absent_scans = excluded.absent_scans,
-                   resolved_at = excluded.resolved_at, reopened_at = excluded.reopened_at",
-            )
-            .bind(&f.fingerprint)
-            .bind(&f.rule)
-            .bind(f.severity.as_str())
-            .bind(f.subject.as_str())
-            .bind(&f.ip)
-            .bind(f.port.map(i64::from))
-            .bind(&f.segment)
-            .bind(&f.department)
-            .bind(&f.project)
-            .bind(&f.approval)
-            .bind(serde_json::to_string(&f.title)?)
-            .bind(serde_json::to_string(&f.evidence)?)
-            .bind(serde_json::to_string(&f.basis)?)
-            .bind(timestamp(f.first_seen))
-            .bind(timestamp(f.last_seen))
-            .bind(f.due.to_string())
-            .bind(f.state.as_str())
-            .bind(i64::from(f.absent_scans))
-            .bind(f.resolved_at.map(timestamp))
-            .bind(f.reopened_at.map(timestamp))
-            .execute(&mut *tx)
-            .await?;
+        struct FindingRow<'a> {
+            f: &'a Finding,
+            title: String,
+            evidence: String,
+            basis: String,
         }
-        for (fingerprint, event) in events {
-            sqlx::query(
-                "INSERT INTO finding_events (fingerprint, scan_id, at, event) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(fingerprint)
-            .bind(&run.id)
-            .bind(&seen)
-            .bind(event.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
+        let finding_rows = findings
+            .iter()
+            .map(|f| {
+                Ok(FindingRow {
+                    f,
+                    title: serde_json::to_string(&f.title)?,
+                    evidence: serde_json::to_string(&f.evidence)?,
+                    basis: serde_json::to_string(&f.basis)?,
+                })
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?;
+        insert_rows(
+            &mut tx,
+            "INSERT INTO findings (fingerprint, rule, severity, subject, ip, port, segment, department,
+               project, approval, title, evidence, basis, first_seen, last_seen, due, state,
+               absent_scans, resolved_at, reopened_at)",
+            "ON CONFLICT (fingerprint) DO UPDATE SET severity = excluded.severity,
+               ip = excluded.ip, port = excluded.port, segment = excluded.segment,
+               department = excluded.department, project = excluded.project,
+               approval = excluded.approval, title = excluded.title, evidence = excluded.evidence,
+               basis = excluded.basis, last_seen = excluded.last_seen, due = excluded.due,
+               state = excluded.state, absent_scans = excluded.absent_scans,
+               resolved_at = excluded.resolved_at, reopened_at = excluded.reopened_at",
+            20,
+            &finding_rows,
+            |q, r| {
+                let f = r.f;
+                q.bind(&f.fingerprint)
+                    .bind(&f.rule)
+                    .bind(f.severity.as_str())
+                    .bind(f.subject.as_str())
+                    .bind(&f.ip)
+                    .bind(f.port.map(i64::from))
+                    .bind(&f.segment)
+                    .bind(&f.department)
+                    .bind(&f.project)
+                    .bind(&f.approval)
+                    .bind(&r.title)
+                    .bind(&r.evidence)
+                    .bind(&r.basis)
+                    .bind(timestamp(f.first_seen))
+                    .bind(timestamp(f.last_seen))
+                    .bind(f.due.to_string())
+                    .bind(f.state.as_str())
+                    .bind(i64::from(f.absent_scans))
+                    .bind(f.resolved_at.map(timestamp))
+                    .bind(f.reopened_at.map(timestamp))
+            },
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "INSERT INTO finding_events (fingerprint, scan_id, at, event)",
+            "",
+            4,
+            events,
+            |q, (fingerprint, event)| {
+                q.bind(fingerprint)
+                    .bind(&run.id)
+                    .bind(&seen)
+                    .bind(event.as_str())
+            },
+        )
+        .await?;
         sqlx::query(
             "UPDATE scan_runs SET state = $2, finished_at = $3, probes = $4, report = $5,
                planned = $6, answered = $7, failed_remote = $8, failed_local = $9 WHERE id = $1",

@@ -69,7 +69,7 @@ echo "hub peak memory: $(grep VmHWM /proc/$pid/status | awk '{printf "%.0f MiB",
 echo "== GET /metrics"
 auth="Authorization: Bearer $NETPATROL_CITY_API_TOKEN"
 cold=$(curl -sf -H "$auth" -o "$work/metrics.txt" -w '%{time_total}' "http://127.0.0.1:$port/metrics")
-echo "first: $(python3 -c "print('%.2f s' % $cold"), $(grep -vc '^#' "$work/metrics.txt") series, $(wc -c <"$work/metrics.txt") bytes"
+echo "first: $(python3 -c "print('%.2f s' % $cold)"), $(grep -vc '^#' "$work/metrics.txt") series, $(wc -c <"$work/metrics.txt") bytes"
 times=()
 for _ in 1 2 3 4 5; do
   times+=("$(curl -sf -H "$auth" -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/metrics")")

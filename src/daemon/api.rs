@@ -9,8 +9,10 @@
 //! Authentication ([`super::access`]): every route but `/healthz` needs a credential; GET
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
 //! posting gets 403); `/metrics` only when the web config has basic-auth users. The one
-//! exception is `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
-//! by its handlers; its audit principal is `link:DEPARTMENT`. Every request
+//! exceptions are `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
+//! by its handlers; its audit principal is `link:DEPARTMENT`; and `/operator...`
+//! ([`super::operator`]): its handlers check their session cookie (made from the operator
+//! token by the page's login form). Every request
 //! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
 //! line): time, principal, peer, method, route, status, what it started or why it was refused.
 //!
@@ -71,12 +73,16 @@ pub struct Peer(pub SocketAddr);
 pub(super) struct AuditNote(pub(super) String);
 
 /// Who a rectification page request came from (`link:DEPARTMENT`), set by its handler once
-/// the link verified (a response extension, for the audit).
+/// the link verified, or an operator page request (`operator`, `-` before a login), set by
+/// its handler from the session (a response extension, for the audit).
 #[derive(Debug, Clone)]
 pub(super) struct LinkPrincipal(pub(super) String);
 
 /// The prefix of the rectification pages, whose signed link is their own authority.
 const LINK_PREFIX: &str = "/r/";
+
+/// The operator pages, which check their own session cookie ([`super::operator`]).
+const OPERATOR_PAGE: &str = "/operator";
 
 type Shared = Arc<Daemon>;
 
@@ -103,6 +109,19 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(
             "/r/{token}",
             get(super::rectify::show).post(super::rectify::answer),
+        )
+        .route("/operator", get(super::operator::page))
+        .route(
+            "/operator/login",
+            axum::routing::post(super::operator::login),
+        )
+        .route(
+            "/operator/logout",
+            axum::routing::post(super::operator::logout),
+        )
+        .route(
+            "/operator/requests/{id}",
+            axum::routing::post(super::operator::decide_form),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -141,7 +160,9 @@ async fn guard(State(daemon): State<Shared>, mut request: Request, next: Next) -
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     // The rectification pages check their signed link themselves, and nothing else passes
     // without a credential: only this prefix, and in it only the routes of `router`.
-    let by_link = route.starts_with(LINK_PREFIX);
+    let by_link = route.starts_with(LINK_PREFIX)
+        || route == OPERATOR_PAGE
+        || route.starts_with(&format!("{OPERATOR_PAGE}/"));
     let checked = if by_link {
         Ok(None)
     } else {

@@ -35,6 +35,7 @@
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod operator;
 pub mod rectify;
 pub mod web;
 

@@ -46,7 +46,10 @@ mod rectification;
 pub use audit::AuditEntry;
 pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
-pub use rectification::{Answer, AnswerKind, STORED_WAIVER_FILE, StoredException};
+pub use rectification::{
+    Answer, AnswerKind, Decision, DecisionKind, ExceptionKind, STORED_WAIVER_FILE, StoredException,
+    override_expires,
+};
 
 mod snapshot;
 pub use snapshot::{FindingCount, FindingFilter, LatestRun, PlacementCount, TlsRow};
@@ -62,6 +65,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_audit.sql")),
     (8, include_str!("migrations/0008_outbox_lease.sql")),
     (9, include_str!("migrations/0009_rectification.sql")),
+    (
+        11,
+        include_str!("migrations/0011_rectification_decisions.sql"),
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -20,7 +20,7 @@ use netpatrol::probe::ProbeKind;
 use netpatrol::probe::tls::{CertFacts, TlsFacts, TlsVersion};
 use netpatrol::reconcile::Placement;
 use netpatrol::rules::{RuleSet, Severity, Text};
-use netpatrol::store::Store;
+use netpatrol::store::{Answer, AnswerKind, Store};
 
 use crate::support::smtp::{Part, SmtpSink};
 use crate::support::store::for_each_backend;
@@ -442,6 +442,47 @@ async fn fill(store: &Store, rules: &RuleSet) {
         )
         .await
         .unwrap();
+
+    // The loop: fgw answered 已整改 on its certificate (re-test passed), rsj on its
+    // unapproved service (re-test failed: still present), wsj disputed its MLPS finding; rsj's
+    // hostile banner and wsj's legacy segment are unanswered.
+    let answer = |fp: &str, dept: &str, kind: AnswerKind, when: &str, state: &str| Answer {
+        at: at(when),
+        department: dept.into(),
+        period: "2026-11".into(),
+        fingerprint: fp.into(),
+        kind,
+        note: (kind != AnswerKind::Done).then(|| "已于2026年10月完成测评，报告待归档".to_string()),
+        proposed_expiry: None,
+        peer: "127.0.0.1:50000".into(),
+        state: state.into(),
+    };
+    let answers = [
+        answer(
+            &f3.fingerprint,
+            "fgw",
+            AnswerKind::Done,
+            "2026-11-11T03:00:00Z",
+            "retest_passed",
+        ),
+        answer(
+            &new[0].fingerprint,
+            "rsj",
+            AnswerKind::Done,
+            "2026-11-20T03:00:00Z",
+            "retest_failed",
+        ),
+        answer(
+            &new[2].fingerprint,
+            "wsj",
+            AnswerKind::Dispute,
+            "2026-11-25T03:00:00Z",
+            "received",
+        ),
+    ];
+    for a in &answers {
+        store.record_answer(a).await.unwrap();
+    }
 }
 
 fn load(dir: &Path, yaml: &str) -> (Config, RuleSet) {

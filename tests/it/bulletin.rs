@@ -37,8 +37,8 @@ fn config_yaml(rsj: &str, extra: &str) -> String {
 scan: {{ports: [22, 23, 443, 445, 3306]}}
 departments:
   - {{id: fgw, name: 区发改委, emails: [it@fgw.example.gov.cn]}}
-  - {{id: rsj, name: "{rsj}", emails: [xxk@rsj.example.gov.cn]}}
-  - {{id: wsj, name: 区卫健委, emails: [xxzx@wsj.example.gov.cn]}}
+  - {{id: rsj, name: "{rsj}", emails: [xxk@rsj.example.gov.cn], leader_emails: [juzhang@rsj.example.gov.cn]}}
+  - {{id: wsj, name: 区卫健委, emails: [xxzx@wsj.example.gov.cn], leader_emails: [zhuren@wsj.example.gov.cn]}}
 segments:
   - {{name: extranet-a, network: extranet, cidrs: [192.0.2.0/24]}}
   - {{name: legacy-wsj, network: departmental, cidrs: [198.51.100.0/28], department: wsj, consolidate_by: 2026-06-30}}
@@ -579,6 +579,87 @@ async fn golden_bulletins_in_chinese_and_english() {
         store.close().await;
     })
     .await;
+}
+
+/// Escalation: a notice carrying items overdue by `bulletin.escalate_after_days` copies the
+/// department's leadership (Cc, and the envelope); a notice without such items does not; the
+/// bulletin lists the escalated items in its 逾期未整改 section. Only queued, never sent.
+#[tokio::test]
+async fn overdue_items_copy_the_leadership_and_are_listed_as_escalated() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "smtp: {host: 127.120.0.1, port: 2525, security: none, from: \"网络安全巡检 <netpatrol@example.gov.cn>\"}\n";
+    let (mut config, rules) = load(dir.path(), &config_yaml("区人社局", extra));
+    // rsj's hostile banner was due 2026-11-27: 3 days overdue on 2026-11-30. wsj's items are
+    // due in December.
+    config.bulletin.escalate_after_days = 3;
+    let store = Store::open(&config.store.path).await.unwrap();
+    fill(&store, &rules).await;
+    let templates = Templates::load(&config).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
+    let period = Period::month(2026, 11).unwrap();
+    let b = bulletin::build(&config, &rules, &store, &templates, &period, "zh", now)
+        .await
+        .unwrap();
+    let escalated: Vec<(&str, &str)> = b
+        .model
+        .escalated
+        .iter()
+        .flat_map(|d| {
+            d.items
+                .iter()
+                .map(move |i| (d.id.as_str(), i.rule.as_str()))
+        })
+        .collect();
+    assert_eq!(
+        escalated,
+        [
+            ("rsj", "custom.banner"),
+            ("", "access.unapproved_host"),
+            ("", "exposure.telnet")
+        ]
+    );
+    assert!(
+        b.rendered.html.contains("逾期3天以上"),
+        "{}",
+        b.rendered.html
+    );
+    assert!(b.rendered.text.contains("逾期未整改问题（提请领导督办）"));
+    bulletin::enqueue(&config, &store, &b, &templates, false, now, None)
+        .await
+        .unwrap();
+    let outbox = store.outbox().await.unwrap();
+    let notice = |dept: &str| {
+        outbox
+            .iter()
+            .find(|m| m.kind == "notice" && m.key.ends_with(&format!("|{dept}")))
+            .unwrap_or_else(|| panic!("no notice for {dept}"))
+    };
+    let rsj = notice("rsj");
+    assert_eq!(
+        rsj.recipients,
+        ["xxk@rsj.example.gov.cn", "juzhang@rsj.example.gov.cn"]
+    );
+    let head = rsj.message.split("\r\n\r\n").next().unwrap();
+    assert!(
+        head.lines()
+            .any(|l| l.starts_with("Cc:") && l.contains("juzhang@rsj.example.gov.cn")),
+        "{head}"
+    );
+    let body = crate::support::smtp::Part::parse(&rsj.message);
+    let text = String::from_utf8_lossy(&body.children()[0].children()[0].decoded()).into_owned();
+    assert!(text.contains("本通知同时抄送你单位领导"), "{text}");
+    let wsj = notice("wsj");
+    assert_eq!(wsj.recipients, ["xxzx@wsj.example.gov.cn"]);
+    assert!(!wsj.message.contains("zhuren@wsj.example.gov.cn"));
+
+    // 0 turns escalation off: no copy, and the section says so.
+    config.bulletin.escalate_after_days = 0;
+    let b = bulletin::build(&config, &rules, &store, &templates, &period, "en", now)
+        .await
+        .unwrap();
+    assert!(b.model.escalated.is_empty());
+    assert!(b.rendered.markdown.contains("Escalation is off"));
+    store.close().await;
 }
 
 /// Run the netpatrol binary; returns (exit code, stdout, stderr).

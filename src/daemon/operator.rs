@@ -162,6 +162,7 @@ struct RequestView {
     target: String,
     rule: String,
     severity: &'static str,
+    severity_label: &'static str,
     due: String,
     reason: String,
     proposed_expiry: String,
@@ -276,6 +277,7 @@ async fn render(
             .map(|f| (f.fingerprint.as_str(), f))
             .collect();
         let lang = if zh { "zh" } else { "en" };
+        let labels = crate::bulletin::labels(lang);
         let time = |t: DateTime<Utc>| t.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string();
         let view_of = |id: &str, a: &Answer| {
             let f = by_fp.get(a.fingerprint.as_str());
@@ -313,6 +315,10 @@ async fn render(
                 target: f.map(|f| super::rectify::target_of(f)).unwrap_or_default(),
                 rule: f.map(|f| f.rule.clone()).unwrap_or_default(),
                 severity: f.map_or("info", |f| f.severity.as_str()),
+                severity_label: labels
+                    .get(format!("sev_{}", f.map_or("info", |f| f.severity.as_str())).as_str())
+                    .copied()
+                    .unwrap_or("?"),
                 due: f.map(|f| f.due.to_string()).unwrap_or_default(),
                 reason: a.note.clone().unwrap_or_default(),
                 proposed_expiry: a.proposed_expiry.map(|d| d.to_string()).unwrap_or_default(),

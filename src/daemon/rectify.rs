@@ -16,7 +16,9 @@
 //! `POST .../requests/{id}/approve` (`{"approver": "...", "expires_on": "YYYY-MM-DD"}`,
 //! the expiry defaulting to the one proposed) keeps the waiver in the store, where the waiver
 //! machinery reads it beside the config's `exceptions`; `POST .../requests/{id}/deny`
-//! closes a request, and the department's page shows the decision.
+//! (`{"note": "..."}` optional) denies a waiver request or closes a dispute. Both go through
+//! [`super::operator::decide`], the step the operator page uses (a denial is mailed to the
+//! department); the department's page shows each decision with the bureau's note.
 //!
 //! Responses carry `Referrer-Policy: no-referrer` and `Cache-Control: no-store` (the path is a
 //! credential) and a CSP that allows no script at all.
@@ -104,6 +106,7 @@ fn texts(zh: bool) -> BTreeMap<&'static str, &'static str> {
             "Closed after a passed re-test",
         ),
         ("retest_passed", "复测通过", "re-test passed"),
+        ("reply", "处理意见", "The bureau's note"),
     ];
     T.iter()
         .map(|(k, z, e)| (*k, if zh { *z } else { *e }))
@@ -152,6 +155,8 @@ struct AnswerView {
     /// 复测通过, 整改未通过, pending.
     state: Option<&'static str>,
     failed: bool,
+    /// The bureau's note on its decision (denied, closed, approved...), when it wrote one.
+    reply: Option<String>,
 }
 
 /// A finding of the department closed by its re-test (复测通过).
@@ -350,6 +355,13 @@ async fn page(
     for a in &answers {
         latest.insert(a.fingerprint.as_str(), a);
     }
+    // A note the bureau could not be read for is only not shown: the page still works.
+    let replies = daemon
+        .store
+        .decision_notes(&link.department)
+        .await
+        .unwrap_or_default();
+    let decided = |state: &str| crate::store::DecisionKind::parse(state).is_some();
     let loaded = daemon.current();
     let config = &loaded.config;
     let tz = config.organisation.timezone;
@@ -381,7 +393,10 @@ async fn page(
                 at: a.at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(),
                 note: a.note.clone(),
                 state: state_label(&a.state, zh),
-                failed: a.state == "retest_failed",
+                failed: a.state == "retest_failed" || a.state == "denied" || a.state == "closed",
+                reply: decided(&a.state)
+                    .then(|| replies.get(&a.fingerprint).cloned())
+                    .flatten(),
             }),
         })
         .collect();

@@ -363,7 +363,7 @@ impl Store {
         Ok(true)
     }
 
-    /// The decisions about the answers `ids` (those decided), by answer id.
+    /// Every decision, by the id of the answer it decides.
     pub async fn decisions(
         &self,
     ) -> Result<std::collections::HashMap<String, Decision>, StoreError> {
@@ -395,6 +395,30 @@ impl Store {
                 Ok((d.answer_id.clone(), d))
             })
             .collect()
+    }
+
+    /// The bureau's latest note on each finding of `department` it decided a request about,
+    /// by fingerprint (what the department's page shows beside the decision).
+    pub async fn decision_notes(
+        &self,
+        department: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.fingerprint AS fingerprint, d.note AS note, d.answer_id AS answer_id
+             FROM rectification_decisions d
+             JOIN rectification_answers a ON a.id = d.answer_id
+             WHERE a.department = $1 AND d.note IS NOT NULL
+             ORDER BY d.at, d.answer_id",
+        )
+        .bind(department)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in &rows {
+            let c = Cells::new(r, "rectification_decisions", "answer_id");
+            out.insert(c.get("fingerprint")?, c.get("note")?);
+        }
+        Ok(out)
     }
 
     /// The answer `id` (any kind, any state), if there is one.

@@ -1000,3 +1000,35 @@ async fn written_files_never_follow_a_planted_symlink() {
             .is_file()
     );
 }
+
+/// `leader_emails` in the departments' CSV register: a list cell (`;`, `；`), checked like
+/// `emails`.
+#[test]
+fn leader_emails_come_from_the_departments_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("departments.csv"),
+        "\u{feff}id,name,emails,leader_emails\r\nrsj,区人社局,xxk@rsj.example.gov.cn,juzhang@rsj.example.gov.cn；fujuzhang@rsj.example.gov.cn\r\nwsj,区卫健委,xxzx@wsj.example.gov.cn,\r\n",
+    )
+    .unwrap();
+    let config = crate::support::config(
+        dir.path(),
+        "departments: {file: departments.csv}\nsegments:\n  - {name: lab, network: other, cidrs: [127.120.9.0/30]}\nbulletin: {escalate_after_days: 14}\n",
+    );
+    let rsj = config.department("rsj").unwrap();
+    assert_eq!(
+        rsj.leader_emails,
+        ["juzhang@rsj.example.gov.cn", "fujuzhang@rsj.example.gov.cn"]
+    );
+    assert!(config.department("wsj").unwrap().leader_emails.is_empty());
+    assert_eq!(config.bulletin.escalate_after_days, 14);
+    let bad = netpatrol::config::load_str(
+        "departments:\n  - {id: a, name: A, leader_emails: [not-an-address]}\nsegments:\n  - {name: lab, network: other, cidrs: [127.120.9.0/30]}\n",
+        &dir.path().join("netpatrol.yaml"),
+    );
+    let problems = format!("{:?}", bad.expect_err("a bad leader email is refused"));
+    assert!(
+        problems.contains("invalid email `not-an-address`"),
+        "{problems}"
+    );
+}

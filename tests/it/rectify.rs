@@ -1112,6 +1112,11 @@ async fn the_operator_page_logs_in_with_the_operator_token_and_decides_requests(
     );
     let page = f.get(&format!("/r/{jyj}")).await;
     assert!(page.body.contains("异议未予采纳"), "{}", page.body);
+    assert!(
+        page.body.contains("处理意见: 审批已于上月过期，请重新申请"),
+        "the bureau's note is on the page: {}",
+        page.body
+    );
     assert!(page.body.contains("jyj-evidence"), "the finding stands");
 
     // The other dispute becomes a rule override: off the department's open list, not mailed.
@@ -1180,4 +1185,105 @@ async fn the_operator_page_logs_in_with_the_operator_token_and_decides_requests(
         has("operator", 303, &format!("overridden request {second}")),
         "{audit:?}"
     );
+}
+
+/// The bureau's decisions in the store, on SQLite and PostgreSQL: one decision per request
+/// (a second is refused and changes nothing), the waiver or override kept with its kind, a
+/// decision of the wrong kind refused, the notes read back by department.
+#[tokio::test]
+async fn decisions_are_kept_once_with_their_exceptions_on_both_backends() {
+    use netpatrol::store::{Answer, Decision, DecisionKind, ExceptionKind, StoredException};
+    crate::support::store::for_each_backend(|db| async move {
+        let store = db.open().await;
+        let answer = |fp: &str, kind: AnswerKind| Answer {
+            at: Utc::now(),
+            department: "jyj".into(),
+            period: "2026-11".into(),
+            fingerprint: fp.into(),
+            kind,
+            note: Some("理由".into()),
+            proposed_expiry: Some((Utc::now() + Duration::days(30)).date_naive()),
+            peer: "127.117.0.9:40000".into(),
+            state: "received".into(),
+        };
+        let waiver = store
+            .record_answer(&answer("r|127.117.2.2|80||", AnswerKind::Waiver))
+            .await
+            .unwrap();
+        let dispute = store
+            .record_answer(&answer("r|127.117.2.3|80||", AnswerKind::Dispute))
+            .await
+            .unwrap();
+        let decision = |id: &str, kind: DecisionKind, note: Option<&str>| Decision {
+            answer_id: id.into(),
+            at: Utc::now(),
+            kind,
+            actor: "operator".into(),
+            note: note.map(Into::into),
+            expires_on: None,
+        };
+        let exception = |id: &str, kind: ExceptionKind, ip: &str| StoredException {
+            id: id.into(),
+            kind,
+            rule: "r".into(),
+            ip: Some(ip.into()),
+            port: Some(80),
+            department: Some("jyj".into()),
+            reason: "理由".into(),
+            approver: "张伟".into(),
+            expires_on: netpatrol::store::override_expires(),
+        };
+        // A dispute cannot be approved as a waiver request.
+        assert!(
+            !store
+                .decide(&decision(&dispute, DecisionKind::Approved, None), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .decide(
+                    &decision(&dispute, DecisionKind::Overridden, Some("确认为打印机")),
+                    Some(&exception(&dispute, ExceptionKind::Override, "127.117.2.3")),
+                )
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .decide(
+                    &decision(&dispute, DecisionKind::Closed, Some("again")),
+                    None
+                )
+                .await
+                .unwrap(),
+            "decided once"
+        );
+        assert!(
+            store
+                .decide(
+                    &decision(&waiver, DecisionKind::Denied, Some("不予批准")),
+                    None
+                )
+                .await
+                .unwrap()
+        );
+        let stored = store.stored_exceptions().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].kind, ExceptionKind::Override);
+        assert_eq!(stored[0].expires_on, netpatrol::store::override_expires());
+        let decisions = store.decisions().await.unwrap();
+        assert_eq!(decisions[&dispute].kind, DecisionKind::Overridden);
+        assert_eq!(decisions[&waiver].note.as_deref(), Some("不予批准"));
+        assert_eq!(
+            store.answer(&waiver).await.unwrap().unwrap().state,
+            "denied"
+        );
+        let notes = store.decision_notes("jyj").await.unwrap();
+        assert_eq!(notes["r|127.117.2.3|80||"], "确认为打印机");
+        assert!(store.decision_notes("fgw").await.unwrap().is_empty());
+        assert!(store.requests(false).await.unwrap().is_empty());
+        store.close().await;
+    })
+    .await;
 }

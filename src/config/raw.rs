@@ -407,7 +407,9 @@ pub struct BulletinConfig {
     pub escalate_after_days: Option<u32>,
     /// Folder whose files replace the built-in bulletin templates of the same name
     /// (`bulletin.html`, `bulletin.txt`, `bulletin.md`, `notice.html`, `notice.txt`,
-    /// `style.css`); relative to the config's folder. Default none: the built-in templates.
+    /// `style.css`, and the daemon's pages and mail `rectify.html`, `operator.html`,
+    /// `decision.html`, `decision.txt`); relative to the config's folder. Default none: the
+    /// built-in templates.
     #[serde(default)]
     pub templates_dir: Option<Text>,
 }

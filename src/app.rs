@@ -74,6 +74,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Daemon { config } => crate::daemon::run(&config).await,
+        Command::Sensor { config } => crate::sensor::run(&config).await,
         Command::Probe {
             what,
             endpoint,

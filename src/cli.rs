@@ -98,6 +98,12 @@ pub enum Command {
         #[arg(long, value_name = "LANG")]
         lang: Option<String>,
     },
+    /// 采集节点：按中心分配巡检网段，把观测结果发往中心 / Sensor: scan what the hub assigns, send the observations to it
+    Sensor {
+        /// 配置文件 / The config file (YAML).
+        #[arg(short, long, env = "NETPATROL_CONFIG")]
+        config: PathBuf,
+    },
     /// 守护进程：定时巡检与通报，提供 HTTP 接口 / Daemon: scheduled scans and bulletins, HTTP API
     Daemon {
         /// 配置文件 / The config file (YAML).

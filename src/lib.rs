@@ -4,7 +4,9 @@
 //! `reconcile` (facts, from `facts`) → `rules` → `finding` (lifecycle) → `store` → `output`
 //! (report, metrics, mail) and `bulletin`. `scan` runs the probes of one scan; `pass` takes a
 //! scan through assessment to the report and the store, for `app` and `daemon` alike;
-//! `daemon` schedules passes and serves HTTP (`daemon::api`); `lab` is the simulated district
+//! `daemon` schedules passes and serves HTTP (`daemon::api`), and as a hub takes sensors'
+//! observations (`daemon::hub`); `sensor` is `netpatrol sensor`, a vantage point that scans
+//! what its hub assigns and sends the observations there; `lab` is the simulated district
 //! on loopback used by `demo` and the tests; `probe_cmd` runs one probe on one endpoint for
 //! `netpatrol probe`; `rectify` signs and checks the departments' capability links of the
 //! rectification loop; `cli` and `app` are the command line and its
@@ -31,5 +33,6 @@ pub mod rectify;
 pub mod rules;
 pub mod scan;
 pub mod scope;
+pub mod sensor;
 pub mod severity;
 pub mod store;

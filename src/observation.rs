@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::NetworkKind;
 use crate::probe::http::HttpFacts;
@@ -18,7 +18,7 @@ use crate::probe::{Coverage, ProbeKind, Reason};
 use crate::reconcile::Placement;
 
 /// One scan run: what was asked and how it ended.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanRun {
     pub id: String,
     pub started_at: DateTime<Utc>,
@@ -34,7 +34,7 @@ pub struct ScanRun {
     pub coverage: Coverage,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
     Running,
@@ -65,7 +65,7 @@ impl RunState {
 }
 
 /// Why a host counts as alive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Liveness {
     /// Answered an ICMP echo.
@@ -75,7 +75,7 @@ pub enum Liveness {
 }
 
 /// A live host and what it exposes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HostObservation {
     pub ip: IpAddr,
     pub segment: String,
@@ -86,16 +86,19 @@ pub struct HostObservation {
     pub ptr: Option<String>,
     pub services: Vec<ServiceObservation>,
     /// Where the host stands in the registers, placed once by the scan (not serialised: the
-    /// report and the store write its parts).
-    #[serde(skip)]
+    /// report and the store write its parts; a hub places a sensor's hosts with its own
+    /// registers, so what comes off the wire is [`Placement::bare`] until then).
+    #[serde(skip, default = "unplaced")]
     pub placement: Placement,
 }
 
 /// An open TCP port and what it said.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceObservation {
     pub port: u16,
-    pub protocol: &'static str,
+    /// Always `tcp` for now; read back only as one of the names netpatrol writes.
+    #[serde(deserialize_with = "protocol_name")]
+    pub protocol: Protocol,
     /// Service name: from the greeting first, the port second, `unknown` otherwise.
     pub service: String,
     pub product: Option<String>,
@@ -116,8 +119,30 @@ pub struct ServiceObservation {
     pub failures: Vec<ProbeFailure>,
 }
 
+/// A transport protocol's name (`tcp`). An alias rather than `&'static str` written out, so
+/// that serde's derive does not take the field as borrowed from the input: it is read by
+/// [`protocol_name`] into a static name.
+pub type Protocol = &'static str;
+
+/// A deserialised host's placement until the reader places it with its registers.
+fn unplaced() -> Placement {
+    Placement::bare("", NetworkKind::Other)
+}
+
+/// The transport protocols netpatrol observes, as `&'static str` so that the scan never
+/// allocates one per service; anything else on the wire is an error.
+fn protocol_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<&'static str, D::Error> {
+    let name = String::deserialize(d)?;
+    match name.as_str() {
+        "tcp" => Ok("tcp"),
+        other => Err(serde::de::Error::custom(format!(
+            "unknown protocol {other:?} (expected \"tcp\")"
+        ))),
+    }
+}
+
 /// One probe of one port that got no usable answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ProbeFailure {
     pub probe: ProbeKind,
     pub reason: Reason,

@@ -11,6 +11,9 @@
 //! changes no finding but its own: resolved now when absent, left open (with its due date)
 //! when still present, untouched when the re-test could not judge.
 //!
+//! [`assess_and_record`] is the step after the probes, alone: the hub runs it on a sensor's
+//! scan (`daemon::hub`), so a sensor's observations are assessed exactly as the hub's own.
+//!
 //! Durability: the run is written `running` before the first probe; each batch of hosts the
 //! scan finishes is checkpointed while the scan goes on, so a killed process leaves an
 //! incomplete run holding what it saw. The final record is one transaction: when it fails (a
@@ -92,31 +95,74 @@ pub async fn scan_and_record(
         tracing::error!(%error, "the checkpoint writer ended abnormally");
     }
 
-    let (assessment, today) = assess(config, rules, store, &observations).await?;
-    let report = report::build(config, &observations, &assessment.current, today);
+    let report = assess_and_record(config, rules, store, &observations, Recording::Always)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("run {} was recorded already", observations.run.id))?;
+    Ok((observations, report))
+}
+
+/// Whether a run may be recorded again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recording {
+    /// The pass: the run is this process's own.
+    Always,
+    /// A sensor's scan on the hub: only if the run is still `running` in the store, so a
+    /// final batch sent again (or seen by two hubs) counts once.
+    Once,
+}
+
+/// Assess (reconcile, rules, findings lifecycle) what a scan saw and record it, with its
+/// report, in one transaction: the step after the probes, shared by the pass and the hub's
+/// ingestion of a sensor's scan (its hosts placed with the hub's registers first). `Ok(None)`
+/// when `recording` is [`Recording::Once`] and the run was recorded already: nothing written.
+pub async fn assess_and_record(
+    config: &Config,
+    rules: &RuleSet,
+    store: &Store,
+    observations: &ScanObservations,
+    recording: Recording,
+) -> anyhow::Result<Option<Report>> {
+    let (assessment, today) = assess(config, rules, store, observations).await?;
+    let report = report::build(config, observations, &assessment.current, today);
     let departments: HashMap<String, Option<String>> = observations
         .hosts
         .iter()
         .map(|h| (h.ip.to_string(), h.placement.department.clone()))
         .collect();
     let json = serde_json::to_value(&report)?;
-    if let Err(source) = store
-        .record(
-            &observations,
-            &|ip| departments.get(ip).cloned().flatten(),
-            &assessment.changed,
-            &assessment.events,
-            &json,
-        )
-        .await
-    {
-        return Err(PassError::NotRecorded {
+    let departments = |ip: &str| departments.get(ip).cloned().flatten();
+    let written = match recording {
+        Recording::Always => store
+            .record(
+                observations,
+                &departments,
+                &assessment.changed,
+                &assessment.events,
+                &json,
+            )
+            .await
+            .map(|()| true),
+        Recording::Once => {
+            store
+                .record_once(
+                    observations,
+                    &departments,
+                    &assessment.changed,
+                    &assessment.events,
+                    &json,
+                )
+                .await
+        }
+    };
+    match written {
+        Ok(true) => Ok(Some(report)),
+        Ok(false) => Ok(None),
+        Err(source) => Err(PassError::NotRecorded {
             report: Box::new(report),
             source,
         }
-        .into());
+        .into()),
     }
-    Ok((observations, report))
 }
 
 /// What a re-test (复测) of one finding found.

@@ -274,8 +274,8 @@ impl Bulletin {
     }
 }
 
-/// The daemon's monthly job: build the previous month's bulletin in the configured language,
-/// write it to `bulletin.out_dir`, queue its mail (once per period) and flush what is due.
+/// The daemon's monthly job: build `period`'s bulletin ([`scheduled_period`]: the previous
+/// month) as at `now`, in the configured language, write it to `bulletin.out_dir`, queue its mail (once per period) and flush what is due.
 /// `templates` are the ones compiled with the config (`config::Loaded`), not re-read.
 pub async fn scheduled(
     config: &Config,
@@ -283,12 +283,10 @@ pub async fn scheduled(
     templates: &Templates,
     store: &Store,
     link_key: Option<&crate::rectify::LinkKey>,
+    period: &Period,
+    now: chrono::DateTime<Utc>,
 ) -> anyhow::Result<()> {
-    let now = Utc::now();
-    let today = now
-        .with_timezone(&config.organisation.timezone)
-        .date_naive();
-    let period = Period::previous_month(today);
+    let period = period.clone();
     let bulletin = build(
         config,
         rules,
@@ -307,6 +305,15 @@ pub async fn scheduled(
         flush_due(config, store).await?;
     }
     Ok(())
+}
+
+/// The period a bulletin built by `bulletin.cron` at `now` covers: the previous month, in the
+/// organisation's timezone.
+pub fn scheduled_period(config: &Config, now: chrono::DateTime<Utc>) -> Period {
+    let today = now
+        .with_timezone(&config.organisation.timezone)
+        .date_naive();
+    Period::previous_month(today)
 }
 
 /// The daemon's retry job: send the queued mail whose next attempt is due. Without an `smtp`

@@ -35,6 +35,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("templates", check_templates),
     ("access", check_access),
     ("secrets", check_secrets),
+    ("hub", check_hub),
 ];
 
 /// One check of the compile step.
@@ -71,7 +72,7 @@ fn check_templates(c: &mut Compiler) {
 
 /// The daemon's tokens (operator, read) and its web config (TLS files, bcrypt users).
 fn check_access(c: &mut Compiler) {
-    match Access::load(&c.config.daemon) {
+    match Access::load(&c.config.daemon, &c.config.sensors) {
         Ok(access) => c.access = access,
         Err(more) => c
             .problems
@@ -81,6 +82,39 @@ fn check_access(c: &mut Compiler) {
 
 fn check_secrets(c: &mut Compiler) {
     secrets(&c.config, &c.access, &mut c.problems, &mut c.warnings);
+}
+
+/// On a sensor (`hub:`): its token set, the trust anchors, client certificate and key
+/// readable as PEM. On a hub (`sensors:`): a sensor without its token is a warning (its
+/// requests are refused).
+fn check_hub(c: &mut Compiler) {
+    for s in &c.config.sensors {
+        if !c.access.sensors.iter().any(|(id, _)| id == &s.id) {
+            let var = &s.token_env;
+            c.warnings.push(Problem::new(
+                &c.config.source,
+                format!(
+                    "warning: sensor `{}`: neither {var} nor {var}_FILE is set: its requests will be refused",
+                    s.id
+                ),
+            ));
+        }
+    }
+    let Some(hub) = &c.config.hub else {
+        return;
+    };
+    let var = &hub.token_env;
+    match secret(var) {
+        Ok(Some(_)) => {}
+        Ok(None) => c.problems.push(Problem::new(
+            &c.config.source,
+            format!("hub.token_env: neither {var} nor {var}_FILE is set: the sensor has no token for its hub"),
+        )),
+        Err(p) => c.problems.push(Problem::new(&c.config.source, p)),
+    }
+    if let Err(message) = crate::sensor::upload::client_tls(hub) {
+        c.problems.push(Problem::new(&c.config.source, message));
+    }
 }
 
 /// The compiled schedules of a config.

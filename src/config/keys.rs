@@ -207,6 +207,8 @@ enum Node {
     RuleOverride,
     Compliance,
     Waiver,
+    Sensor,
+    Hub,
 }
 
 /// What a value must look like.
@@ -246,6 +248,8 @@ impl Node {
             Node::RuleOverride => fields_of::<raw::RuleOverrideConfig>(),
             Node::Compliance => fields_of::<raw::ComplianceConfig>(),
             Node::Waiver => fields_of::<raw::WaiverConfig>(),
+            Node::Sensor => fields_of::<raw::SensorConfig>(),
+            Node::Hub => fields_of::<raw::HubConfig>(),
         }
     }
 
@@ -266,6 +270,8 @@ impl Node {
             (Node::Root, "rules") => Shape::Struct(Node::Rules),
             (Node::Root, "compliance") => Shape::Struct(Node::Compliance),
             (Node::Root, "exceptions") => Shape::Register(Node::Waiver),
+            (Node::Root, "sensors") => Shape::ListOf(Node::Sensor),
+            (Node::Root, "hub") => Shape::Struct(Node::Hub),
             (Node::Scan, "dns") => Shape::Struct(Node::Dns),
             (Node::Project, "mlps") => Shape::Struct(Node::Mlps),
             (Node::Project, "crypto") => Shape::Struct(Node::Crypto),

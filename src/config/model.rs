@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Position;
 use crate::facts::Locus;
@@ -37,6 +37,51 @@ pub struct Config {
     pub compliance: ComplianceSettings,
     /// Waivers, in the order written.
     pub exceptions: Vec<Waiver>,
+    /// On a hub: the sensors and their segments (a segment at most one sensor's).
+    pub sensors: Vec<SensorSettings>,
+    /// On a sensor: its hub.
+    pub hub: Option<HubSettings>,
+}
+
+impl Config {
+    /// The sensor that scans segment `name` for this hub, if any.
+    pub fn sensor_of(&self, name: &str) -> Option<&SensorSettings> {
+        self.sensors
+            .iter()
+            .find(|s| s.segments.iter().any(|n| n == name))
+    }
+
+    /// A sensor of this hub by id.
+    pub fn sensor(&self, id: &str) -> Option<&SensorSettings> {
+        self.sensors.iter().find(|s| s.id == id)
+    }
+}
+
+/// A sensor as its hub knows it (`sensors[]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SensorSettings {
+    pub id: String,
+    /// The segments it scans, by name (each declared, none another sensor's).
+    pub segments: Vec<String>,
+    /// Environment variable holding its bearer token.
+    pub token_env: String,
+}
+
+/// A sensor's hub (`hub:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSettings {
+    /// Base URL, no trailing slash: https, or http to a loopback host.
+    pub url: String,
+    /// This sensor's id.
+    pub sensor: String,
+    pub token_env: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub poll: Duration,
+    pub retry_max: Duration,
+    /// How long an unsent batch is kept (at least 72 hours).
+    pub keep: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +156,7 @@ pub struct Department {
     pub leader_emails: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkKind {
     Extranet,

@@ -63,6 +63,66 @@ pub struct ConfigFile {
     /// Waivers; inline or `{file: PATH}` (YAML or CSV) like the registers. Default: none.
     #[serde(default)]
     pub exceptions: Option<Register<WaiverConfig>>,
+    /// On a hub (`netpatrol daemon`): the sensors that scan some segments for it, each
+    /// segment at most one sensor's. Default: none (the daemon scans every segment itself).
+    #[serde(default)]
+    pub sensors: Vec<SensorConfig>,
+    /// On a sensor (`netpatrol sensor`): the hub it takes its assignment from and sends its
+    /// observations to. Default: none (required by `netpatrol sensor`).
+    #[serde(default)]
+    pub hub: Option<HubConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SensorConfig {
+    /// Required: the sensor's id (letters, digits, `-`, `_`), as its own `hub.sensor` says.
+    #[serde(default)]
+    pub id: Option<Text>,
+    /// Required: the segments (by name) this sensor scans; the hub's own scheduled scans
+    /// skip them. A segment belongs to at most one sensor.
+    #[serde(default)]
+    pub segments: Vec<Text>,
+    /// Environment variable holding this sensor's bearer token (or `<VAR>_FILE` naming a
+    /// file); default `NETPATROL_SENSOR_<ID>` (the id upper-cased, `-` as `_`).
+    #[serde(default)]
+    pub token_env: Option<Text>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct HubConfig {
+    /// Required: the hub's base URL, `https://HOST:PORT` (`http://` only for a loopback
+    /// host).
+    #[serde(default)]
+    pub url: Option<Text>,
+    /// Required: this sensor's id, as the hub's `sensors[].id` names it.
+    #[serde(default)]
+    pub sensor: Option<Text>,
+    /// Environment variable holding this sensor's bearer token (or `<VAR>_FILE` naming a
+    /// file); default `NETPATROL_SENSOR_TOKEN`. It must be set.
+    #[serde(default)]
+    pub token_env: Option<Text>,
+    /// PEM trust anchors for the hub's certificate, relative to the config's folder;
+    /// default none (the system roots).
+    #[serde(default)]
+    pub ca_file: Option<Text>,
+    /// PEM client certificate (chain) for a hub that asks for one (mTLS), relative to the
+    /// config's folder; default none. Only with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<Text>,
+    /// PEM private key of `cert_file`, relative to the config's folder; default none.
+    #[serde(default)]
+    pub key_file: Option<Text>,
+    /// Seconds between two fetches of the assignment, 1 to 86400; default 60.
+    #[serde(default)]
+    pub poll_seconds: Option<Spanned<u64>>,
+    /// Longest wait, in seconds, between two attempts to reach an unreachable hub (the wait
+    /// doubles from 1 s up to this), 1 to 3600; default 60.
+    #[serde(default)]
+    pub retry_max_seconds: Option<Spanned<u64>>,
+    /// Hours an unsent batch is kept in the local store before it is dropped, at least 72;
+    /// default 168.
+    #[serde(default)]
+    pub keep_hours: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,8 @@ use std::time::Duration;
 use chrono::NaiveDate;
 use ipnet::IpNet;
 
+use serde_saphyr::Spanned;
+
 use super::Problem;
 use super::model::*;
 use super::ports;
@@ -93,6 +95,9 @@ pub fn validate(
         project_ids.as_deref(),
     );
 
+    let sensors = v.sensors(&file.sensors, segment_map.as_ref());
+    let hub = file.hub.map(|h| v.hub(h, base));
+
     if !v.problems.is_empty() {
         return Err(v.problems);
     }
@@ -112,6 +117,8 @@ pub fn validate(
         rules,
         compliance,
         exceptions,
+        sensors,
+        hub,
     })
 }
 
@@ -752,6 +759,170 @@ impl Validator {
         }
     }
 
+    /// `sensors:` ids well formed and unique, segments declared, each segment at most one
+    /// sensor's.
+    fn sensors(
+        &mut self,
+        raw: &[raw::SensorConfig],
+        segments: Option<&HashMap<&str, &Segment>>,
+    ) -> Vec<SensorSettings> {
+        let mut out: Vec<SensorSettings> = Vec::new();
+        let mut owner: HashMap<String, String> = HashMap::new();
+        for (i, s) in raw.iter().enumerate() {
+            let Some(id) = &s.id else {
+                self.problems.push(Problem::new(
+                    &self.config.file,
+                    format!("sensors[{i}]: missing required key `id`"),
+                ));
+                continue;
+            };
+            let name = id.value.trim().to_string();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                let message = format!(
+                    "invalid sensor id `{}`: letters, digits, `-` and `_` only",
+                    id.value
+                );
+                self.here(id, message);
+                continue;
+            }
+            if out.iter().any(|o| o.id == name) {
+                self.here(id, format!("duplicate sensor id `{name}`"));
+                continue;
+            }
+            if s.segments.is_empty() {
+                self.here(id, format!("sensor `{name}` has no segments"));
+            }
+            let mut names = Vec::new();
+            for seg in &s.segments {
+                let seg_name = seg.value.trim().to_string();
+                if let Some(map) = segments
+                    && !map.contains_key(seg_name.as_str())
+                {
+                    self.here(seg, format!("unknown segment `{seg_name}`"));
+                    continue;
+                }
+                if let Some(first) = owner.get(&seg_name) {
+                    let message = format!(
+                        "segment `{seg_name}` is assigned to sensor `{first}` already: a segment has at most one sensor"
+                    );
+                    self.here(seg, message);
+                    continue;
+                }
+                owner.insert(seg_name.clone(), name.clone());
+                if !names.contains(&seg_name) {
+                    names.push(seg_name);
+                }
+            }
+            let token_env = s.token_env.as_ref().map_or_else(
+                || {
+                    format!(
+                        "NETPATROL_SENSOR_{}",
+                        name.to_ascii_uppercase().replace('-', "_")
+                    )
+                },
+                |t| t.value.trim().to_string(),
+            );
+            out.push(SensorSettings {
+                id: name,
+                segments: names,
+                token_env,
+            });
+        }
+        out
+    }
+
+    /// `hub:` on a sensor: the URL (https unless the host is loopback), the sensor id, the
+    /// bounds. (That the token is set and the files read is the compile step's `hub` check.)
+    fn hub(&mut self, raw: raw::HubConfig, base: &Path) -> HubSettings {
+        let file = self.config.file.clone();
+        let url = match &raw.url {
+            None => {
+                self.problems
+                    .push(Problem::new(&file, "hub: missing required key `url`"));
+                String::new()
+            }
+            Some(u) => {
+                let text = u.value.trim().trim_end_matches('/').to_string();
+                match url::Url::parse(&text) {
+                    Ok(parsed) if parsed.scheme() == "https" && parsed.host().is_some() => text,
+                    Ok(parsed) if parsed.scheme() == "http" && is_loopback_host(&parsed) => text,
+                    Ok(parsed) if parsed.scheme() == "http" => {
+                        let message = format!(
+                            "hub.url `{}` is plain http to a host that is not loopback: use https",
+                            u.value
+                        );
+                        self.here(u, message);
+                        text
+                    }
+                    _ => {
+                        let message = format!(
+                            "invalid hub.url `{}`: expected https://HOST[:PORT]",
+                            u.value
+                        );
+                        self.here(u, message);
+                        text
+                    }
+                }
+            }
+        };
+        let sensor = match &raw.sensor {
+            None => {
+                self.problems
+                    .push(Problem::new(&file, "hub: missing required key `sensor`"));
+                String::new()
+            }
+            Some(s) => s.value.trim().to_string(),
+        };
+        if raw.cert_file.is_some() != raw.key_file.is_some() {
+            self.problems.push(Problem::new(
+                &file,
+                "hub.cert_file and hub.key_file go together: give both or neither",
+            ));
+        }
+        let mut bounded =
+            |value: &Option<Spanned<u64>>, key: &str, min: u64, max: u64, default: u64| match value
+            {
+                None => default,
+                Some(v) if (min..=max).contains(&v.value) => v.value,
+                Some(v) => {
+                    let message = if max == u64::MAX {
+                        format!("hub.{key} must be at least {min}, not {}", v.value)
+                    } else {
+                        format!("hub.{key} must be {min} to {max}, not {}", v.value)
+                    };
+                    self.problems.push(Problem::at(
+                        &file,
+                        v.referenced.line(),
+                        v.referenced.column(),
+                        message,
+                    ));
+                    default
+                }
+            };
+        let poll = bounded(&raw.poll_seconds, "poll_seconds", 1, 86_400, 60);
+        let retry_max = bounded(&raw.retry_max_seconds, "retry_max_seconds", 1, 3600, 60);
+        let keep = bounded(&raw.keep_hours, "keep_hours", 72, u64::MAX, 168);
+        let path = |p: &Option<Text>| p.as_ref().map(|p| resolve(base, p.value.trim()));
+        HubSettings {
+            url,
+            sensor,
+            token_env: raw.token_env.as_ref().map_or_else(
+                || "NETPATROL_SENSOR_TOKEN".to_string(),
+                |t| t.value.trim().to_string(),
+            ),
+            ca_file: path(&raw.ca_file),
+            cert_file: path(&raw.cert_file),
+            key_file: path(&raw.key_file),
+            poll: Duration::from_secs(poll),
+            retry_max: Duration::from_secs(retry_max),
+            keep: Duration::from_secs(keep.saturating_mul(3600)),
+        }
+    }
+
     fn daemon(
         &mut self,
         raw: Option<raw::DaemonConfig>,
@@ -1344,6 +1515,16 @@ pub fn is_host_name(text: &str) -> bool {
         })
         // All-numeric dotted text is a mistyped address, not a name.
         && !text.split('.').all(|l| l.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// Whether a URL's host is a loopback address or `localhost` (plain http is allowed there).
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use base64::Engine;
 use subtle::ConstantTimeEq;
 
 use super::web::WebConfig;
-use crate::config::{DaemonSettings, secret};
+use crate::config::{DaemonSettings, SensorSettings, secret};
 use crate::rectify::{LinkKey, MIN_KEY_BYTES};
 
 /// Tokens and web config in force.
@@ -38,6 +38,9 @@ pub struct Access {
     /// The key of departments' rectification links (`daemon.link_key_env`); `None` = the
     /// daemon uses the random key kept in its store.
     pub link_key: Option<LinkKey>,
+    /// Each sensor's token, by sensor id (`sensors[]`); a sensor whose variable is not set
+    /// is absent (its requests get 403).
+    pub sensors: Vec<(String, String)>,
 }
 
 /// Who a request comes from.
@@ -51,6 +54,8 @@ pub enum Principal {
     User(String),
     /// No credentials, on a route that asks for none (`/metrics` without basic auth users).
     Anonymous,
+    /// A sensor's own token, on its own routes.
+    Sensor(String),
 }
 
 impl Principal {
@@ -61,6 +66,7 @@ impl Principal {
             Principal::Reader => "read".to_string(),
             Principal::User(u) => format!("user:{u}"),
             Principal::Anonymous => "-".to_string(),
+            Principal::Sensor(id) => format!("sensor:{id}"),
         }
     }
 }
@@ -126,7 +132,10 @@ pub enum Need {
 
 impl Access {
     /// Read the tokens and the web config named by `daemon`. Every problem, one a line.
-    pub fn load(daemon: &DaemonSettings) -> Result<Access, Vec<String>> {
+    pub fn load(
+        daemon: &DaemonSettings,
+        sensors: &[SensorSettings],
+    ) -> Result<Access, Vec<String>> {
         let mut problems = Vec::new();
         let mut token = |var: &str| {
             secret(var).unwrap_or_else(|p| {
@@ -136,6 +145,10 @@ impl Access {
         };
         let operator = token(&daemon.api_token_env);
         let read = token(&daemon.read_token_env);
+        let sensors = sensors
+            .iter()
+            .filter_map(|s| token(&s.token_env).map(|t| (s.id.clone(), t)))
+            .collect();
         let link_key = token(&daemon.link_key_env).and_then(|k| {
             if k.len() < MIN_KEY_BYTES {
                 problems.push(format!(
@@ -164,6 +177,7 @@ impl Access {
                 read,
                 web,
                 link_key,
+                sensors,
             })
         } else {
             Err(problems)
@@ -242,6 +256,53 @@ impl Access {
             });
         }
         Ok(principal)
+    }
+}
+
+impl Access {
+    /// Decide on a request to sensor `id`'s routes: only that sensor's own bearer token
+    /// passes; any other credential that is valid somewhere (the operator or read token,
+    /// another sensor's token) is 403, anything else 401.
+    pub fn check_sensor(
+        &self,
+        id: &str,
+        authorization: Option<&str>,
+    ) -> Result<Principal, Refusal> {
+        let own = self.sensors.iter().find(|(s, _)| s == id).map(|(_, t)| t);
+        let Some(header) = authorization else {
+            return Err(Refusal::Unauthenticated { presented: None });
+        };
+        let Credential::Bearer(token) = credential(header) else {
+            return Err(Refusal::Unauthenticated {
+                presented: Some("other".to_string()),
+            });
+        };
+        if own.is_some_and(|t| same(token, t)) {
+            return Ok(Principal::Sensor(id.to_string()));
+        }
+        let other = if self.operator.as_deref().is_some_and(|o| same(token, o)) {
+            Some("operator".to_string())
+        } else if self.read.as_deref().is_some_and(|r| same(token, r)) {
+            Some("read".to_string())
+        } else {
+            self.sensors
+                .iter()
+                .find(|(_, t)| same(token, t))
+                .map(|(s, _)| format!("sensor:{s}"))
+        };
+        match other {
+            Some(who) => Err(Refusal::Forbidden {
+                who,
+                reason: "a sensor's routes take that sensor's own token only",
+            }),
+            None if own.is_none() => Err(Refusal::Forbidden {
+                who: "bearer".to_string(),
+                reason: "no token configured for this sensor",
+            }),
+            None => Err(Refusal::Unauthenticated {
+                presented: Some("bearer".to_string()),
+            }),
+        }
     }
 }
 

@@ -8,11 +8,13 @@
 //!
 //! Authentication ([`super::access`]): every route but `/healthz` needs a credential; GET
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
-//! posting gets 403); `/metrics` only when the web config has basic-auth users. The one
+//! posting gets 403); `/metrics` only when the web config has basic-auth users. The
 //! exceptions are `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
 //! by its handlers; its audit principal is `link:DEPARTMENT`; and `/operator...`
 //! ([`super::operator`]): its handlers check their session cookie (made from the operator
-//! token by the page's login form). Every request
+//! token by the page's login form). The sensor routes
+//! (`/api/v1/sensors/{id}/...`, [`super::hub`]) take that sensor's own token only
+//! (`Access::check_sensor`); their principal is `sensor:ID`. Every request
 //! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
 //! line): time, principal, peer, method, route, status, what it started or why it was refused.
 //!
@@ -20,7 +22,7 @@
 //! slot, so descriptors are never exhausted); a request's headers (and a TLS handshake) must
 //! arrive within [`HEADER_TIMEOUT`], idle keep-alive connections are closed after it too; a
 //! request (its body read, its handler) answers 408 after [`REQUEST_TIMEOUT`];
-//! bodies over [`BODY_LIMIT`] answer 413; more than `daemon.max_queued_scans` scans accepted
+//! bodies over [`BODY_LIMIT`] (a sensor's batch: `hub::BATCH_BODY_LIMIT`) answer 413; more than `daemon.max_queued_scans` scans accepted
 //! and not finished answer 429.
 //!
 //! TLS (web config `tls_server_config`): rustls with the ring provider; each connection takes
@@ -84,6 +86,9 @@ const LINK_PREFIX: &str = "/r/";
 /// The operator pages, which check their own session cookie ([`super::operator`]).
 const OPERATOR_PAGE: &str = "/operator";
 
+/// The sensors' routes, which take the sensor's own token only (`access::check_sensor`).
+const SENSOR_PREFIX: &str = "/api/v1/sensors/";
+
 type Shared = Arc<Daemon>;
 
 /// The routes, over `daemon`.
@@ -105,6 +110,15 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route(
             "/api/v1/rectification/requests/{id}/deny",
             axum::routing::post(super::rectify::deny),
+        )
+        .route(
+            "/api/v1/sensors/{id}/assignment",
+            get(super::hub::assignment),
+        )
+        .route(
+            "/api/v1/sensors/{id}/batches",
+            axum::routing::post(super::hub::batches)
+                .layer(DefaultBodyLimit::max(super::hub::BATCH_BODY_LIMIT)),
         )
         .route(
             "/r/{token}",
@@ -158,13 +172,23 @@ async fn guard(State(daemon): State<Shared>, mut request: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    // The rectification pages check their signed link themselves, and nothing else passes
-    // without a credential: only this prefix, and in it only the routes of `router`.
+    // The rectification pages check their signed link themselves, and the operator pages
+    // their session cookie; nothing else passes without a credential: only these prefixes,
+    // and in them only the routes of `router`.
     let by_link = route.starts_with(LINK_PREFIX)
         || route == OPERATOR_PAGE
         || route.starts_with(&format!("{OPERATOR_PAGE}/"));
+    let sensor = route
+        .strip_prefix(SENSOR_PREFIX)
+        .and_then(|rest| rest.split('/').next())
+        .filter(|id| !id.is_empty());
     let checked = if by_link {
         Ok(None)
+    } else if let Some(id) = sensor {
+        loaded
+            .access
+            .check_sensor(id, authorization.as_deref())
+            .map(Some)
     } else {
         loaded
             .access
@@ -539,7 +563,11 @@ async fn submit_scan(
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
         }
     };
-    match daemon.submit(request.segments.clone()) {
+    // On a hub, segments a sensor owns go to it.
+    if let Some(response) = super::hub::submit(&daemon, &request.segments).await {
+        return response;
+    }
+    match daemon.submit(request.segments.clone()).await {
         Ok(id) => {
             let location = format!("/api/v1/scans/{id}");
             let mut response = (
@@ -571,6 +599,10 @@ async fn submit_scan(
         }
         Err(e @ SubmitError::UnknownSegment(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ SubmitError::Stopping) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(SubmitError::Store(e)) => {
+            tracing::error!(error = %e, "cannot queue the scan");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
     }
 }
 
@@ -579,7 +611,11 @@ async fn scan_state(State(daemon): State<Shared>, Path(id): Path<String>) -> Res
         tracing::error!(error = %e, "scan state query failed");
         error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     };
-    if let Some(job) = daemon.job(&id) {
+    let job = match daemon.note_store("scan job", daemon.job(&id).await) {
+        Ok(job) => job,
+        Err(e) => return store_error(e),
+    };
+    if let Some(job) = job {
         let report = match (&job.scan_id, job.state.is_done()) {
             (Some(run), true) => {
                 match daemon.note_store("report", daemon.store.report(run).await) {

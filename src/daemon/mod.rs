@@ -1,16 +1,25 @@
 //! Daemon: `netpatrol daemon -c FILE` (docs/cli.md): scheduled scans and bulletins, the HTTP
 //! server of §4, reload on SIGHUP, ordered shutdown on SIGTERM/SIGINT.
 //!
-//! Input: the config path. State: [`Daemon`], shared by the scheduler, the scan tasks and the
-//! HTTP handlers; it holds the loaded config, registers and rules ([`Loaded`], swapped whole by a
-//! reload), the store, the scans asked for (each with an id given before it runs) and the
-//! daemon's own metrics.
+//! Input: the config path. State: [`Daemon`], shared by the scheduler, the worker, the scan
+//! tasks and the HTTP handlers; it holds the loaded config, registers and rules ([`Loaded`],
+//! swapped whole by a reload), the store and the daemon's own metrics. The scans asked for
+//! are jobs in the store (`store::jobs`), each with an id given before it runs, so every hub
+//! sharing a PostgreSQL store sees them: the API and the scheduler queue them, the worker of
+//! whichever hub claims one first runs it.
 //!
 //! Invariants:
-//! - every scan goes through [`crate::pass::scan_and_record`], and at most one scan of a segment
-//!   runs at a time: a scan takes a lock per segment (in name order, so two scans cannot
-//!   deadlock) and waits for the ones it needs; a scheduled scan whose previous run is still
-//!   pending or running skips its tick;
+//! - every scan goes through [`crate::pass::scan_and_record`] (a sensor's, on a hub, through
+//!   its assessment step `pass::assess_and_record`, see `hub`), and at most one scan of a
+//!   segment runs at a time, across hubs: a job is claimed only when no running job holds one
+//!   of its segments (and locally a scan takes a lock per segment, in name order, which
+//!   re-tests share); a scheduled scan whose previous job is still queued or running skips its
+//!   tick; the hub's own scheduled scans skip the segments a sensor owns;
+//! - only the leader acts on schedule ticks (`Store::try_lead`: a PostgreSQL advisory lock;
+//!   with SQLite the one process), and a tick is taken once in the store: each scheduled scan
+//!   is queued once, the scheduled bulletin is built once per period; the leader closes the
+//!   runs and jobs of hubs that died mid-scan (`Store::reap`); a hub that stops hands back the
+//!   jobs it claimed but had not started;
 //! - the start and every reload go through `config::Loaded::compile`, the step `check-config`
 //!   runs (config, registers, rules, crons, token files, the web config): a reload that fails
 //!   changes nothing: the old [`Loaded`] stays, each problem is logged at ERROR worded as
@@ -30,19 +39,21 @@
 //! Submodules: `api` (routes, accept loop, limits, audit), `access` (tokens, roles, the
 //! decision per request), `web` (the exporter-toolkit web config), `audit` (the `audit`
 //! command), `rectify` (the departments' rectification page on their signed link; a 已整改
-//! answer queues a re-test, [`Daemon::queue_retest`]).
+//! answer queues a re-test, [`Daemon::queue_retest`]), `hub` (the sensors' routes and the
+//! ingestion of their scans; scheduled scans skip the segments a sensor owns).
 
 pub mod access;
 pub mod api;
 pub mod audit;
+pub mod hub;
 pub mod operator;
 pub mod rectify;
 pub mod web;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,9 +88,16 @@ pub const GRACE: Duration = Duration::from_secs(20);
 /// jump cannot hold a schedule back for long.
 const MAX_NAP: Duration = Duration::from_secs(60);
 
-/// Scans remembered for `GET /api/v1/scans/{id}` (the oldest finished ones are forgotten; a
-/// forgotten id is still answered from the store when it names a recorded run).
-const JOBS_KEPT: usize = 1000;
+/// Scans one daemon runs at once (disjoint segments; overlapping ones wait in the queue).
+const MAX_LOCAL_JOBS: usize = 4;
+
+/// How often the job queue is read for work other hubs queued (this daemon's own submissions
+/// wake it at once).
+const CLAIM_POLL: Duration = Duration::from_secs(2);
+
+/// How often a daemon that does not lead tries to (a leader that died is replaced within
+/// this), and how often the leader closes what dead hubs left running.
+const LEAD_RETRY: Duration = Duration::from_secs(5);
 
 pub use crate::config::Schedule;
 
@@ -138,6 +156,20 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// As the store keeps it.
+    pub fn parse(s: &str) -> Option<JobState> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Complete,
+            JobState::Degraded,
+            JobState::Incomplete,
+            JobState::Failed,
+        ]
+        .into_iter()
+        .find(|j| j.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
@@ -157,7 +189,9 @@ impl JobState {
     }
 }
 
-/// A scan asked for by the API or the scheduler.
+/// A scan asked for by the API or the scheduler, as `GET /api/v1/scans/{id}` shows it: a
+/// row of the store's job queue ([`crate::store::JobRow`]), which every hub sharing the store
+/// reads.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
     pub id: String,
@@ -165,36 +199,31 @@ pub struct Job {
     /// As asked; empty = every segment.
     pub segments: Vec<String>,
     /// `api` or `schedule`.
-    pub origin: &'static str,
+    pub origin: String,
     pub submitted_at: DateTime<Utc>,
     /// The store's id of the run, once it is recorded.
     pub scan_id: Option<String>,
     pub error: Option<String>,
 }
 
-#[derive(Default)]
-struct Jobs {
-    by_id: HashMap<String, Job>,
-    order: VecDeque<String>,
-}
-
-impl Jobs {
-    fn insert(&mut self, job: Job) {
-        self.order.push_back(job.id.clone());
-        self.by_id.insert(job.id.clone(), job);
-        while self.order.len() > JOBS_KEPT {
-            // Forget the oldest finished one; never a scan still queued or running.
-            let Some(pos) = self
-                .order
-                .iter()
-                .position(|id| self.by_id.get(id).is_none_or(|j| j.state.is_done()))
-            else {
-                break;
-            };
-            if let Some(id) = self.order.remove(pos) {
-                self.by_id.remove(&id);
-            }
-        }
+impl Job {
+    fn from_row(row: crate::store::JobRow) -> Result<Job, crate::store::StoreError> {
+        let state =
+            JobState::parse(&row.state).ok_or_else(|| crate::store::StoreError::CorruptRow {
+                table: "scan_jobs",
+                column: "state".to_string(),
+                row: row.id.clone(),
+                detail: format!("unknown job state {:?}", row.state),
+            })?;
+        Ok(Job {
+            id: row.id,
+            state,
+            segments: row.segments,
+            origin: row.origin,
+            submitted_at: row.submitted_at,
+            scan_id: row.scan_id,
+            error: row.error,
+        })
     }
 }
 
@@ -206,6 +235,8 @@ pub enum SubmitError {
     Stopping,
     #[error("{0} scans are queued or running already (daemon.max_queued_scans); try again later")]
     QueueFull(usize),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// The daemon's shared state.
@@ -213,14 +244,14 @@ pub struct Daemon {
     loaded: watch::Sender<Arc<Loaded>>,
     pub store: Store,
     pub metrics: DaemonMetrics,
-    jobs: Mutex<Jobs>,
     segment_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Schedule entries with a scan pending or running.
-    busy_schedules: Mutex<HashSet<String>>,
+    /// Scan jobs this daemon claimed and runs now.
+    local_jobs: AtomicUsize,
+    /// Wakes the worker: a job was queued here, or one ended.
+    work: tokio::sync::Notify,
     scans: Mutex<JoinSet<()>>,
     scan_cancel: CancellationToken,
     scheduler_running: AtomicBool,
-    next_id: AtomicU64,
     /// The last failure of each kind of store read the API made, until one succeeds again:
     /// `/healthz` reports them (a corrupt row is not seen by a plain ping).
     store_problems: Mutex<std::collections::BTreeMap<&'static str, String>>,
@@ -232,6 +263,8 @@ pub struct Daemon {
     retests: Mutex<HashSet<String>>,
     /// The store's link key, read once (when `daemon.link_key_env` is not set).
     stored_link_key: tokio::sync::OnceCell<crate::rectify::LinkKey>,
+    /// Sensors' on-demand requests (`hub`).
+    pub hub: hub::Hub,
 }
 
 /// Lock a std mutex, through poisoning (the data are plain maps, valid after any panic).
@@ -255,17 +288,17 @@ impl Daemon {
             loaded,
             store,
             metrics: DaemonMetrics::default(),
-            jobs: Mutex::default(),
             segment_locks: Mutex::default(),
-            busy_schedules: Mutex::default(),
+            local_jobs: AtomicUsize::new(0),
+            work: tokio::sync::Notify::new(),
             scans: Mutex::new(JoinSet::new()),
             scan_cancel: CancellationToken::new(),
             scheduler_running: AtomicBool::new(false),
-            next_id: AtomicU64::new(1),
             store_problems: Mutex::default(),
             stored_link_key: tokio::sync::OnceCell::new(),
             stored_waivers: Mutex::default(),
             retests: Mutex::default(),
+            hub: hub::Hub::default(),
         })
     }
 
@@ -357,32 +390,29 @@ impl Daemon {
         self.scheduler_running.load(Ordering::SeqCst)
     }
 
-    /// A scan asked for, by id.
-    pub fn job(&self, id: &str) -> Option<Job> {
-        lock(&self.jobs).by_id.get(id).cloned()
+    /// A scan asked for, by id (through any hub sharing the store).
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, crate::store::StoreError> {
+        self.store.job(id).await?.map(Job::from_row).transpose()
     }
 
-    /// Queue a scan of `segments` (empty = all) and return its id at once; it runs as soon as
-    /// no other scan holds one of its segments.
+    /// Queue a scan of `segments` (empty = all) and return its id at once; a hub sharing the
+    /// store (this one first) runs it as soon as no other scan holds one of its segments.
     /// More than `daemon.max_queued_scans` scans queued or running refuse it.
-    pub fn submit(self: &Arc<Self>, segments: Vec<String>) -> Result<String, SubmitError> {
+    pub async fn submit(self: &Arc<Self>, segments: Vec<String>) -> Result<String, SubmitError> {
         let max = self.current().config.daemon.max_queued_scans;
-        let pending = lock(&self.jobs)
-            .by_id
-            .values()
-            .filter(|j| !j.state.is_done())
-            .count();
+        let pending = self.store.pending_jobs().await?;
         if pending >= max {
             return Err(SubmitError::QueueFull(pending));
         }
-        self.enqueue(segments, "api", None)
+        self.enqueue(segments, "api", None).await
     }
 
-    fn enqueue(
-        self: &Arc<Self>,
+    /// Queue a job; `tick` is the schedule entry and tick of a scheduled one.
+    async fn enqueue(
+        &self,
         segments: Vec<String>,
-        origin: &'static str,
-        schedule_key: Option<String>,
+        origin: &str,
+        tick: Option<(&str, &str)>,
     ) -> Result<String, SubmitError> {
         if self.scan_cancel.is_cancelled() {
             return Err(SubmitError::Stopping);
@@ -392,44 +422,93 @@ impl Daemon {
             return Err(SubmitError::UnknownSegment(unknown.clone()));
         }
         let now = Utc::now();
+        let mut suffix = [0u8; 4];
+        // Unique across the hubs sharing the store; a failed fill leaves zeros and the
+        // millisecond still separates this daemon's own ids.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix);
         let id = format!(
-            "req-{}-{}",
+            "req-{}-{:08x}",
             now.format("%Y%m%dT%H%M%S%.3fZ"),
-            self.next_id.fetch_add(1, Ordering::SeqCst)
+            u32::from_be_bytes(suffix)
         );
-        lock(&self.jobs).insert(Job {
-            id: id.clone(),
-            state: JobState::Queued,
-            segments: segments.clone(),
-            origin,
-            submitted_at: now,
-            scan_id: None,
-            error: None,
-        });
-        self.metrics.scan_started();
-        let mut scans = lock(&self.scans);
-        // Reap finished scan tasks so the set does not grow with the daemon's age.
-        while scans.try_join_next().is_some() {}
-        scans.spawn(
-            self.clone()
-                .run_job(id.clone(), segments, loaded, schedule_key),
-        );
+        self.store
+            .insert_job(&crate::store::NewJob {
+                id: &id,
+                origin,
+                schedule_key: tick.map(|t| t.0),
+                due: tick.map(|t| t.1),
+                segments: &segments,
+                sensor: None,
+                submitted_at: now,
+            })
+            .await?;
+        self.work.notify_one();
         Ok(id)
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut Job)) {
-        if let Some(job) = lock(&self.jobs).by_id.get_mut(id) {
-            f(job);
+    /// Claim and run queued scan jobs until `stop`: the ones this daemon queued (woken at
+    /// once) and the ones other hubs sharing the store queued (read every [`CLAIM_POLL`]), at
+    /// most [`MAX_LOCAL_JOBS`] at a time.
+    pub async fn worker(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            while self.local_jobs.load(Ordering::SeqCst) < MAX_LOCAL_JOBS
+                && !self.scan_cancel.is_cancelled()
+            {
+                let loaded = self.current();
+                let all: Vec<String> = loaded
+                    .config
+                    .segments
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect();
+                match self.store.claim_job(&all).await {
+                    Ok(Some(job)) => {
+                        self.local_jobs.fetch_add(1, Ordering::SeqCst);
+                        self.metrics.scan_started();
+                        let mut scans = lock(&self.scans);
+                        // Reap finished tasks so the set does not grow with the daemon's age.
+                        while scans.try_join_next().is_some() {}
+                        scans.spawn(self.clone().run_job(job, loaded));
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot claim a scan job");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = self.work.notified() => {}
+                _ = tokio::time::sleep(CLAIM_POLL) => {}
+            }
         }
     }
 
-    async fn run_job(
-        self: Arc<Self>,
-        id: String,
-        segments: Vec<String>,
-        loaded: Arc<Loaded>,
-        schedule_key: Option<String>,
+    /// A claimed job ended here (ran, failed or was handed back): make room for the next.
+    fn job_done(&self) {
+        self.local_jobs.fetch_sub(1, Ordering::SeqCst);
+        self.work.notify_one();
+    }
+
+    async fn finish_job(
+        &self,
+        id: &str,
+        state: JobState,
+        scan_id: Option<&str>,
+        error: Option<&str>,
     ) {
+        if let Err(e) = self
+            .store
+            .finish_job(id, state.as_str(), scan_id, error)
+            .await
+        {
+            tracing::error!(id = %id, error = %e, "cannot record how the scan job ended");
+        }
+    }
+
+    async fn run_job(self: Arc<Self>, job: crate::store::JobRow, loaded: Arc<Loaded>) {
+        let (id, segments) = (job.id, job.segments);
         let names: Vec<String> = if segments.is_empty() {
             loaded
                 .config
@@ -462,15 +541,14 @@ impl Daemon {
             g = acquire => Some(g),
         };
         let Some(_guards) = guards else {
-            self.update(&id, |j| {
-                j.state = JobState::Failed;
-                j.error = Some("the daemon stopped before the scan started".to_string());
-            });
+            // Stopped before it started: back to the queue, for another hub or the restart.
+            if let Err(error) = self.store.release_job(&id).await {
+                tracing::error!(id = %id, %error, "cannot hand the scan job back");
+            }
             self.metrics.scan_abandoned();
-            self.release_schedule(schedule_key);
+            self.job_done();
             return;
         };
-        self.update(&id, |j| j.state = JobState::Running);
         tracing::info!(id = %id, segments = ?names, "scan started");
         let request = ScanRequest {
             segments,
@@ -512,27 +590,17 @@ impl Daemon {
                     seconds = elapsed,
                     "scan finished"
                 );
-                self.update(&id, |j| {
-                    j.state = state;
-                    j.scan_id = Some(observations.run.id.clone());
-                });
+                self.finish_job(&id, state, Some(&observations.run.id), None)
+                    .await;
             }
             Err(error) => {
                 let error = crate::app::error_chain(&error);
                 tracing::error!(id = %id, %error, "scan failed");
-                self.update(&id, |j| {
-                    j.state = JobState::Failed;
-                    j.error = Some(error);
-                });
+                self.finish_job(&id, JobState::Failed, None, Some(&error))
+                    .await;
             }
         }
-        self.release_schedule(schedule_key);
-    }
-
-    fn release_schedule(&self, key: Option<String>) {
-        if let Some(key) = key {
-            lock(&self.busy_schedules).remove(&key);
-        }
+        self.job_done();
     }
 
     /// Apply the config at `path` if it loads; keep the one in force otherwise.
@@ -589,11 +657,15 @@ impl Daemon {
         }
     }
 
-    /// Cron-driven scans and bulletins until `stop`; rebuilt at each reload.
+    /// Cron-driven scans and bulletins until `stop`; rebuilt at each reload. Only the leader
+    /// acts on a tick (`Store::try_lead`: on PostgreSQL one hub holds the leader lock, on
+    /// SQLite the one process), and each tick is taken once in the store, so hubs sharing it
+    /// run each scheduled scan once and one scheduled bulletin per period.
     pub async fn scheduler(self: Arc<Self>, stop: CancellationToken) {
         self.scheduler_running.store(true, Ordering::SeqCst);
         let _flag = FlagGuard(&self.scheduler_running);
         let mut changes = self.loaded.subscribe();
+        let mut leading = false;
         'reload: loop {
             let loaded = changes.borrow_and_update().clone();
             let tz = loaded.config.organisation.timezone;
@@ -623,7 +695,8 @@ impl Daemon {
                     .min()
                     .map(|t| (*t - now).to_std().unwrap_or(Duration::ZERO))
                     .unwrap_or(MAX_NAP)
-                    .min(MAX_NAP);
+                    .min(MAX_NAP)
+                    .min(LEAD_RETRY);
                 tokio::select! {
                     _ = stop.cancelled() => break 'reload,
                     changed = changes.changed() => {
@@ -634,14 +707,39 @@ impl Daemon {
                     }
                     _ = tokio::time::sleep(nap) => {}
                 }
+                let now_leading = match self.store.try_lead().await {
+                    Ok(l) => l,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot tell whether this hub leads");
+                        false
+                    }
+                };
+                if now_leading != leading {
+                    leading = now_leading;
+                    self.metrics.leading(leading);
+                    if leading {
+                        tracing::info!("this hub leads: it runs the schedules and the bulletin");
+                    } else {
+                        tracing::warn!("this hub no longer leads");
+                    }
+                }
+                if leading {
+                    match self.store.reap().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::warn!(runs = n, "closed the runs of a hub that stopped"),
+                        Err(error) => tracing::error!(%error, "cannot close a stopped hub's runs"),
+                    }
+                }
                 let now = Utc::now();
                 for (i, (key, cron, segments)) in entries.iter().enumerate() {
                     let Some(at) = next[i].filter(|at| *at <= now) else {
                         continue;
                     };
-                    match segments {
-                        Some(segments) => self.scheduled_scan(key, segments),
-                        None => self.scheduled_bulletin(&loaded),
+                    if leading {
+                        match segments {
+                            Some(segments) => self.scheduled_scan(key, at, segments).await,
+                            None => self.scheduled_bulletin(&loaded, now).await,
+                        }
                     }
                     // From now, not from `at`: ticks missed while busy are skipped.
                     next[i] = next_after(cron, now.max(at), tz);
@@ -650,20 +748,52 @@ impl Daemon {
         }
     }
 
-    fn scheduled_scan(self: &Arc<Self>, key: &str, segments: &[String]) {
-        if !lock(&self.busy_schedules).insert(key.to_string()) {
-            tracing::info!(
-                schedule = key,
-                "previous scheduled scan still running; tick skipped"
-            );
-            return;
-        }
-        match self.enqueue(segments.to_vec(), "schedule", Some(key.to_string())) {
-            Ok(id) => tracing::info!(schedule = key, id = %id, "scheduled scan queued"),
-            Err(error) => {
-                lock(&self.busy_schedules).remove(key);
-                tracing::warn!(schedule = key, %error, "scheduled scan not started");
+    /// Schedule entry `key` fired at `at`: queue its scan (of the segments no sensor owns),
+    /// unless another hub took this tick or the entry's previous scan is still queued or
+    /// running.
+    async fn scheduled_scan(&self, key: &str, at: DateTime<Utc>, segments: &[String]) {
+        // On a hub, the segments a sensor owns are its sensor's to scan.
+        let own = hub::own_segments(&self.current().config, segments);
+        let segments = match &own {
+            None => segments,
+            Some(own) if own.is_empty() => {
+                tracing::debug!(schedule = key, "every segment is a sensor's; tick skipped");
+                return;
             }
+            Some(own) => own.as_slice(),
+        };
+        let due = crate::store::timestamp(at);
+        match self.store.take_tick(key, &due).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(schedule = key, "tick already taken by another hub");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(schedule = key, %error, "cannot take the schedule's tick");
+                return;
+            }
+        }
+        match self.store.schedule_busy(key).await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(
+                    schedule = key,
+                    "previous scheduled scan still queued or running; tick skipped"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::error!(schedule = key, %error, "cannot read the job queue");
+                return;
+            }
+        }
+        match self
+            .enqueue(segments.to_vec(), "schedule", Some((key, &due)))
+            .await
+        {
+            Ok(id) => tracing::info!(schedule = key, id = %id, "scheduled scan queued"),
+            Err(error) => tracing::warn!(schedule = key, %error, "scheduled scan not started"),
         }
     }
 
@@ -734,17 +864,30 @@ impl Daemon {
     }
 
     /// Build the period's bulletin and queue its mail (`crate::bulletin::scheduled`), as a task
-    /// awaited at shutdown like the scans.
-    fn scheduled_bulletin(self: &Arc<Self>, loaded: &Arc<Loaded>) {
+    /// awaited at shutdown like the scans; once per period: the period's tick is taken in the
+    /// store first (a second tick in the same period, or another hub's, does nothing).
+    async fn scheduled_bulletin(self: &Arc<Self>, loaded: &Arc<Loaded>, now: DateTime<Utc>) {
         if self.scan_cancel.is_cancelled() {
             return;
+        }
+        let period = crate::bulletin::scheduled_period(&loaded.config, now);
+        match self.store.take_tick("bulletin", &period.key()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(period = %period.key(), "the period's bulletin was built already");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot take the bulletin's tick");
+                return;
+            }
         }
         let (loaded, store) = (loaded.clone(), self.store.clone());
         let runtime = tokio::runtime::Handle::current();
         let mut tasks = lock(&self.scans);
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
-            tracing::info!("bulletin due by bulletin.cron");
+            tracing::info!(period = %period.key(), "bulletin due by bulletin.cron");
             // On a blocking thread, like the scans: the bulletin's future need not be `Send`.
             let result = tokio::task::spawn_blocking(move || {
                 runtime.block_on(crate::bulletin::scheduled(
@@ -753,6 +896,8 @@ impl Daemon {
                     &loaded.templates,
                     &store,
                     loaded.access.link_key.as_ref(),
+                    &period,
+                    now,
                 ))
             })
             .await
@@ -840,6 +985,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
     }
     daemon.metrics.reloaded(true, Utc::now());
     daemon.metrics.tokens(&daemon.current().access);
+    hub::recover(&daemon).await;
 
     // Signal handlers before anything runs, so an early SIGTERM is not the default (death).
     let (mut hup, mut term) = match (
@@ -880,6 +1026,7 @@ pub async fn run(config_path: &Path) -> ExitCode {
         });
     }
     tasks.spawn(daemon.clone().scheduler(scheduler_stop.clone()));
+    tasks.spawn(daemon.clone().worker(scheduler_stop.clone()));
     tracing::info!(config = %config_path.display(), "daemon started");
 
     loop {

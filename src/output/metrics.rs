@@ -25,9 +25,14 @@
 //! | `netpatrol_project_assessment_due_seconds` | gauge | `project`, `department`, `kind` | next MLPS (`mlps`) or 密评 (`crypto`) assessment, Unix time of that day's start |
 //! | `netpatrol_scan_duration_seconds` | histogram | | scans this daemon ran (complete or cut short) |
 //! | `netpatrol_scans_running` | gauge | | scans in flight in this daemon |
+//! | `netpatrol_scan_jobs` | gauge | `state` | scan jobs in the store's queue by state (`queued`, `running`: every hub sharing the store) |
+//! | `netpatrol_leader` | gauge (0/1) | | whether this daemon leads (runs the schedules and the bulletin; one hub among those sharing a PostgreSQL store) |
 //! | `netpatrol_scan_last_success_timestamp_seconds` | gauge | `segment` | end of the latest complete scan covering it |
 //! | `netpatrol_scan_coverage_ratio` | gauge | `segment` | (answered + failed remotely) / planned probes of the latest finished scan covering it (a degraded scan shows here) |
 //! | `netpatrol_probe_errors_total` | counter | `probe`, `reason` | summed over every recorded scan |
+//! | `netpatrol_sensor_last_contact_timestamp_seconds` | gauge | `sensor` | when the hub last heard from each configured sensor (assignment fetched or batch posted), Unix time; absent until it has |
+//! | `netpatrol_sensor_backlog_batches` | gauge | `sensor` | batches waiting in the sensor's outbox, as it last reported |
+//! | `netpatrol_sensor_coverage_ratio` | gauge | `sensor` | (answered + failed remotely) / planned probes of the sensor's latest finished scan |
 //! | `netpatrol_outbox_messages` | gauge | `state` | mail by outbox state (`queued` always present) |
 //! | `netpatrol_rectification_items` | gauge | `department`, `state` | the rectification loop, by the latest answer on each finding: `unanswered` (open, not waived, no answer), `awaiting_retest`, `retest_passed`, `retest_failed`, `retest_inconclusive`, `waiver_requested`, `waiver_approved` (a dispute turned into a waiver too), `disputed`, `denied`, `dispute_closed`, `rule_overridden`; only pairs with items |
 //! | `netpatrol_config_reload_success` | gauge (0/1) | | whether the last (re)load was applied |
@@ -159,6 +164,7 @@ pub enum MetricsError {
 pub struct DaemonMetrics {
     scan_duration: Histogram,
     scans_running: Gauge,
+    leader: Gauge,
     reload_success: Gauge,
     reload_timestamp: Gauge<f64, AtomicU64>,
     /// Whether each role's API token is configured (1) or not (0).
@@ -172,6 +178,7 @@ impl Default for DaemonMetrics {
         DaemonMetrics {
             scan_duration: Histogram::new(SCAN_BUCKETS),
             scans_running: Gauge::default(),
+            leader: Gauge::default(),
             reload_success: Gauge::default(),
             reload_timestamp: Gauge::default(),
             tokens: Family::default(),
@@ -189,6 +196,11 @@ impl DaemonMetrics {
     pub fn scan_finished(&self, seconds: f64) {
         self.scans_running.dec();
         self.scan_duration.observe(seconds);
+    }
+
+    /// Whether this daemon leads the hubs sharing its store.
+    pub fn leading(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// A scan ended before it ran (cancelled while it waited).
@@ -285,6 +297,11 @@ struct ProjectLabels {
     project: String,
     department: String,
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SensorLabels {
+    sensor: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -544,6 +561,7 @@ pub async fn render(
     )
     .await?;
     projects(&mut registry, config);
+    sensors(&mut registry, store, config).await?;
 
     let errors = Family::<ProbeErrorLabels, Counter>::default();
     // Every (probe, reason) pair from the start, so rate() and increase() see the first error.
@@ -569,6 +587,22 @@ pub async fn render(
     );
 
     rectification(&mut registry, store, config, today).await?;
+
+    let jobs = Family::<OutboxLabels, Gauge>::default();
+    for state in ["queued", "running"] {
+        jobs.get_or_create(&OutboxLabels {
+            state: state.to_string(),
+        })
+        .set(0);
+    }
+    for (state, n) in store.pending_jobs_by_state().await? {
+        jobs.get_or_create(&OutboxLabels { state }).set(n);
+    }
+    registry.register(
+        "netpatrol_scan_jobs",
+        "Scan jobs in the store's queue by state, on every hub sharing the store",
+        jobs,
+    );
 
     let outbox = Family::<OutboxLabels, Gauge>::default();
     for state in ["queued", "sent", "failed"] {
@@ -606,6 +640,11 @@ pub async fn render(
         daemon.scans_running.clone(),
     );
     registry.register(
+        "netpatrol_leader",
+        "Whether this daemon leads the hubs sharing its store: runs the schedules and the bulletin (1) or not (0)",
+        daemon.leader.clone(),
+    );
+    registry.register(
         "netpatrol_config_reload_success",
         "Whether the last load of config, registers and rules was applied (1) or rejected (0)",
         daemon.reload_success.clone(),
@@ -625,6 +664,54 @@ pub async fn render(
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// The hub's sensors: last contact, reported backlog, coverage of the latest scan. Only the
+/// sensors the config in force names (a removed sensor's rows leave no series).
+async fn sensors(
+    registry: &mut Registry,
+    store: &Store,
+    config: &Config,
+) -> Result<(), MetricsError> {
+    let contact = Family::<SensorLabels, Gauge<f64, AtomicU64>>::default();
+    let backlog = Family::<SensorLabels, Gauge>::default();
+    let coverage = Family::<SensorLabels, Gauge<f64, AtomicU64>>::default();
+    if !config.sensors.is_empty() {
+        let known = |id: &str| config.sensor(id).is_some();
+        for c in store.sensor_contacts().await? {
+            if !known(&c.sensor) {
+                continue;
+            }
+            let labels = SensorLabels { sensor: c.sensor };
+            contact
+                .get_or_create(&labels)
+                .set(c.last_contact.timestamp_millis() as f64 / 1000.0);
+            backlog
+                .get_or_create(&labels)
+                .set(i64::try_from(c.backlog).unwrap_or(i64::MAX));
+        }
+        for (sensor, ratio) in store.sensor_coverage().await? {
+            if known(&sensor) {
+                coverage.get_or_create(&SensorLabels { sensor }).set(ratio);
+            }
+        }
+    }
+    registry.register(
+        "netpatrol_sensor_last_contact_timestamp_seconds",
+        "When the hub last heard from the sensor (assignment fetched or batch posted), Unix time",
+        contact,
+    );
+    registry.register(
+        "netpatrol_sensor_backlog_batches",
+        "Batches waiting in the sensor's outbox, as it last reported",
+        backlog,
+    );
+    registry.register(
+        "netpatrol_sensor_coverage_ratio",
+        "Probes answered or failed remotely over probes planned, latest scan of the sensor",
+        coverage,
+    );
+    Ok(())
 }
 
 /// Hosts, services, TLS facts and last success, from the latest complete scan of each segment.

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use reqwest::header::{self, HeaderMap};
 use reqwest::{Client, Url};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout_at};
 
@@ -33,7 +33,7 @@ use crate::scope::{Limits, Target};
 
 /// What the HTTP probe saw. Field names are part of the scan report (contract §3: `status`,
 /// `title`, `server`, `hsts`, `redirects_to_https`; the rest are extensions).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpFacts {
     /// Status of `GET /`, after the redirects that were followed.
     pub status: u16,

@@ -32,12 +32,12 @@ pub mod tls;
 use std::fmt;
 use std::io;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use fanout::{Coverage, Cx, Probed, Stage, Tally, fan_out};
 
 /// Why a probe got no answer. A bounded set: these become metric label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Nothing came back before the deadline.
@@ -172,7 +172,7 @@ impl fmt::Display for Failure {
 }
 
 /// The kinds of probe a scan can run, as `--probes` names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeKind {
     Icmp,

@@ -18,8 +18,14 @@
 //! end everything it saw is written again in one transaction together with its final state
 //! (`complete`, `degraded` or `incomplete`) and coverage, replacing the checkpoints. So an
 //! interrupted scan never leaves half-written rows, and a process killed mid-scan leaves a run
-//! that still says `running` with the batches it finished, which [`Store::open`] marks
-//! `incomplete` at the next start.
+//! that still says `running` with the batches it finished, marked `incomplete` at the next
+//! open (SQLite), or by any process sharing the PostgreSQL store once the dead one's owner
+//! lock is free ([`Store::reap`], `jobs`). A hub's runs of a sensor's scans
+//! (`scan_runs.sensor`) are never closed so: their sensor ends them with its final batch (see
+//! `sensors.rs`).
+//!
+//! Several processes may share a PostgreSQL store: scan jobs, schedule ticks and the leader
+//! lock live in `jobs`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -41,6 +47,8 @@ use crate::rules::Severity;
 
 mod audit;
 mod bulletin_queries;
+mod jobs;
+pub use jobs::{JobRow, NewJob};
 mod outbox;
 mod rectification;
 pub use audit::AuditEntry;
@@ -50,6 +58,9 @@ pub use rectification::{
     Answer, AnswerKind, Decision, DecisionKind, ExceptionKind, STORED_WAIVER_FILE, StoredException,
     override_expires,
 };
+
+mod sensors;
+pub use sensors::{IncomingBatch, OutboxBatch, Received, SensorContact};
 
 mod snapshot;
 pub use snapshot::{FindingCount, FindingFilter, LatestRun, PlacementCount, TlsRow};
@@ -65,10 +76,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (7, include_str!("migrations/0007_audit.sql")),
     (8, include_str!("migrations/0008_outbox_lease.sql")),
     (9, include_str!("migrations/0009_rectification.sql")),
+    (10, include_str!("migrations/0010_sensors.sql")),
     (
         11,
         include_str!("migrations/0011_rectification_decisions.sql"),
     ),
+    (12, include_str!("migrations/0012_jobs.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +266,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL: this process's own connection holding its owner lock (and the leader lock
+    /// while it leads), see [`jobs`].
+    session: Option<std::sync::Arc<jobs::Session>>,
 }
 
 /// The store's text form of a timestamp.
@@ -347,14 +363,21 @@ impl Store {
         Store::ready(pool, Backend::Postgres).await
     }
 
-    /// Migrate a freshly opened pool and close the runs a crash left `running`.
+    /// Migrate a freshly opened pool, start the PostgreSQL session, and close the runs a
+    /// dead process left `running` ([`Store::reap`]; on SQLite every run still `running`).
     async fn ready(pool: AnyPool, backend: Backend) -> Result<Store, StoreError> {
-        let store = Store { pool, backend };
+        let mut store = Store {
+            pool,
+            backend,
+            session: None,
+        };
         store.migrate().await?;
-        // A run still `running` at open was cut off by a crash or kill.
-        sqlx::query("UPDATE scan_runs SET state = 'incomplete' WHERE state = 'running'")
-            .execute(&store.pool)
-            .await?;
+        if backend == Backend::Postgres {
+            store.session = Some(std::sync::Arc::new(
+                jobs::Session::start(&store.pool).await?,
+            ));
+        }
+        store.reap_at_open().await?;
         Ok(store)
     }
 
@@ -442,8 +465,9 @@ impl Store {
     /// Record that a scan has started.
     pub async fn begin_run(&self, run: &ScanRun) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO scan_runs (id, started_at, state, segments, probe_kinds, addresses, probes)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO scan_runs (id, started_at, state, segments, probe_kinds, addresses, probes,
+               owner)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(&run.id)
         .bind(timestamp(run.started_at))
@@ -452,6 +476,7 @@ impl Store {
         .bind(probe_kinds(run))
         .bind(run.addresses as i64)
         .bind(0i64)
+        .bind(self.owner())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -468,10 +493,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let seen = timestamp(Utc::now());
         let mut tx = self.pool.begin().await?;
-        for (i, host) in hosts.iter().enumerate() {
-            let department = departments.get(i).cloned().flatten();
-            write_host(&mut tx, &run.id, &seen, host, department).await?;
-        }
+        let hosts: Vec<&HostObservation> = hosts.iter().collect();
+        write_hosts(&mut tx, &run.id, &seen, &hosts, departments).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -487,6 +510,36 @@ impl Store {
         events: &[(String, Event)],
         report: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        self.record_run(scan, departments, findings, events, report, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`record`](Store::record), only if the run is still `running` in the store: the
+    /// run's final state and everything else commit together, so a run is recorded exactly
+    /// once however often this is called (a sensor's final batch sent again, two hubs).
+    /// `false`: it was recorded already, nothing was written.
+    pub async fn record_once(
+        &self,
+        scan: &ScanObservations,
+        departments: &(dyn Fn(&str) -> Option<String> + Sync),
+        findings: &[Finding],
+        events: &[(String, Event)],
+        report: &serde_json::Value,
+    ) -> Result<bool, StoreError> {
+        self.record_run(scan, departments, findings, events, report, true)
+            .await
+    }
+
+    async fn record_run(
+        &self,
+        scan: &ScanObservations,
+        departments: &(dyn Fn(&str) -> Option<String> + Sync),
+        findings: &[Finding],
+        events: &[(String, Event)],
+        report: &serde_json::Value,
+        once: bool,
+    ) -> Result<bool, StoreError> {
         let run = &scan.run;
         let seen = timestamp(run.finished_at.unwrap_or(run.started_at));
         let mut tx = self.pool.begin().await?;
@@ -503,15 +556,32 @@ impl Store {
         .bind(run.addresses as i64)
         .execute(&mut *tx)
         .await?;
+        // Claimed first, so that a second recorder waits here (PostgreSQL row lock; SQLite
+        // writes one at a time) and then finds the run recorded.
+        if once {
+            let claimed = sqlx::query(
+                "UPDATE scan_runs SET state = 'recording' WHERE id = $1 AND state = 'running'",
+            )
+            .bind(&run.id)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+        }
         // What checkpoints wrote is written again below, whole.
         sqlx::query("DELETE FROM observations WHERE scan_id = $1")
             .bind(&run.id)
             .execute(&mut *tx)
             .await?;
-        for host in &scan.hosts {
-            let department = departments(&host.ip.to_string());
-            write_host(&mut tx, &run.id, &seen, host, department).await?;
-        }
+        let hosts: Vec<&HostObservation> = scan.hosts.iter().collect();
+        let host_departments: Vec<Option<String>> = scan
+            .hosts
+            .iter()
+            .map(|h| departments(&h.ip.to_string()))
+            .collect();
+        write_hosts(&mut tx, &run.id, &seen, &hosts, &host_departments).await?;
         for ((probe, reason), count) in &scan.errors {
             sqlx::query(
                 "INSERT INTO probe_errors (scan_id, probe, reason, count) VALUES ($1, $2, $3, $4)",
@@ -587,7 +657,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     pub async fn runs(&self) -> Result<Vec<StoredRun>, StoreError> {
@@ -706,6 +776,9 @@ impl Store {
                 .execute(&self.pool)
                 .await;
         }
+        if let Some(session) = &self.session {
+            session.close().await;
+        }
         self.pool.close().await;
     }
 }
@@ -761,68 +834,167 @@ fn probe_kinds(run: &ScanRun) -> String {
         .join(",")
 }
 
-/// One host of a scan: its row, its services' rows and their observations.
-async fn write_host(
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// Most bound values in one statement (SQLite allows 32,766, PostgreSQL 65,535).
+const MAX_BINDS: usize = 8000;
+
+/// Insert `rows` (each `width` values, bound by `bind`) with `head` (`INSERT INTO t (...)`)
+/// and `tail` (`ON CONFLICT ...`), as few multi-row statements as the bind limit allows.
+async fn insert_rows<'q, T>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    head: &str,
+    tail: &str,
+    width: usize,
+    rows: &'q [T],
+    bind: impl Fn(AnyQuery<'q>, &'q T) -> AnyQuery<'q>,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks((MAX_BINDS / width).max(1)) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * width * 5);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for j in 0..width {
+                if j > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!("${}", i * width + j + 1));
+            }
+            sql.push(')');
+        }
+        sql.push(' ');
+        sql.push_str(tail);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            q = bind(q, row);
+        }
+        q.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// Hosts of a scan: their rows, their services' rows and the observations, in multi-row
+/// statements. `departments` gives each host's department, in order.
+async fn write_hosts(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     run_id: &str,
     seen: &str,
-    host: &HostObservation,
-    department: Option<String>,
+    hosts: &[&HostObservation],
+    departments: &[Option<String>],
 ) -> Result<(), StoreError> {
-    let ip = host.ip.to_string();
-    sqlx::query(
-                "INSERT INTO hosts (ip, segment, network, department, ptr, first_seen, last_seen, last_scan)
-                 VALUES ($1, $2, $3, $4, $5, $6, $6, $7)
-                 ON CONFLICT (ip) DO UPDATE SET segment = excluded.segment,
-                   network = excluded.network, department = excluded.department,
-                   ptr = COALESCE(excluded.ptr, hosts.ptr),
-                   last_seen = excluded.last_seen, last_scan = excluded.last_scan",
-            )
-            .bind(&ip)
-            .bind(&host.segment)
-            .bind(host.network.as_str())
-            .bind(department)
-            .bind(&host.ptr)
-            .bind(seen)
-            .bind(run_id)
-            .execute(&mut **tx)
-            .await?;
-    sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, NULL, 'host', $3)")
-                .bind(run_id)
-                .bind(&ip)
-                .bind(serde_json::json!({
-                    "alive_by": host.alive_by,
-                    "icmp_rtt_ms": host.icmp_rtt.map(|d| d.as_secs_f64() * 1000.0),
-                    "ptr": host.ptr,
-                }).to_string())
-                .execute(&mut **tx)
-                .await?;
-    for service in &host.services {
-        sqlx::query(
-                    "INSERT INTO services (ip, port, protocol, service, product, version, banner, first_seen, last_seen, last_scan)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)
-                     ON CONFLICT (ip, port, protocol) DO UPDATE SET service = excluded.service,
-                       product = excluded.product, version = excluded.version, banner = excluded.banner,
-                       last_seen = excluded.last_seen, last_scan = excluded.last_scan",
-                )
-                .bind(&ip)
-                .bind(i64::from(service.port))
-                .bind(service.protocol)
-                .bind(&service.service)
-                .bind(&service.product)
-                .bind(&service.version)
-                .bind(&service.banner)
+    struct HostRow<'a> {
+        ip: String,
+        host: &'a HostObservation,
+        department: Option<String>,
+        data: String,
+    }
+    struct ServiceRow<'a> {
+        ip: &'a str,
+        service: &'a crate::observation::ServiceObservation,
+        data: String,
+    }
+    let host_rows: Vec<HostRow> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| HostRow {
+            ip: host.ip.to_string(),
+            host,
+            department: departments.get(i).cloned().flatten(),
+            data: serde_json::json!({
+                "alive_by": host.alive_by,
+                "icmp_rtt_ms": host.icmp_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                "ptr": host.ptr,
+            })
+            .to_string(),
+        })
+        .collect();
+    let mut service_rows = Vec::new();
+    for h in &host_rows {
+        for service in &h.host.services {
+            service_rows.push(ServiceRow {
+                ip: &h.ip,
+                service,
+                data: serde_json::to_string(service)?,
+            });
+        }
+    }
+    insert_rows(
+        tx,
+        "INSERT INTO hosts (ip, segment, network, department, ptr, first_seen, last_seen, last_scan)",
+        "ON CONFLICT (ip) DO UPDATE SET segment = excluded.segment,
+           network = excluded.network, department = excluded.department,
+           ptr = COALESCE(excluded.ptr, hosts.ptr),
+           last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+        8,
+        &host_rows,
+        |q, h| {
+            q.bind(&h.ip)
+                .bind(&h.host.segment)
+                .bind(h.host.network.as_str())
+                .bind(&h.department)
+                .bind(&h.host.ptr)
+                .bind(seen)
                 .bind(seen)
                 .bind(run_id)
-                .execute(&mut **tx)
-                .await?;
-        sqlx::query("INSERT INTO observations (scan_id, ip, port, kind, data) VALUES ($1, $2, $3, 'service', $4)")
-                    .bind(run_id)
-                    .bind(&ip)
-                    .bind(i64::from(service.port))
-                    .bind(serde_json::to_string(service)?)
-                    .execute(&mut **tx)
-                    .await?;
-    }
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "INSERT INTO observations (scan_id, ip, port, kind, data)",
+        "",
+        5,
+        &host_rows,
+        |q, h| {
+            q.bind(run_id)
+                .bind(&h.ip)
+                .bind(None::<i64>)
+                .bind("host")
+                .bind(&h.data)
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "INSERT INTO services (ip, port, protocol, service, product, version, banner, first_seen,
+           last_seen, last_scan)",
+        "ON CONFLICT (ip, port, protocol) DO UPDATE SET service = excluded.service,
+           product = excluded.product, version = excluded.version, banner = excluded.banner,
+           last_seen = excluded.last_seen, last_scan = excluded.last_scan",
+        10,
+        &service_rows,
+        |q, s| {
+            q.bind(s.ip)
+                .bind(i64::from(s.service.port))
+                .bind(s.service.protocol)
+                .bind(&s.service.service)
+                .bind(&s.service.product)
+                .bind(&s.service.version)
+                .bind(&s.service.banner)
+                .bind(seen)
+                .bind(seen)
+                .bind(run_id)
+        },
+    )
+    .await?;
+    insert_rows(
+        tx,
+        "INSERT INTO observations (scan_id, ip, port, kind, data)",
+        "",
+        5,
+        &service_rows,
+        |q, s| {
+            q.bind(run_id)
+                .bind(s.ip)
+                .bind(i64::from(s.service.port))
+                .bind("service")
+                .bind(&s.data)
+        },
+    )
+    .await?;
     Ok(())
 }

@@ -258,7 +258,7 @@ fn unknown_csv_column_is_named() {
     assert_eq!(
         problems(config::load(&path)),
         format!(
-            "{}/departments.csv:1: unknown column `mail`: expected id, name, emails",
+            "{}/departments.csv:1: unknown column `mail`: expected id, name, emails, leader_emails",
             dir.display()
         )
     );
@@ -749,4 +749,25 @@ fn store_url_is_parsed_only_and_refused_with_its_position() {
             "np.yaml: warning: store.password_env names NETPATROL_TEST_NEVER_SET, which is not set: opening the PostgreSQL store will fail"
         ]
     );
+}
+
+/// Every example config under `config/` (the district's, the demo's, a sensor's, a hub's, a
+/// city hub's) loads: its keys, values, registers and cross-references hold. Secrets, token
+/// variables and files outside the repository (certificates, the web config) are what a real
+/// installation adds, so the full compile step is not run here.
+#[test]
+fn every_example_config_loads() {
+    let dir = root().join("config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        seen += 1;
+        if let Err(problems) = config::load(&path) {
+            panic!("{} does not load:\n{problems}", path.display());
+        }
+    }
+    assert!(seen >= 3, "examples found: {seen}");
 }

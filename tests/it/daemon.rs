@@ -19,10 +19,10 @@ use serde_json::Value;
 use crate::support;
 use crate::support::store::for_each_backend_blocking;
 
-const TOKEN: &str = "s3cret-test-token";
-const TOKEN_ENV: &str = "NETPATROL_TEST_API_TOKEN";
+pub(crate) const TOKEN: &str = "s3cret-test-token";
+pub(crate) const TOKEN_ENV: &str = "NETPATROL_TEST_API_TOKEN";
 const READ_TOKEN: &str = "read-only-test-token";
-const READ_ENV: &str = "NETPATROL_TEST_READ_TOKEN";
+pub(crate) const READ_ENV: &str = "NETPATROL_TEST_READ_TOKEN";
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -49,13 +49,13 @@ fn tool(name: &str) -> PathBuf {
 
 /// A response: status and body.
 #[derive(Debug)]
-struct Reply {
-    status: u16,
-    body: String,
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
 }
 
 impl Reply {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
@@ -122,7 +122,7 @@ fn dechunk(mut s: &str) -> String {
 
 /// A GET with the operator token (every daemon route but `/healthz` needs a credential; the
 /// token is harmless to Prometheus's own API, which these tests query too).
-fn get(addr: SocketAddr, path: &str) -> Reply {
+pub(crate) fn get(addr: SocketAddr, path: &str) -> Reply {
     get_as(addr, path, Some(&format!("Bearer {TOKEN}")))
 }
 
@@ -134,7 +134,7 @@ fn get_as(addr: SocketAddr, path: &str, authorization: Option<&str>) -> Reply {
     }
 }
 
-fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Reply {
+pub(crate) fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![("Content-Type", "application/json")];
     if let Some(a) = &auth {
@@ -154,7 +154,7 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -165,7 +165,7 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
-fn signal(child: &Child, name: &str) {
+pub(crate) fn signal(child: &Child, name: &str) {
     let ok = Command::new("kill")
         .arg(format!("-{name}"))
         .arg(child.id().to_string())
@@ -203,10 +203,10 @@ fn small_yaml(listen: SocketAddr, extra: &str) -> String {
 }
 
 /// A running `netpatrol daemon`, killed when dropped.
-struct Daemon {
-    child: Child,
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -216,7 +216,7 @@ impl Daemon {
     }
 
     /// Listen on `ip` (a free port); `env` sets variables (the token ones are removed first).
-    fn start_with(
+    pub(crate) fn start_with(
         ip: &str,
         yaml: impl Fn(&Path, SocketAddr) -> String,
         env: &[(&str, &str)],
@@ -272,7 +272,7 @@ impl Daemon {
         Daemon { child, addr, dir }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
@@ -288,7 +288,7 @@ impl Daemon {
         self.wait_scan(&id)
     }
 
-    fn wait_scan(&self, id: &str) -> Value {
+    pub(crate) fn wait_scan(&self, id: &str) -> Value {
         wait_for("the scan to finish", Duration::from_secs(180), || {
             let v = get(self.addr, &format!("/api/v1/scans/{id}")).json();
             let state = v["state"].as_str().unwrap_or("").to_string();
@@ -298,7 +298,7 @@ impl Daemon {
         })
     }
 
-    fn metric(&self, name: &str) -> Option<f64> {
+    pub(crate) fn metric(&self, name: &str) -> Option<f64> {
         get(self.addr, "/metrics").body.lines().find_map(|l| {
             let rest = l.strip_prefix(name)?;
             let value = rest.strip_prefix(' ')?;

@@ -477,7 +477,15 @@ async fn a_store_made_by_the_old_runner_is_adopted() {
     ];
     // Migrations newer than any the old runner knew: sqlx's migrator applies them after the
     // adoption.
-    let later = [9];
+    let mut later: Vec<i64> = std::fs::read_dir(&migrations)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.split('_').next()?.parse().ok()
+        })
+        .filter(|v| *v > 8)
+        .collect();
+    later.sort();
     for upto in [8, 5] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
@@ -552,7 +560,7 @@ async fn a_store_made_by_the_old_runner_is_adopted() {
             files
                 .iter()
                 .map(|(v, _)| *v)
-                .chain(later)
+                .chain(later.iter().copied())
                 .map(|v| (v, true))
                 .collect::<Vec<_>>(),
             "upto {upto}"

@@ -13,7 +13,7 @@ use rustls_pki_types::pem::PemObject;
 use std::sync::OnceLock;
 
 use rustls_pki_types::{CertificateDer, SignatureVerificationAlgorithm, TrustAnchor, UnixTime};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use x509_parser::prelude::*;
 
 use crate::config::TrustSettings;
@@ -127,7 +127,7 @@ pub fn anchors_from_pem_file(path: &Path) -> Result<Vec<TrustAnchor<'static>>, T
 }
 
 /// What one certificate says, and how it fares against the trust store and the host's names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertFacts {
     /// Subject distinguished name, RFC 4514 style (`CN=…, O=…`).
     pub subject: String,

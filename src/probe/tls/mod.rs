@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
 
@@ -82,7 +82,7 @@ pub struct TlsSpec {
 
 /// The TLS/TLCP posture of one service. Serialises to the contract's `tls` object (plus
 /// extra fields).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsFacts {
     /// Accepted protocol versions, oldest first, SSLv3 to TLS 1.3 (TLCP is `tlcp`).
     pub versions: Vec<TlsVersion>,

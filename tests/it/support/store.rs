@@ -95,6 +95,21 @@ async fn admin() -> PgConnection {
     })
 }
 
+impl TestStore {
+    /// A SQLite store at `path` (a file some process under test writes).
+    pub fn sqlite_at(path: std::path::PathBuf) -> TestStore {
+        TestStore {
+            backend: Backend::Sqlite,
+            settings: StoreSettings {
+                path,
+                url: None,
+                password_env: None,
+            },
+            _dir: tempfile::tempdir().unwrap(),
+        }
+    }
+}
+
 /// A fresh SQLite store in a folder of its own.
 fn sqlite() -> TestStore {
     let dir = tempfile::tempdir().unwrap();
@@ -173,6 +188,18 @@ pub fn for_each_backend_blocking(mut body: impl FnMut(TestStore)) {
     runtime.block_on(drop_postgres(&name));
     if let Err(panic) = outcome {
         eprintln!("failed on PostgreSQL");
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// `body` on a fresh PostgreSQL database only (for what only PostgreSQL offers: several
+/// processes sharing one store), dropped whatever the body did.
+pub fn with_postgres_blocking(body: impl FnOnce(TestStore)) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (pg, name) = runtime.block_on(postgres());
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(pg)));
+    runtime.block_on(drop_postgres(&name));
+    if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
 }

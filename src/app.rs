@@ -407,6 +407,11 @@ async fn serve_demo(
             crate::rectify::page_url(&format!("http://{addr}"), &token)
         );
     }
+    // The bureau's side: waiver requests and disputes the departments send from their page.
+    eprintln!(
+        "netpatrol demo: operator page: {} (sign in with the API token above)",
+        crate::rectify::operator_url(&format!("http://{addr}"))
+    );
     tokio::spawn(daemon.clone().scheduler(stop.clone()));
     tokio::spawn(crate::daemon::api::serve(listener, daemon, stop));
     Ok(())

@@ -10,6 +10,11 @@
 //! ring's `hmac::verify`) before anything in the payload is believed; then the expiry. A page's
 //! CSRF token is the HMAC of the link's token under a key derived for that purpose, so it is
 //! bound to the link and needs no server state; the form posts it in a hidden field.
+//!
+//! The operator page's session (`/operator`, [`crate::daemon`]) is signed the same way under
+//! a third derived key: `BASE64URL("s1\n{actor}\n{expiry}").BASE64URL(tag)`, kept in an
+//! HttpOnly, SameSite=Strict cookie for [`SESSION_HOURS`]; its forms' CSRF token is the CSRF
+//! HMAC of the session token.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -21,6 +26,9 @@ pub const LINK_VALID_DAYS: i64 = 45;
 
 /// Longest token accepted (a department id and a period are short).
 const MAX_TOKEN: usize = 512;
+
+/// Hours an operator's page session lasts after the login.
+pub const SESSION_HOURS: i64 = 8;
 
 /// Fewest bytes of a configured link key.
 pub const MIN_KEY_BYTES: usize = 32;
@@ -51,6 +59,7 @@ pub enum LinkError {
 pub struct LinkKey {
     link: hmac::Key,
     csrf: hmac::Key,
+    session: hmac::Key,
 }
 
 impl std::fmt::Debug for LinkKey {
@@ -64,9 +73,11 @@ impl LinkKey {
     pub fn new(secret: &[u8]) -> LinkKey {
         let link = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derived = hmac::sign(&link, b"netpatrol rectification csrf v1");
+        let session = hmac::sign(&link, b"netpatrol operator session v1");
         LinkKey {
             link,
             csrf: hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()),
+            session: hmac::Key::new(hmac::HMAC_SHA256, session.as_ref()),
         }
     }
 
@@ -136,6 +147,51 @@ impl LinkKey {
         })
     }
 
+    /// An operator session for `actor` (as the audit names them), until `expires`.
+    pub fn sign_session(&self, actor: &str, expires: DateTime<Utc>) -> Result<String, LinkError> {
+        if actor.contains('\n') {
+            return Err(LinkError::Unsignable);
+        }
+        let payload = format!("s1\n{actor}\n{}", expires.timestamp());
+        let tag = hmac::sign(&self.session, payload.as_bytes());
+        Ok(format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(payload),
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        ))
+    }
+
+    /// The actor of session `token`, if its signature holds and it has not expired at `now`.
+    pub fn verify_session(&self, token: &str, now: DateTime<Utc>) -> Result<String, LinkError> {
+        if token.len() > MAX_TOKEN {
+            return Err(LinkError::Malformed);
+        }
+        let (payload, tag) = token.split_once('.').ok_or(LinkError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| LinkError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| LinkError::Malformed)?;
+        hmac::verify(&self.session, &payload, &tag).map_err(|_| LinkError::Tampered)?;
+        let text = String::from_utf8(payload).map_err(|_| LinkError::Malformed)?;
+        let mut parts = text.split('\n');
+        let (Some("s1"), Some(actor), Some(expiry), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(LinkError::Malformed);
+        };
+        let expires = expiry
+            .parse::<i64>()
+            .ok()
+            .and_then(|s| DateTime::from_timestamp(s, 0))
+            .ok_or(LinkError::Malformed)?;
+        if now >= expires {
+            return Err(LinkError::Expired);
+        }
+        Ok(actor.to_string())
+    }
+
     /// The CSRF token of the page `token` opens.
     pub fn csrf(&self, token: &str) -> String {
         URL_SAFE_NO_PAD.encode(hmac::sign(&self.csrf, token.as_bytes()).as_ref())
@@ -147,6 +203,11 @@ impl LinkKey {
             .decode(given)
             .is_ok_and(|tag| hmac::verify(&self.csrf, token.as_bytes(), &tag).is_ok())
     }
+}
+
+/// The operator page's address: `{public_url}/operator`.
+pub fn operator_url(public_url: &str) -> String {
+    format!("{}/operator", public_url.trim_end_matches('/'))
 }
 
 /// The page's address: `{public_url}/r/{token}` (one slash between them).

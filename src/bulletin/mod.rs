@@ -7,8 +7,8 @@
 //!
 //! - [`Period`]: a calendar month or a date range in the organisation's timezone, turned into
 //!   UTC bounds;
-//! - `model`: gathers what the period saw into a serializable model (sections 一 to 七 and
-//!   the appendix) — the only part that queries the store;
+//! - `model`: gathers what the period saw into a serializable model (sections 一 to 八,
+//!   逾期未整改 and the appendix) — the only part that queries the store;
 //! - `render`: minijinja templates (embedded from `templates/`, each overridable by a file of
 //!   the same name in `bulletin.templates_dir`), compiled once when [`Templates::load`] runs,
 //!   to HTML (auto-escaped), plain text and Markdown (their own escaping formatters), and the

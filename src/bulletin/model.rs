@@ -3,6 +3,14 @@
 //!
 //! The only part of the bulletin that queries the store. Everything user-facing comes in the
 //! bulletin's language: labels (`t`), rule titles and remediation (the rules' `Text`), evidence.
+//!
+//! The rectification loop (通报—整改—反馈—复测) is read from the departments' answers
+//! (`rectification_answers`): per department, the items notified (open in the period and not
+//! waived, or answered), answered, verified closed (latest answer 复测通过), failed re-test
+//! (整改未通过) and overdue; the response and verified-closure rates; the same over six
+//! periods, each judged with the answers given by its end. Items overdue by
+//! `bulletin.escalate_after_days` or more are escalated (逾期未整改 section; the notice copies
+//! the department's leadership).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -14,7 +22,7 @@ use crate::config::{Config, NetworkKind, ProjectStage};
 use crate::finding::{Finding, State, waiver_for};
 use crate::probe::tls::TlsVersion;
 use crate::rules::{RuleSet, Severity};
-use crate::store::{PeriodService, Store};
+use crate::store::{Answer, AnswerKind, PeriodService, Store};
 
 /// Certificates expiring within this many days of the period's end are listed.
 const EXPIRING_DAYS: i64 = 30;
@@ -53,6 +61,13 @@ pub struct Model {
     pub rectification: Vec<DeptItems>,
     /// 已整改: resolved in the period.
     pub resolved: Vec<Item>,
+    /// 八、整改反馈与复测: the loop, by department, and its trend.
+    pub rect_loop: LoopView,
+    /// 逾期未整改: items overdue by `escalate_after_days` or more, by department (none when
+    /// escalation is off).
+    pub escalated: Vec<DeptItems>,
+    /// `bulletin.escalate_after_days` (0 = off).
+    pub escalate_after_days: u32,
     /// 附件: every finding open in the period.
     pub appendix: Vec<Item>,
     /// Labels in the bulletin's language.
@@ -177,6 +192,13 @@ pub struct Item {
     /// Open since before this period (so in an earlier bulletin) and overdue.
     pub carried: bool,
     pub resolved_on: String,
+    /// Days past the due date (0 when not overdue).
+    pub overdue_days: i64,
+    /// Overdue by `escalate_after_days` or more (escalated to the leadership).
+    pub escalated: bool,
+    /// The department's latest answer by the period's end and what became of it
+    /// ("已整改 · 复测通过"), empty when none.
+    pub feedback: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -184,6 +206,10 @@ pub struct DeptItems {
     pub id: String,
     pub name: String,
     pub emails: Vec<String>,
+    /// Copied on the notice when it carries escalated items.
+    pub leader_emails: Vec<String>,
+    /// Items escalated (overdue by `escalate_after_days` or more).
+    pub escalated: usize,
     pub items: Vec<Item>,
     pub overdue: usize,
     pub carried: usize,
@@ -249,6 +275,152 @@ pub struct SegmentRow {
     pub state: String,
 }
 
+/// The rectification loop of a period: a row per department with items, the district's
+/// total, and the trend over six periods.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopView {
+    pub rows: Vec<LoopRow>,
+    pub total: LoopRow,
+    /// Oldest first, this period last.
+    pub trend: Vec<LoopTrend>,
+}
+
+/// One department's loop in a period.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LoopRow {
+    pub id: String,
+    pub name: String,
+    pub notified: usize,
+    pub answered: usize,
+    /// 复测通过.
+    pub verified: usize,
+    /// 整改未通过.
+    pub failed: usize,
+    pub overdue: usize,
+    /// "60%", or "-" with nothing notified.
+    pub response_rate: String,
+    pub closure_rate: String,
+    /// Response rates of the six periods, oldest first ("-" where nothing was notified).
+    pub trend: Vec<String>,
+}
+
+/// The district's loop in one of the six periods.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopTrend {
+    pub label: String,
+    pub current: bool,
+    pub notified: usize,
+    pub answered: usize,
+    pub verified: usize,
+    pub response_rate: String,
+    pub closure_rate: String,
+    /// Bar widths, percent of 100.
+    pub response_pct: f64,
+    pub closure_pct: f64,
+    /// Bars for text formats: 20 cells, `#` (response) or `=` (verified closure), then dots.
+    pub response_bar: String,
+    pub closure_bar: String,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct LoopCounts {
+    notified: usize,
+    answered: usize,
+    verified: usize,
+    failed: usize,
+    overdue: usize,
+}
+
+/// A bar of 20 cells for `pct` percent: `mark`s, then dots.
+fn text_bar(mark: char, pct: f64) -> String {
+    let n = ((pct / 5.0).round() as usize).min(20);
+    let mut bar: String = std::iter::repeat_n(mark, n).collect();
+    bar.extend(std::iter::repeat_n('.', 20 - n));
+    bar
+}
+
+fn rate(part: usize, of: usize) -> String {
+    if of == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.0}%", part as f64 * 100.0 / of as f64)
+    }
+}
+
+/// The loop's counts by department, for findings `open` in a period ending (exclusive) at
+/// `end`, judged on `as_of` with the answers given before `end`.
+fn loop_counts(
+    config: &Config,
+    open: &[Finding],
+    answers: &[Answer],
+    end: DateTime<Utc>,
+    as_of: NaiveDate,
+) -> BTreeMap<String, LoopCounts> {
+    let mut latest: HashMap<&str, &Answer> = HashMap::new();
+    for a in answers.iter().filter(|a| a.at < end) {
+        latest.insert(a.fingerprint.as_str(), a);
+    }
+    let mut out: BTreeMap<String, LoopCounts> = BTreeMap::new();
+    for f in open {
+        let Some(dept) = f.department.as_deref() else {
+            continue;
+        };
+        let answer = latest.get(f.fingerprint.as_str());
+        let waived = waiver_for(config, f, as_of).is_some();
+        if waived && answer.is_none() {
+            continue;
+        }
+        let resolved = f.state == State::Resolved && f.resolved_at.is_some_and(|r| r < end);
+        let c = out.entry(dept.to_string()).or_default();
+        c.notified += 1;
+        if let Some(a) = answer {
+            c.answered += 1;
+            match a.state.as_str() {
+                "retest_passed" => c.verified += 1,
+                "retest_failed" => c.failed += 1,
+                _ => {}
+            }
+        }
+        if !resolved && !waived && f.due < as_of {
+            c.overdue += 1;
+        }
+    }
+    out
+}
+
+/// What an answer and its outcome are called in the bulletin.
+fn feedback_label(a: &Answer, zh: bool) -> String {
+    let kind = match (a.kind, zh) {
+        (AnswerKind::Done, true) => "已整改",
+        (AnswerKind::Done, false) => "rectified",
+        (AnswerKind::Waiver, true) => "申请豁免",
+        (AnswerKind::Waiver, false) => "waiver requested",
+        (AnswerKind::Dispute, true) => "有异议",
+        (AnswerKind::Dispute, false) => "disputed",
+    };
+    let state = match (a.state.as_str(), zh) {
+        ("retest_passed", true) => "复测通过",
+        ("retest_passed", false) => "re-test passed",
+        ("retest_failed", true) => "整改未通过",
+        ("retest_failed", false) => "re-test failed",
+        ("retest_inconclusive" | "retest_error", true) => "复测无法判定",
+        ("retest_inconclusive" | "retest_error", false) => "re-test inconclusive",
+        ("approved", true) => "豁免已批准",
+        ("approved", false) => "waiver approved",
+        ("denied", true) => "未予批准",
+        ("denied", false) => "denied",
+        ("closed", true) => "异议未予采纳",
+        ("closed", false) => "dispute closed",
+        ("waived", true) => "转为豁免",
+        ("waived", false) => "turned into a waiver",
+        ("overridden", true) => "规则已覆盖",
+        ("overridden", false) => "rule overridden",
+        (_, true) => "待处理",
+        (_, false) => "pending",
+    };
+    format!("{kind} · {state}")
+}
+
 /// Gather the model of `period` as of `now`.
 pub async fn gather(
     config: &Config,
@@ -266,6 +438,12 @@ pub async fn gather(
     // Status is judged as of the period's end, or today for a period not over yet.
     let today = now.with_timezone(&tz).date_naive();
     let as_of = period.to.min(today);
+    let answers = store.all_answers().await?;
+    let end_of_period = period.bounds(tz).1;
+    let mut latest: HashMap<String, Answer> = HashMap::new();
+    for a in answers.iter().filter(|a| a.at < end_of_period) {
+        latest.insert(a.fingerprint.clone(), a.clone());
+    }
     let ctx = Ctx {
         config,
         rules,
@@ -274,6 +452,7 @@ pub async fn gather(
         tz,
         period,
         as_of,
+        latest: &latest,
     };
 
     let runs = store.runs_between(start, end).await?;
@@ -339,6 +518,8 @@ pub async fn gather(
         })
         .collect();
     let mut trend = Vec::new();
+    // The loop's counts of each of the six periods, oldest first (the trend's order).
+    let mut loop_windows: Vec<(String, bool, BTreeMap<String, LoopCounts>)> = Vec::new();
     let mut window = period.clone();
     for i in 0..TREND_PERIODS {
         let (a, b) = window.bounds(tz);
@@ -347,10 +528,17 @@ pub async fn gather(
         } else {
             store.findings_open_between(a, b).await?
         };
+        let window_as_of = window.to.min(today);
+        loop_windows.push((
+            ctx.period_short(&window),
+            i == 0,
+            loop_counts(config, &list, &answers, b, window_as_of),
+        ));
         trend.push((ctx.period_short(&window), list, i == 0));
         window = window.previous();
     }
     trend.reverse();
+    loop_windows.reverse();
     let widest = trend
         .iter()
         .map(|(_, l, _)| l.len())
@@ -474,6 +662,16 @@ pub async fn gather(
     sort_items(&mut resolved);
     number_items(&mut resolved);
 
+    // 逾期未整改 (escalated) and 八、整改反馈与复测
+    let escalated_items: Vec<Item> = appendix
+        .iter()
+        .filter(pending)
+        .filter(|i| i.escalated)
+        .cloned()
+        .collect();
+    let escalated = ctx.by_department(escalated_items);
+    let rect_loop = ctx.loop_view(&loop_windows);
+
     let local = |d: NaiveDate| ctx.long_date(d);
     Ok(Model {
         lang: lang.to_string(),
@@ -497,6 +695,9 @@ pub async fn gather(
         consolidation,
         rectification,
         resolved,
+        rect_loop,
+        escalated,
+        escalate_after_days: config.bulletin.escalate_after_days,
         appendix,
         t,
     })
@@ -546,6 +747,8 @@ struct Ctx<'a> {
     tz: chrono_tz::Tz,
     period: &'a Period,
     as_of: NaiveDate,
+    /// The latest answer on each finding by the period's end, by fingerprint.
+    latest: &'a HashMap<String, Answer>,
 }
 
 impl Ctx<'_> {
@@ -643,6 +846,12 @@ impl Ctx<'_> {
                 .unwrap_or_default(),
         };
         let first_seen = self.date(f.first_seen);
+        let overdue_days = if overdue {
+            (self.as_of - f.due).num_days()
+        } else {
+            0
+        };
+        let after = i64::from(self.config.bulletin.escalate_after_days);
         Item {
             no: 0,
             id: item_id(&f.fingerprint),
@@ -672,6 +881,13 @@ impl Ctx<'_> {
             overdue,
             carried: overdue && first_seen < self.period.from,
             resolved_on: resolved_in.map(|d| d.to_string()).unwrap_or_default(),
+            overdue_days,
+            escalated: overdue && after > 0 && overdue_days >= after,
+            feedback: self
+                .latest
+                .get(&f.fingerprint)
+                .map(|a| feedback_label(a, self.zh()))
+                .unwrap_or_default(),
         }
     }
 
@@ -712,6 +928,10 @@ impl Ctx<'_> {
             groups.push(DeptItems {
                 name: self.department_name((!id.is_empty()).then_some(id.as_str())),
                 emails: department.map(|d| d.emails.clone()).unwrap_or_default(),
+                leader_emails: department
+                    .map(|d| d.leader_emails.clone())
+                    .unwrap_or_default(),
+                escalated: mine.iter().filter(|i| i.escalated).count(),
                 overdue: mine.iter().filter(|i| i.overdue).count(),
                 carried: mine.iter().filter(|i| i.carried).count(),
                 earliest_due: mine.iter().map(|i| i.due.clone()).min().unwrap_or_default(),
@@ -720,6 +940,86 @@ impl Ctx<'_> {
             });
         }
         groups
+    }
+
+    /// 八、整改反馈与复测: this period's rows (the last window) and the six periods' trend.
+    fn loop_view(&self, windows: &[(String, bool, BTreeMap<String, LoopCounts>)]) -> LoopView {
+        let empty = BTreeMap::new();
+        let current = windows.last().map_or(&empty, |(_, _, c)| c);
+        let mut order: Vec<String> = self
+            .config
+            .departments
+            .iter()
+            .map(|d| d.id.clone())
+            .collect();
+        for id in current.keys() {
+            if !order.contains(id) {
+                order.push(id.clone());
+            }
+        }
+        let row = |id: &str, name: String, c: LoopCounts, trend: Vec<String>| LoopRow {
+            id: id.to_string(),
+            name,
+            notified: c.notified,
+            answered: c.answered,
+            verified: c.verified,
+            failed: c.failed,
+            overdue: c.overdue,
+            response_rate: rate(c.answered, c.notified),
+            closure_rate: rate(c.verified, c.notified),
+            trend,
+        };
+        let mut rows = Vec::new();
+        for id in &order {
+            let Some(c) = current.get(id) else { continue };
+            let trend = windows
+                .iter()
+                .map(|(_, _, w)| {
+                    w.get(id)
+                        .map_or_else(|| "-".to_string(), |c| rate(c.answered, c.notified))
+                })
+                .collect();
+            rows.push(row(id, self.department_name(Some(id)), *c, trend));
+        }
+        let sum = |w: &BTreeMap<String, LoopCounts>| {
+            w.values().fold(LoopCounts::default(), |a, c| LoopCounts {
+                notified: a.notified + c.notified,
+                answered: a.answered + c.answered,
+                verified: a.verified + c.verified,
+                failed: a.failed + c.failed,
+                overdue: a.overdue + c.overdue,
+            })
+        };
+        let total_trend = windows
+            .iter()
+            .map(|(_, _, w)| {
+                let c = sum(w);
+                rate(c.answered, c.notified)
+            })
+            .collect();
+        let total = row("", self.label("total"), sum(current), total_trend);
+        let trend = windows
+            .iter()
+            .map(|(label, is_current, w)| {
+                let c = sum(w);
+                let (response_pct, closure_pct) =
+                    (pct(c.answered, c.notified), pct(c.verified, c.notified));
+                LoopTrend {
+                    label: label.clone(),
+                    current: *is_current,
+                    notified: c.notified,
+                    answered: c.answered,
+                    verified: c.verified,
+                    response_rate: rate(c.answered, c.notified),
+                    closure_rate: rate(c.verified, c.notified),
+                    response_pct,
+                    closure_pct,
+                    response_bar: text_bar('#', response_pct),
+                    closure_bar: text_bar('=', closure_pct),
+                }
+            })
+            .collect();
+        LoopView { rows, total, trend }
     }
 
     fn crypto(
@@ -1023,6 +1323,36 @@ const LABELS: &[(&str, &str, &str)] = &[
     ),
     ("sec6", "六、网络归并整合进度", "6. Network consolidation"),
     ("sec7", "七、整改要求", "7. Rectification requirements"),
+    (
+        "sec_escalated",
+        "逾期未整改问题（提请领导督办）",
+        "Overdue and escalated to the leadership",
+    ),
+    (
+        "sec8",
+        "八、整改反馈与复测情况",
+        "8. Answers and re-tests (the rectification loop)",
+    ),
+    ("loop_notified", "通报问题", "Notified"),
+    ("loop_answered", "已反馈", "Answered"),
+    ("loop_verified", "复测通过", "Verified closed"),
+    ("loop_failed", "整改未通过", "Failed re-test"),
+    ("loop_overdue", "逾期", "Overdue"),
+    ("loop_response_rate", "反馈率", "Response rate"),
+    ("loop_closure_rate", "复测关闭率", "Verified-closure rate"),
+    (
+        "loop_trend",
+        "近六期反馈率与复测关闭率",
+        "Response and verified-closure rates over six periods",
+    ),
+    (
+        "loop_dept_trend",
+        "近六期反馈率",
+        "Response rate, six periods",
+    ),
+    ("period", "期别", "Period"),
+    ("overdue_days", "逾期天数", "Days overdue"),
+    ("feedback", "反馈情况", "Answer"),
     ("sec_resolved", "已整改问题", "Resolved in this period"),
     (
         "sec_appendix",

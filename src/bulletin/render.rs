@@ -8,7 +8,8 @@
 //! Escaping, by the template's extension: `.html` — minijinja's HTML auto-escape; `.md` —
 //! Markdown metacharacters and raw HTML escaped, line breaks flattened (a value cannot break a
 //! table or inject markup); `.txt` — control characters (terminal escapes, stray CRs) replaced.
-//! The CSV defuses cells a spreadsheet would run as a formula.
+//! The CSV defuses cells a spreadsheet would run as a formula; its last column (反馈情况)
+//! carries the loop: the department's latest answer on the item and what became of it.
 
 use std::path::Path;
 
@@ -32,6 +33,15 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("notice.txt", include_str!("../../templates/notice.txt")),
     ("style.css", include_str!("../../templates/style.css")),
     ("rectify.html", include_str!("../../templates/rectify.html")),
+    (
+        "operator.html",
+        include_str!("../../templates/operator.html"),
+    ),
+    (
+        "decision.html",
+        include_str!("../../templates/decision.html"),
+    ),
+    ("decision.txt", include_str!("../../templates/decision.txt")),
 ];
 
 /// The compiled templates.
@@ -71,6 +81,8 @@ struct NoticeView<'a> {
     t: &'a std::collections::BTreeMap<&'static str, &'static str>,
     /// The department's rectification page, when `daemon.public_url` is set.
     link: Option<&'a str>,
+    /// `bulletin.escalate_after_days` (the notice says when leaders are copied).
+    escalate_after_days: u32,
 }
 
 impl Templates {
@@ -124,7 +136,8 @@ impl Templates {
         template.render(Serde(ctx)).map_err(fail)
     }
 
-    /// A page of the daemon's web face (`rectify.html`), HTML-escaped like every `.html`.
+    /// A page of the daemon's web face (`rectify.html`, `operator.html`) or a decision mail
+    /// (`decision.html`, `decision.txt`), escaped for its extension like every template.
     pub fn render_page<S: Serialize>(&self, name: &str, ctx: &S) -> Result<String, BulletinError> {
         self.render_one(name, ctx)
     }
@@ -173,6 +186,7 @@ impl Templates {
             dept,
             t: &model.t,
             link,
+            escalate_after_days: model.escalate_after_days,
         };
         let mut text = self.render_one("notice.txt", &view)?;
         if !text.ends_with('\n') {
@@ -302,6 +316,7 @@ fn csv(model: &Model, items: &[Item]) -> Result<Vec<u8>, BulletinError> {
                 "first_seen",
                 "due",
                 "status",
+                "feedback",
             ]
             .map(t),
         )?;
@@ -321,6 +336,7 @@ fn csv(model: &Model, items: &[Item]) -> Result<Vec<u8>, BulletinError> {
                 i.first_seen.clone(),
                 i.due.clone(),
                 i.status_label.clone(),
+                csv_cell(&i.feedback),
             ])?;
         }
         w.flush().map_err(csv::Error::from)?;

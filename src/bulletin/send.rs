@@ -2,7 +2,10 @@
 //! flushed with exponential backoff.
 //!
 //! Kinds: `bulletin` (the whole bulletin to each of `bulletin.recipients`) and `notice` (each
-//! department's own items to its register emails, when `bulletin.notify_departments`). The
+//! department's own items to its register emails, when `bulletin.notify_departments`; its
+//! `leader_emails` copied when the notice carries items overdue by
+//! `bulletin.escalate_after_days` or more). The operator page queues a third kind,
+//! `decision` (a denied waiver request or a closed dispute, to the department). The
 //! outbox key is `period|kind|recipient` (recipient: the address, or the department id), so
 //! building a period again never queues its mail twice unless forced.
 
@@ -87,6 +90,7 @@ pub async fn enqueue(
         let letter = Letter {
             from: smtp.from.clone(),
             to: vec![to.clone()],
+            cc: Vec::new(),
             subject,
             text: bulletin.rendered.text.clone(),
             html: bulletin.rendered.html.clone(),
@@ -142,9 +146,20 @@ pub async fn enqueue(
                     bulletin.period.file_key()
                 )
             };
+            // Escalation: items overdue by `bulletin.escalate_after_days` copy the leadership.
+            let cc = if dept.escalated > 0 {
+                dept.leader_emails
+                    .iter()
+                    .filter(|l| !dept.emails.contains(l))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let letter = Letter {
                 from: smtp.from.clone(),
                 to: dept.emails.clone(),
+                cc,
                 subject,
                 text: notice.text,
                 html: notice.html,

@@ -152,6 +152,8 @@ pub struct Department {
     pub id: String,
     pub name: String,
     pub emails: Vec<String>,
+    /// Copied on a notice with escalated items. Default none.
+    pub leader_emails: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -291,6 +293,9 @@ pub struct BulletinSettings {
     pub out_dir: PathBuf,
     pub recipients: Vec<String>,
     pub notify_departments: bool,
+    /// Days past due after which an item is escalated (bulletin section 逾期未整改, leaders
+    /// copied); 0 = never. Default 30.
+    pub escalate_after_days: u32,
     /// Replacements for the built-in bulletin templates, by file name. Default none.
     pub templates_dir: Option<PathBuf>,
 }

@@ -303,6 +303,10 @@ pub struct DepartmentConfig {
     /// Where its rectification notices go; default none.
     #[serde(default)]
     pub emails: Vec<Text>,
+    /// Its leadership: copied (Cc) on a notice that carries items overdue by
+    /// `bulletin.escalate_after_days` or more; default none (no copy).
+    #[serde(default)]
+    pub leader_emails: Vec<Text>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -456,9 +460,16 @@ pub struct BulletinConfig {
     /// Mail each department its own notice; default true.
     #[serde(default)]
     pub notify_departments: Option<bool>,
+    /// Items past their due date by this many days or more are escalated: listed in the
+    /// bulletin's 逾期未整改 section and copied (Cc) to the department's `leader_emails` in its
+    /// next notice; default 30; 0 = no escalation.
+    #[serde(default)]
+    pub escalate_after_days: Option<u32>,
     /// Folder whose files replace the built-in bulletin templates of the same name
     /// (`bulletin.html`, `bulletin.txt`, `bulletin.md`, `notice.html`, `notice.txt`,
-    /// `style.css`); relative to the config's folder. Default none: the built-in templates.
+    /// `style.css`, and the daemon's pages and mail `rectify.html`, `operator.html`,
+    /// `decision.html`, `decision.txt`); relative to the config's folder. Default none: the
+    /// built-in templates.
     #[serde(default)]
     pub templates_dir: Option<Text>,
 }

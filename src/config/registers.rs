@@ -153,7 +153,7 @@ pub trait CsvColumns {
 
 impl CsvColumns for DepartmentConfig {
     const KIND: RegisterKind = RegisterKind::Departments;
-    const COLUMNS: &'static [&'static str] = &["id", "name", "emails"];
+    const COLUMNS: &'static [&'static str] = &["id", "name", "emails", "leader_emails"];
 }
 
 impl CsvColumns for SegmentConfig {

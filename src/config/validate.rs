@@ -455,11 +455,17 @@ impl Validator {
                 .iter()
                 .map(|e| self.email(origin, e, "emails"))
                 .collect();
+            let leader_emails = d
+                .leader_emails
+                .iter()
+                .map(|e| self.email(origin, e, "leader_emails"))
+                .collect();
             if unique {
                 out.push(Department {
                     id: d.id.value.clone(),
                     name: d.name.clone(),
                     emails,
+                    leader_emails,
                 });
             }
         }
@@ -1031,6 +1037,7 @@ impl Validator {
             out_dir: None,
             recipients: Vec::new(),
             notify_departments: None,
+            escalate_after_days: None,
             templates_dir: None,
         });
         if let Some(cron) = &raw.cron {
@@ -1068,6 +1075,7 @@ impl Validator {
                 .map(|r| self.email(&origin, r, "recipients"))
                 .collect(),
             notify_departments: raw.notify_departments.unwrap_or(true),
+            escalate_after_days: raw.escalate_after_days.unwrap_or(30),
             templates_dir,
         }
     }

@@ -14,7 +14,9 @@
 //!
 //! The rectification pages (`/r/...`) ask for none of these: the signed link in their path
 //! is their authority ([`crate::rectify`]), checked by their handlers; its key
-//! (`daemon.link_key_env`, at least 32 bytes) is read here with the tokens.
+//! (`daemon.link_key_env`, at least 32 bytes) is read here with the tokens. The operator page
+//! (`/operator...`) checks its own session cookie, which only the operator token can open
+//! (its login form), signed with the same key.
 
 use std::sync::Arc;
 

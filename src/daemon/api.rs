@@ -8,9 +8,11 @@
 //!
 //! Authentication ([`super::access`]): every route but `/healthz` needs a credential; GET
 //! the read token, the operator token or a basic-auth user, POST the operator token (a reader
-//! posting gets 403); `/metrics` only when the web config has basic-auth users. The one
-//! exception is `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
-//! by its handlers; its audit principal is `link:DEPARTMENT`. The sensor routes
+//! posting gets 403); `/metrics` only when the web config has basic-auth users. The
+//! exceptions are `/r/{token}` ([`super::rectify`]): its signed link is its authority, checked
+//! by its handlers; its audit principal is `link:DEPARTMENT`; and `/operator...`
+//! ([`super::operator`]): its handlers check their session cookie (made from the operator
+//! token by the page's login form). The sensor routes
 //! (`/api/v1/sensors/{id}/...`, [`super::hub`]) take that sensor's own token only
 //! (`Access::check_sensor`); their principal is `sensor:ID`. Every request
 //! but `/healthz` and successful scrapes is audited (store table `audit`, and an INFO log
@@ -73,12 +75,16 @@ pub struct Peer(pub SocketAddr);
 pub(super) struct AuditNote(pub(super) String);
 
 /// Who a rectification page request came from (`link:DEPARTMENT`), set by its handler once
-/// the link verified (a response extension, for the audit).
+/// the link verified, or an operator page request (`operator`, `-` before a login), set by
+/// its handler from the session (a response extension, for the audit).
 #[derive(Debug, Clone)]
 pub(super) struct LinkPrincipal(pub(super) String);
 
 /// The prefix of the rectification pages, whose signed link is their own authority.
 const LINK_PREFIX: &str = "/r/";
+
+/// The operator pages, which check their own session cookie ([`super::operator`]).
+const OPERATOR_PAGE: &str = "/operator";
 
 /// The sensors' routes, which take the sensor's own token only (`access::check_sensor`).
 const SENSOR_PREFIX: &str = "/api/v1/sensors/";
@@ -118,6 +124,19 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             "/r/{token}",
             get(super::rectify::show).post(super::rectify::answer),
         )
+        .route("/operator", get(super::operator::page))
+        .route(
+            "/operator/login",
+            axum::routing::post(super::operator::login),
+        )
+        .route(
+            "/operator/logout",
+            axum::routing::post(super::operator::logout),
+        )
+        .route(
+            "/operator/requests/{id}",
+            axum::routing::post(super::operator::decide_form),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -153,9 +172,12 @@ async fn guard(State(daemon): State<Shared>, mut request: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    // The rectification pages check their signed link themselves, and nothing else passes
-    // without a credential: only this prefix, and in it only the routes of `router`.
-    let by_link = route.starts_with(LINK_PREFIX);
+    // The rectification pages check their signed link themselves, and the operator pages
+    // their session cookie; nothing else passes without a credential: only these prefixes,
+    // and in them only the routes of `router`.
+    let by_link = route.starts_with(LINK_PREFIX)
+        || route == OPERATOR_PAGE
+        || route.starts_with(&format!("{OPERATOR_PAGE}/"));
     let sensor = route
         .strip_prefix(SENSOR_PREFIX)
         .and_then(|rest| rest.split('/').next())

@@ -46,6 +46,7 @@ pub mod access;
 pub mod api;
 pub mod audit;
 pub mod hub;
+pub mod operator;
 pub mod rectify;
 pub mod web;
 

@@ -16,7 +16,9 @@
 //! `POST .../requests/{id}/approve` (`{"approver": "...", "expires_on": "YYYY-MM-DD"}`,
 //! the expiry defaulting to the one proposed) keeps the waiver in the store, where the waiver
 //! machinery reads it beside the config's `exceptions`; `POST .../requests/{id}/deny`
-//! closes a request, and the department's page shows the decision.
+//! (`{"note": "..."}` optional) denies a waiver request or closes a dispute. Both go through
+//! [`super::operator::decide`], the step the operator page uses (a denial is mailed to the
+//! department); the department's page shows each decision with the bureau's note.
 //!
 //! Responses carry `Referrer-Policy: no-referrer` and `Cache-Control: no-store` (the path is a
 //! credential) and a CSP that allows no script at all.
@@ -104,6 +106,7 @@ fn texts(zh: bool) -> BTreeMap<&'static str, &'static str> {
             "Closed after a passed re-test",
         ),
         ("retest_passed", "复测通过", "re-test passed"),
+        ("reply", "处理意见", "The bureau's note"),
     ];
     T.iter()
         .map(|(k, z, e)| (*k, if zh { *z } else { *e }))
@@ -132,8 +135,14 @@ fn state_label(state: &str, zh: bool) -> Option<&'static str> {
         ("received", false) => "received, pending",
         ("approved", true) => "豁免已批准",
         ("approved", false) => "waiver approved",
-        ("denied", true) => "未予批准",
-        ("denied", false) => "not granted",
+        ("denied", true) => "豁免未予批准",
+        ("denied", false) => "waiver not granted",
+        ("closed", true) => "异议未予采纳，问题维持",
+        ("closed", false) => "dispute not upheld: the finding stands",
+        ("waived", true) => "异议转为豁免",
+        ("waived", false) => "dispute turned into a waiver",
+        ("overridden", true) => "异议成立，规则已覆盖",
+        ("overridden", false) => "dispute upheld: rule overridden",
         _ => return None,
     })
 }
@@ -146,6 +155,8 @@ struct AnswerView {
     /// 复测通过, 整改未通过, pending.
     state: Option<&'static str>,
     failed: bool,
+    /// The bureau's note on its decision (denied, closed, approved...), when it wrote one.
+    reply: Option<String>,
 }
 
 /// A finding of the department closed by its re-test (复测通过).
@@ -189,7 +200,7 @@ struct PageView<'a> {
 }
 
 /// A page the browser must not cache, frame, or leak the path of.
-fn html(status: StatusCode, body: String) -> Response {
+pub(super) fn html(status: StatusCode, body: String) -> Response {
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -307,7 +318,7 @@ async fn open_items(daemon: &Daemon, department: &str) -> Result<Vec<Finding>, R
 }
 
 /// Where a finding is: `ip:port`, the address, or the project.
-fn target_of(f: &Finding) -> String {
+pub(super) fn target_of(f: &Finding) -> String {
     match (&f.ip, f.port) {
         (Some(ip), Some(port)) => format!("{ip}:{port}"),
         (Some(ip), None) => ip.clone(),
@@ -344,6 +355,13 @@ async fn page(
     for a in &answers {
         latest.insert(a.fingerprint.as_str(), a);
     }
+    // A note the bureau could not be read for is only not shown: the page still works.
+    let replies = daemon
+        .store
+        .decision_notes(&link.department)
+        .await
+        .unwrap_or_default();
+    let decided = |state: &str| crate::store::DecisionKind::parse(state).is_some();
     let loaded = daemon.current();
     let config = &loaded.config;
     let tz = config.organisation.timezone;
@@ -375,7 +393,10 @@ async fn page(
                 at: a.at.with_timezone(&tz).format("%Y-%m-%d %H:%M").to_string(),
                 note: a.note.clone(),
                 state: state_label(&a.state, zh),
-                failed: a.state == "retest_failed",
+                failed: a.state == "retest_failed" || a.state == "denied" || a.state == "closed",
+                reply: decided(&a.state)
+                    .then(|| replies.get(&a.fingerprint).cloned())
+                    .flatten(),
             }),
         })
         .collect();
@@ -705,35 +726,29 @@ pub(super) struct Approval {
     expires_on: Option<String>,
 }
 
-/// `POST /api/v1/rectification/requests/{id}/approve`: the waiver request becomes a waiver.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Denial {
+    #[serde(default)]
+    note: Option<String>,
+}
+
+/// Who called the JSON API, for the decision's record.
+fn actor(principal: Option<axum::Extension<super::access::Principal>>) -> String {
+    principal.map_or_else(|| "operator".to_string(), |p| p.0.label())
+}
+
+/// `POST /api/v1/rectification/requests/{id}/approve`: the waiver request becomes a waiver
+/// (through [`super::operator::decide`], like the operator page).
 pub(super) async fn approve(
     State(daemon): State<Shared>,
     Path(id): Path<String>,
+    principal: Option<axum::Extension<super::access::Principal>>,
     body: Result<axum::Json<Approval>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let axum::Json(body) = match body {
         Ok(b) => b,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let approver = body.approver.trim();
-    if approver.is_empty() || approver.chars().count() > 200 {
-        return json_error(StatusCode::BAD_REQUEST, "approver: 1 to 200 characters");
-    }
-    let pending = match daemon.store.requests(false).await {
-        Ok(l) => l,
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let Some((_, request)) = pending
-        .iter()
-        .find(|(rid, a)| *rid == id && a.kind == AnswerKind::Waiver)
-    else {
-        return json_error(
-            StatusCode::NOT_FOUND,
-            "no undecided waiver request with this id",
-        );
-    };
-    let tz = daemon.current().config.organisation.timezone;
-    let today = Utc::now().with_timezone(&tz).date_naive();
     let expires_on = match body.expires_on.as_deref() {
         Some(text) => match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
             Ok(d) => Some(d),
@@ -741,65 +756,75 @@ pub(super) async fn approve(
                 return json_error(StatusCode::BAD_REQUEST, "expires_on: expected YYYY-MM-DD");
             }
         },
-        None => request.proposed_expiry,
+        None => None,
     };
-    let Some(expires_on) = expires_on.filter(|d| *d >= today) else {
-        return json_error(StatusCode::BAD_REQUEST, "expires_on must be today or later");
-    };
-    let findings = match daemon.store.findings().await {
-        Ok(f) => f,
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    let Some(f) = findings
-        .iter()
-        .find(|f| f.fingerprint == request.fingerprint)
-    else {
-        return json_error(StatusCode::NOT_FOUND, "the finding of this request is gone");
-    };
-    let exception = crate::store::StoredException {
-        id: id.clone(),
-        rule: f.rule.clone(),
-        ip: f.ip.clone(),
-        port: f.port,
-        department: f.department.clone(),
-        reason: request.note.clone().unwrap_or_default(),
-        approver: approver.to_string(),
+    let asked = super::operator::Asked {
+        kind: crate::store::DecisionKind::Approved,
+        actor: actor(principal),
+        approver: Some(body.approver),
         expires_on,
+        note: None,
     };
-    match daemon.store.approve_waiver(&exception).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return json_error(StatusCode::CONFLICT, "the request was decided meanwhile");
+    match super::operator::decide(&daemon, &id, asked, false).await {
+        Ok((request, decision, Some(exception))) => {
+            let expires_on = decision.expires_on.unwrap_or(exception.expires_on);
+            let mut response = axum::Json(serde_json::json!({
+                "id": id, "state": "approved", "rule": exception.rule, "ip": exception.ip,
+                "port": exception.port, "expires_on": expires_on.format("%Y-%m-%d").to_string(),
+            }))
+            .into_response();
+            response.extensions_mut().insert(AuditNote(format!(
+                "approved waiver {id} of {} ({}), until {expires_on}, by {}",
+                request.department, request.fingerprint, exception.approver
+            )));
+            response
         }
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "no waiver was made"),
+        Err((status, message)) => json_error(status, message),
     }
-    if let Err(e) = daemon.refresh_waivers().await {
-        tracing::error!(error = %e, "cannot read the stored waivers back");
-    }
-    let mut response = axum::Json(serde_json::json!({
-        "id": id, "state": "approved", "rule": exception.rule, "ip": exception.ip,
-        "port": exception.port, "expires_on": expires_on.format("%Y-%m-%d").to_string(),
-    }))
-    .into_response();
-    response.extensions_mut().insert(AuditNote(format!(
-        "approved waiver {id} of {} ({}), until {expires_on}, by {approver}",
-        request.department, request.fingerprint
-    )));
-    response
 }
 
-/// `POST /api/v1/rectification/requests/{id}/deny`.
-pub(super) async fn deny(State(daemon): State<Shared>, Path(id): Path<String>) -> Response {
-    match daemon.store.deny_request(&id).await {
-        Ok(true) => {
+/// `POST /api/v1/rectification/requests/{id}/deny` (`{"note": "..."}`, required): a waiver
+/// request denied, or a dispute closed; the department is mailed the note.
+pub(super) async fn deny(
+    State(daemon): State<Shared>,
+    Path(id): Path<String>,
+    principal: Option<axum::Extension<super::access::Principal>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let note = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        match serde_json::from_slice::<Denial>(&body) {
+            Ok(d) => d.note,
+            Err(e) => {
+                return json_error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"));
+            }
+        }
+    };
+    let kind = match daemon.store.answer(&id).await {
+        Ok(Some(a)) if a.kind == AnswerKind::Dispute => crate::store::DecisionKind::Closed,
+        Ok(_) => crate::store::DecisionKind::Denied,
+        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let asked = super::operator::Asked {
+        kind,
+        actor: actor(principal),
+        approver: None,
+        expires_on: None,
+        note,
+    };
+    match super::operator::decide(&daemon, &id, asked, false).await {
+        Ok((_, decision, _)) => {
             let mut response =
-                axum::Json(serde_json::json!({ "id": id, "state": "denied" })).into_response();
-            response
-                .extensions_mut()
-                .insert(AuditNote(format!("denied request {id}")));
+                axum::Json(serde_json::json!({ "id": id, "state": decision.kind.as_str() }))
+                    .into_response();
+            response.extensions_mut().insert(AuditNote(format!(
+                "{} request {id}",
+                decision.kind.as_str()
+            )));
             response
         }
-        Ok(false) => json_error(StatusCode::NOT_FOUND, "no undecided request with this id"),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err((status, message)) => json_error(status, message),
     }
 }

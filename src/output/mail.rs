@@ -90,6 +90,8 @@ pub struct Letter {
     /// `Name <address>` or a bare address.
     pub from: String,
     pub to: Vec<String>,
+    /// Copied (`Cc`), e.g. a department's leadership on an escalated notice; default none.
+    pub cc: Vec<String>,
     pub subject: String,
     pub text: String,
     pub html: String,
@@ -132,6 +134,13 @@ pub fn compose(letter: &Letter) -> Result<Composed, MailError> {
         let mailbox: Mailbox = to.parse().map_err(|_| MailError::Recipient(to.clone()))?;
         recipients.push(mailbox.email.to_string());
         builder = builder.to(mailbox);
+    }
+    for cc in &letter.cc {
+        let mailbox: Mailbox = cc.parse().map_err(|_| MailError::Recipient(cc.clone()))?;
+        if !recipients.contains(&mailbox.email.to_string()) {
+            recipients.push(mailbox.email.to_string());
+        }
+        builder = builder.cc(mailbox);
     }
     let mut mixed = MultiPart::mixed().multipart(MultiPart::alternative_plain_html(
         letter.text.clone(),

@@ -34,7 +34,7 @@
 //! | `netpatrol_sensor_backlog_batches` | gauge | `sensor` | batches waiting in the sensor's outbox, as it last reported |
 //! | `netpatrol_sensor_coverage_ratio` | gauge | `sensor` | (answered + failed remotely) / planned probes of the sensor's latest finished scan |
 //! | `netpatrol_outbox_messages` | gauge | `state` | mail by outbox state (`queued` always present) |
-//! | `netpatrol_rectification_items` | gauge | `department`, `state` | the rectification loop, by the latest answer on each finding: `unanswered` (open, not waived, no answer), `awaiting_retest`, `retest_passed`, `retest_failed`, `retest_inconclusive`, `waiver_requested`, `waiver_approved`, `disputed`, `denied`; only pairs with items |
+//! | `netpatrol_rectification_items` | gauge | `department`, `state` | the rectification loop, by the latest answer on each finding: `unanswered` (open, not waived, no answer), `awaiting_retest`, `retest_passed`, `retest_failed`, `retest_inconclusive`, `waiver_requested`, `waiver_approved` (a dispute turned into a waiver too), `disputed`, `denied`, `dispute_closed`, `rule_overridden`; only pairs with items |
 //! | `netpatrol_config_reload_success` | gauge (0/1) | | whether the last (re)load was applied |
 //! | `netpatrol_config_last_reload_timestamp_seconds` | gauge | | when the last (re)load was attempted |
 //! | `netpatrol_api_token_configured` | gauge (0/1) | `role` (`operator`, `read`) | whether the config in force has that token |
@@ -333,8 +333,10 @@ fn loop_state(a: &crate::store::Answer) -> &'static str {
         (_, "retest_passed") => "retest_passed",
         (_, "retest_failed") => "retest_failed",
         (_, "retest_inconclusive" | "retest_error") => "retest_inconclusive",
-        (_, "approved") => "waiver_approved",
+        (_, "approved" | "waived") => "waiver_approved",
         (_, "denied") => "denied",
+        (_, "closed") => "dispute_closed",
+        (_, "overridden") => "rule_overridden",
         (AnswerKind::Done, _) => "awaiting_retest",
         (AnswerKind::Waiver, _) => "waiver_requested",
         (AnswerKind::Dispute, _) => "disputed",

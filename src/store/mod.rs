@@ -54,7 +54,10 @@ mod rectification;
 pub use audit::AuditEntry;
 pub use bulletin_queries::{FindingEvent, PeriodHost, PeriodRun, PeriodService};
 pub use outbox::{Enqueued, NewMail, OutboxMail, OutboxState};
-pub use rectification::{Answer, AnswerKind, STORED_WAIVER_FILE, StoredException};
+pub use rectification::{
+    Answer, AnswerKind, Decision, DecisionKind, ExceptionKind, STORED_WAIVER_FILE, StoredException,
+    override_expires,
+};
 
 mod sensors;
 pub use sensors::{IncomingBatch, OutboxBatch, Received, SensorContact};
@@ -74,6 +77,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (8, include_str!("migrations/0008_outbox_lease.sql")),
     (9, include_str!("migrations/0009_rectification.sql")),
     (10, include_str!("migrations/0010_sensors.sql")),
+    (
+        11,
+        include_str!("migrations/0011_rectification_decisions.sql"),
+    ),
     (12, include_str!("migrations/0012_jobs.sql")),
 ];
 

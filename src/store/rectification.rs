@@ -1,9 +1,12 @@
 //! The rectification loop's records: departments' answers given through their capability
 //! link, and the link key kept when the config names none.
 //!
-//! Input: one [`Answer`] per accepted form post. Output: the answers of a department (newest
-//! last). Answers are only ever inserted; what the bureau decides later is another row or
-//! state, never an edit of what the department said.
+//! Input: one [`Answer`] per accepted form post; one [`Decision`] per waiver request or
+//! dispute the bureau decides (operator page or API). Output: the answers of a department
+//! (newest last), the undecided requests, the decisions, the stored exceptions (waivers and
+//! rule overrides) the waiver machinery reads. Answers are only ever inserted; what the bureau
+//! decides later is another row (`rectification_decisions`) and the answer's state, never an
+//! edit of what the department said.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,11 +60,36 @@ pub struct Answer {
     pub state: String,
 }
 
-/// A waiver the bureau approved (operator page), kept in the store.
+/// What a stored exception is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExceptionKind {
+    /// An approved waiver (a waiver request, or a dispute turned into one): until its expiry.
+    Waiver,
+    /// A rule override: a dispute upheld, the rule is off for that locus (address, port,
+    /// department); it has no expiry of its own ([`override_expires`]).
+    Override,
+}
+
+impl ExceptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExceptionKind::Waiver => "waiver",
+            ExceptionKind::Override => "override",
+        }
+    }
+}
+
+/// The last day of a rule override: none in practice (9999-12-31).
+pub fn override_expires() -> NaiveDate {
+    NaiveDate::from_ymd_opt(9999, 12, 31).unwrap_or(NaiveDate::MAX)
+}
+
+/// A waiver or rule override the bureau decided (operator page or API), kept in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredException {
-    /// The waiver request's answer id.
+    /// The answer (waiver request or dispute) it decides.
     pub id: String,
+    pub kind: ExceptionKind,
     pub rule: String,
     pub ip: Option<String>,
     pub port: Option<u16>,
@@ -99,6 +127,72 @@ impl StoredException {
             },
         }
     }
+}
+
+/// What the bureau decided about a waiver request or a dispute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// A waiver request approved: a waiver.
+    Approved,
+    /// A waiver request denied (the department is told, with the note).
+    Denied,
+    /// A dispute closed with a note: the finding stands.
+    Closed,
+    /// A dispute turned into a waiver.
+    Waived,
+    /// A dispute turned into a rule override.
+    Overridden,
+}
+
+impl DecisionKind {
+    pub const ALL: [DecisionKind; 5] = [
+        DecisionKind::Approved,
+        DecisionKind::Denied,
+        DecisionKind::Closed,
+        DecisionKind::Waived,
+        DecisionKind::Overridden,
+    ];
+
+    /// As stored, and the answer's state after it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionKind::Approved => "approved",
+            DecisionKind::Denied => "denied",
+            DecisionKind::Closed => "closed",
+            DecisionKind::Waived => "waived",
+            DecisionKind::Overridden => "overridden",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DecisionKind> {
+        DecisionKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
+
+    /// The kind of answer it decides.
+    pub fn decides(self) -> AnswerKind {
+        match self {
+            DecisionKind::Approved | DecisionKind::Denied => AnswerKind::Waiver,
+            _ => AnswerKind::Dispute,
+        }
+    }
+
+    /// Whether the department hears of it by mail (its request or dispute was not granted).
+    pub fn notifies(self) -> bool {
+        matches!(self, DecisionKind::Denied | DecisionKind::Closed)
+    }
+}
+
+/// One decision, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub answer_id: String,
+    pub at: DateTime<Utc>,
+    pub kind: DecisionKind,
+    /// Who decided, as the audit names them (`operator`, `user:NAME`).
+    pub actor: String,
+    pub note: Option<String>,
+    /// Approved, waived: the waiver's last day.
+    pub expires_on: Option<NaiveDate>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -209,51 +303,134 @@ impl Store {
         answers_of(&rows)
     }
 
-    /// Approve waiver request `id`: keep `exception` and mark the answer `approved`, in one
-    /// transaction. Returns false (and changes nothing) when `id` is no undecided request.
-    pub async fn approve_waiver(&self, exception: &StoredException) -> Result<bool, StoreError> {
+    /// Record `decision` about the undecided request it names, and keep `exception` (a
+    /// waiver or rule override) when given, in one transaction. Returns false (and changes
+    /// nothing) when the answer is no undecided request of the kind the decision decides.
+    pub async fn decide(
+        &self,
+        decision: &Decision,
+        exception: Option<&StoredException>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         let done = sqlx::query(
-            "UPDATE rectification_answers SET state = 'approved'
-             WHERE id = $1 AND kind = 'waiver' AND state = 'received'",
+            "UPDATE rectification_answers SET state = $2
+             WHERE id = $1 AND kind = $3 AND state = 'received'",
         )
-        .bind(&exception.id)
+        .bind(&decision.answer_id)
+        .bind(decision.kind.as_str())
+        .bind(decision.kind.decides().as_str())
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
             return Ok(false);
         }
         sqlx::query(
-            "INSERT INTO stored_exceptions
-               (id, rule, ip, port, department, reason, approver, expires_on, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO rectification_decisions (answer_id, at, decision, actor, note, expires_on)
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(&exception.id)
-        .bind(&exception.rule)
-        .bind(&exception.ip)
-        .bind(exception.port.map(i64::from))
-        .bind(&exception.department)
-        .bind(&exception.reason)
-        .bind(&exception.approver)
-        .bind(exception.expires_on.format("%Y-%m-%d").to_string())
-        .bind(timestamp(Utc::now()))
+        .bind(&decision.answer_id)
+        .bind(timestamp(decision.at))
+        .bind(decision.kind.as_str())
+        .bind(&decision.actor)
+        .bind(&decision.note)
+        .bind(
+            decision
+                .expires_on
+                .map(|d| d.format("%Y-%m-%d").to_string()),
+        )
         .execute(&mut *tx)
         .await?;
+        if let Some(exception) = exception {
+            sqlx::query(
+                "INSERT INTO stored_exceptions
+                   (id, rule, ip, port, department, reason, approver, expires_on, created_at, kind)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&exception.id)
+            .bind(&exception.rule)
+            .bind(&exception.ip)
+            .bind(exception.port.map(i64::from))
+            .bind(&exception.department)
+            .bind(&exception.reason)
+            .bind(&exception.approver)
+            .bind(exception.expires_on.format("%Y-%m-%d").to_string())
+            .bind(timestamp(Utc::now()))
+            .bind(exception.kind.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(true)
     }
 
-    /// Deny request `id` (a waiver request or a dispute). Returns false when it is no
-    /// undecided request.
-    pub async fn deny_request(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE rectification_answers SET state = 'denied'
-             WHERE id = $1 AND kind IN ('waiver', 'dispute') AND state = 'received'",
+    /// Every decision, by the id of the answer it decides.
+    pub async fn decisions(
+        &self,
+    ) -> Result<std::collections::HashMap<String, Decision>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT answer_id, at, decision, actor, note, expires_on FROM rectification_decisions",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "rectification_decisions", "answer_id");
+                let kind: String = c.get("decision")?;
+                let expires: Option<String> = c.get("expires_on")?;
+                let d = Decision {
+                    answer_id: c.get("answer_id")?,
+                    at: c.time("at")?,
+                    kind: DecisionKind::parse(&kind)
+                        .ok_or_else(|| c.bad("decision", format!("unknown decision {kind:?}")))?,
+                    actor: c.get("actor")?,
+                    note: c.get("note")?,
+                    expires_on: match expires {
+                        None => None,
+                        Some(t) => Some(
+                            NaiveDate::parse_from_str(&t, "%Y-%m-%d")
+                                .map_err(|_| c.bad("expires_on", format!("not a day: {t:?}")))?,
+                        ),
+                    },
+                };
+                Ok((d.answer_id.clone(), d))
+            })
+            .collect()
+    }
+
+    /// The bureau's latest note on each finding of `department` it decided a request about,
+    /// by fingerprint (what the department's page shows beside the decision).
+    pub async fn decision_notes(
+        &self,
+        department: &str,
+    ) -> Result<std::collections::HashMap<String, String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT a.fingerprint AS fingerprint, d.note AS note, d.answer_id AS answer_id
+             FROM rectification_decisions d
+             JOIN rectification_answers a ON a.id = d.answer_id
+             WHERE a.department = $1 AND d.note IS NOT NULL
+             ORDER BY d.at, d.answer_id",
+        )
+        .bind(department)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in &rows {
+            let c = Cells::new(r, "rectification_decisions", "answer_id");
+            out.insert(c.get("fingerprint")?, c.get("note")?);
+        }
+        Ok(out)
+    }
+
+    /// The answer `id` (any kind, any state), if there is one.
+    pub async fn answer(&self, id: &str) -> Result<Option<Answer>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, at, department, period, fingerprint, kind, note, proposed_expiry, peer, state
+             FROM rectification_answers WHERE id = $1",
         )
         .bind(id)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(answers_of(&rows)?.into_iter().next().map(|(_, a)| a))
     }
 
     /// Every answer of every department, oldest first (for the loop's metrics).
@@ -286,7 +463,7 @@ impl Store {
     /// The approved waivers kept in the store.
     pub async fn stored_exceptions(&self) -> Result<Vec<StoredException>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, rule, ip, port, department, reason, approver, expires_on
+            "SELECT id, rule, ip, port, department, reason, approver, expires_on, kind
              FROM stored_exceptions ORDER BY created_at, id",
         )
         .fetch_all(&self.pool)
@@ -296,8 +473,16 @@ impl Store {
                 let c = Cells::new(r, "stored_exceptions", "id");
                 let port: Option<i64> = c.get("port")?;
                 let expires: String = c.get("expires_on")?;
+                let kind: String = c.get("kind")?;
                 Ok(StoredException {
                     id: c.get("id")?,
+                    kind: match kind.as_str() {
+                        "waiver" => ExceptionKind::Waiver,
+                        "override" => ExceptionKind::Override,
+                        other => {
+                            return Err(c.bad("kind", format!("unknown exception kind {other:?}")));
+                        }
+                    },
                     rule: c.get("rule")?,
                     ip: c.get("ip")?,
                     port: match port {

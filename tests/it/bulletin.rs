@@ -20,7 +20,7 @@ use netpatrol::probe::ProbeKind;
 use netpatrol::probe::tls::{CertFacts, TlsFacts, TlsVersion};
 use netpatrol::reconcile::Placement;
 use netpatrol::rules::{RuleSet, Severity, Text};
-use netpatrol::store::Store;
+use netpatrol::store::{Answer, AnswerKind, Store};
 
 use crate::support::smtp::{Part, SmtpSink};
 use crate::support::store::for_each_backend;
@@ -37,8 +37,8 @@ fn config_yaml(rsj: &str, extra: &str) -> String {
 scan: {{ports: [22, 23, 443, 445, 3306]}}
 departments:
   - {{id: fgw, name: 区发改委, emails: [it@fgw.example.gov.cn]}}
-  - {{id: rsj, name: "{rsj}", emails: [xxk@rsj.example.gov.cn]}}
-  - {{id: wsj, name: 区卫健委, emails: [xxzx@wsj.example.gov.cn]}}
+  - {{id: rsj, name: "{rsj}", emails: [xxk@rsj.example.gov.cn], leader_emails: [juzhang@rsj.example.gov.cn]}}
+  - {{id: wsj, name: 区卫健委, emails: [xxzx@wsj.example.gov.cn], leader_emails: [zhuren@wsj.example.gov.cn]}}
 segments:
   - {{name: extranet-a, network: extranet, cidrs: [192.0.2.0/24]}}
   - {{name: legacy-wsj, network: departmental, cidrs: [198.51.100.0/28], department: wsj, consolidate_by: 2026-06-30}}
@@ -442,6 +442,47 @@ async fn fill(store: &Store, rules: &RuleSet) {
         )
         .await
         .unwrap();
+
+    // The loop: fgw answered 已整改 on its certificate (re-test passed), rsj on its
+    // unapproved service (re-test failed: still present), wsj disputed its MLPS finding; rsj's
+    // hostile banner and wsj's legacy segment are unanswered.
+    let answer = |fp: &str, dept: &str, kind: AnswerKind, when: &str, state: &str| Answer {
+        at: at(when),
+        department: dept.into(),
+        period: "2026-11".into(),
+        fingerprint: fp.into(),
+        kind,
+        note: (kind != AnswerKind::Done).then(|| "已于2026年10月完成测评，报告待归档".to_string()),
+        proposed_expiry: None,
+        peer: "127.0.0.1:50000".into(),
+        state: state.into(),
+    };
+    let answers = [
+        answer(
+            &f3.fingerprint,
+            "fgw",
+            AnswerKind::Done,
+            "2026-11-11T03:00:00Z",
+            "retest_passed",
+        ),
+        answer(
+            &new[0].fingerprint,
+            "rsj",
+            AnswerKind::Done,
+            "2026-11-20T03:00:00Z",
+            "retest_failed",
+        ),
+        answer(
+            &new[2].fingerprint,
+            "wsj",
+            AnswerKind::Dispute,
+            "2026-11-25T03:00:00Z",
+            "received",
+        ),
+    ];
+    for a in &answers {
+        store.record_answer(a).await.unwrap();
+    }
 }
 
 fn load(dir: &Path, yaml: &str) -> (Config, RuleSet) {
@@ -538,6 +579,87 @@ async fn golden_bulletins_in_chinese_and_english() {
         store.close().await;
     })
     .await;
+}
+
+/// Escalation: a notice carrying items overdue by `bulletin.escalate_after_days` copies the
+/// department's leadership (Cc, and the envelope); a notice without such items does not; the
+/// bulletin lists the escalated items in its 逾期未整改 section. Only queued, never sent.
+#[tokio::test]
+async fn overdue_items_copy_the_leadership_and_are_listed_as_escalated() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "smtp: {host: 127.120.0.1, port: 2525, security: none, from: \"网络安全巡检 <netpatrol@example.gov.cn>\"}\n";
+    let (mut config, rules) = load(dir.path(), &config_yaml("区人社局", extra));
+    // rsj's hostile banner was due 2026-11-27: 3 days overdue on 2026-11-30. wsj's items are
+    // due in December.
+    config.bulletin.escalate_after_days = 3;
+    let store = Store::open(&config.store.path).await.unwrap();
+    fill(&store, &rules).await;
+    let templates = Templates::load(&config).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 12, 1, 1, 0, 0).unwrap();
+    let period = Period::month(2026, 11).unwrap();
+    let b = bulletin::build(&config, &rules, &store, &templates, &period, "zh", now)
+        .await
+        .unwrap();
+    let escalated: Vec<(&str, &str)> = b
+        .model
+        .escalated
+        .iter()
+        .flat_map(|d| {
+            d.items
+                .iter()
+                .map(move |i| (d.id.as_str(), i.rule.as_str()))
+        })
+        .collect();
+    assert_eq!(
+        escalated,
+        [
+            ("rsj", "custom.banner"),
+            ("", "access.unapproved_host"),
+            ("", "exposure.telnet")
+        ]
+    );
+    assert!(
+        b.rendered.html.contains("逾期3天以上"),
+        "{}",
+        b.rendered.html
+    );
+    assert!(b.rendered.text.contains("逾期未整改问题（提请领导督办）"));
+    bulletin::enqueue(&config, &store, &b, &templates, false, now, None)
+        .await
+        .unwrap();
+    let outbox = store.outbox().await.unwrap();
+    let notice = |dept: &str| {
+        outbox
+            .iter()
+            .find(|m| m.kind == "notice" && m.key.ends_with(&format!("|{dept}")))
+            .unwrap_or_else(|| panic!("no notice for {dept}"))
+    };
+    let rsj = notice("rsj");
+    assert_eq!(
+        rsj.recipients,
+        ["xxk@rsj.example.gov.cn", "juzhang@rsj.example.gov.cn"]
+    );
+    let head = rsj.message.split("\r\n\r\n").next().unwrap();
+    assert!(
+        head.lines()
+            .any(|l| l.starts_with("Cc:") && l.contains("juzhang@rsj.example.gov.cn")),
+        "{head}"
+    );
+    let body = crate::support::smtp::Part::parse(&rsj.message);
+    let text = String::from_utf8_lossy(&body.children()[0].children()[0].decoded()).into_owned();
+    assert!(text.contains("本通知同时抄送你单位领导"), "{text}");
+    let wsj = notice("wsj");
+    assert_eq!(wsj.recipients, ["xxzx@wsj.example.gov.cn"]);
+    assert!(!wsj.message.contains("zhuren@wsj.example.gov.cn"));
+
+    // 0 turns escalation off: no copy, and the section says so.
+    config.bulletin.escalate_after_days = 0;
+    let b = bulletin::build(&config, &rules, &store, &templates, &period, "en", now)
+        .await
+        .unwrap();
+    assert!(b.model.escalated.is_empty());
+    assert!(b.rendered.markdown.contains("Escalation is off"));
+    store.close().await;
 }
 
 /// Run the netpatrol binary; returns (exit code, stdout, stderr).
@@ -876,5 +998,37 @@ async fn written_files_never_follow_a_planted_symlink() {
             .unwrap()
             .file_type()
             .is_file()
+    );
+}
+
+/// `leader_emails` in the departments' CSV register: a list cell (`;`, `；`), checked like
+/// `emails`.
+#[test]
+fn leader_emails_come_from_the_departments_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("departments.csv"),
+        "\u{feff}id,name,emails,leader_emails\r\nrsj,区人社局,xxk@rsj.example.gov.cn,juzhang@rsj.example.gov.cn；fujuzhang@rsj.example.gov.cn\r\nwsj,区卫健委,xxzx@wsj.example.gov.cn,\r\n",
+    )
+    .unwrap();
+    let config = crate::support::config(
+        dir.path(),
+        "departments: {file: departments.csv}\nsegments:\n  - {name: lab, network: other, cidrs: [127.120.9.0/30]}\nbulletin: {escalate_after_days: 14}\n",
+    );
+    let rsj = config.department("rsj").unwrap();
+    assert_eq!(
+        rsj.leader_emails,
+        ["juzhang@rsj.example.gov.cn", "fujuzhang@rsj.example.gov.cn"]
+    );
+    assert!(config.department("wsj").unwrap().leader_emails.is_empty());
+    assert_eq!(config.bulletin.escalate_after_days, 14);
+    let bad = netpatrol::config::load_str(
+        "departments:\n  - {id: a, name: A, leader_emails: [not-an-address]}\nsegments:\n  - {name: lab, network: other, cidrs: [127.120.9.0/30]}\n",
+        &dir.path().join("netpatrol.yaml"),
+    );
+    let problems = format!("{:?}", bad.expect_err("a bad leader email is refused"));
+    assert!(
+        problems.contains("invalid email `not-an-address`"),
+        "{problems}"
     );
 }

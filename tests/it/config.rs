@@ -258,7 +258,7 @@ fn unknown_csv_column_is_named() {
     assert_eq!(
         problems(config::load(&path)),
         format!(
-            "{}/departments.csv:1: unknown column `mail`: expected id, name, emails",
+            "{}/departments.csv:1: unknown column `mail`: expected id, name, emails, leader_emails",
             dir.display()
         )
     );

@@ -1,5 +1,6 @@
 //! The one integration-test binary: every test runs against real servers on loopback.
 
+mod browser;
 mod bulletin;
 mod config;
 mod daemon;

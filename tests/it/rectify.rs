@@ -828,7 +828,8 @@ async fn an_approved_waiver_request_waives_the_finding_and_a_denied_dispute_is_s
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     let page = f.get(&format!("/r/{jyj}")).await;
     assert!(page.body.contains("jyj-evidence"));
-    assert!(page.body.contains("未予批准"), "{}", page.body);
+    // A dispute denied through the API is closed: the finding stands.
+    assert!(page.body.contains("异议未予采纳"), "{}", page.body);
     let left = f.api("GET", path, Some(OPERATOR), "").await;
     assert!(!left.body.contains("\"kind\""), "{}", left.body);
 
@@ -843,6 +844,446 @@ async fn an_approved_waiver_request_waives_the_finding_and_a_denied_dispute_is_s
     assert!(
         audit
             .iter()
-            .any(|e| e.detail.as_deref() == Some(format!("denied request {dispute}").as_str()))
+            .any(|e| e.detail.as_deref() == Some(format!("closed request {dispute}").as_str()))
     );
+}
+
+/// A request to the operator page, with the session cookie when given.
+fn operator_request(
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    fields: &[(&str, &str)],
+) -> Request<Body> {
+    let body: String = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut r = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        r = r.header(header::COOKIE, format!("np_operator={c}"));
+    }
+    r.body(Body::from(body)).unwrap()
+}
+
+/// The operator page: a login form that only the operator token opens (session cookie:
+/// HttpOnly, SameSite=Strict), CSRF on every decision, escaped content; a waiver request
+/// approved there waives the finding; a dispute closed there is mailed to the department
+/// (queued once in the outbox) and shown on its page; a dispute turned into a rule override
+/// takes the finding off the department's list; every step is audited.
+#[tokio::test]
+async fn the_operator_page_logs_in_with_the_operator_token_and_decides_requests() {
+    let f = fixture().await;
+    // A second jyj finding, to be disputed and overridden.
+    let extra = finding("127.117.2.3", "jyj", "jyj-second");
+    f.daemon
+        .store
+        .record(
+            &ScanObservations {
+                run: ScanRun {
+                    id: "run-rectify-2".into(),
+                    started_at: Utc::now(),
+                    finished_at: Some(Utc::now()),
+                    segments: vec!["dept-jyj".into()],
+                    addresses: 6,
+                    probes: 6,
+                    probe_kinds: ProbeKind::ALL.to_vec(),
+                    state: RunState::Complete,
+                    coverage: Default::default(),
+                },
+                hosts: vec![host("127.117.2.3", "dept-jyj")],
+                errors: BTreeMap::new(),
+            },
+            &|_: &str| Some("jyj".to_string()),
+            std::slice::from_ref(&extra),
+            &[(extra.fingerprint.clone(), Event::Opened)],
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    let (fgw, jyj) = (
+        f.link("fgw", Duration::days(1)),
+        f.link("jyj", Duration::days(1)),
+    );
+    let expiry = (Utc::now() + Duration::days(90)).date_naive().to_string();
+    for (token, item, answer, note) in [
+        (&fgw, &f.fgw.fingerprint, "waiver", HOSTILE),
+        (&jyj, &f.jyj.fingerprint, "dispute", "该主机已审批"),
+        (&jyj, &extra.fingerprint, "dispute", "误报：该地址为打印机"),
+    ] {
+        let csrf = f.key.csrf(token);
+        let r = f
+            .post(
+                token,
+                &[
+                    ("csrf", &csrf),
+                    ("item", item),
+                    ("answer", answer),
+                    ("note", note),
+                    ("expiry", &expiry),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    }
+
+    // Not logged in: the login form only.
+    let page = f
+        .send(operator_request("GET", "/operator", None, &[]))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("操作员登录"), "{}", page.body);
+    assert!(!page.body.contains("该主机已审批"));
+    // A forged cookie is no session.
+    let forged = f
+        .send(operator_request(
+            "GET",
+            "/operator",
+            Some("czEKb3BlcmF0b3IKOTk5OTk5OTk5OQ.AAAA"),
+            &[],
+        ))
+        .await;
+    assert!(forged.body.contains("操作员登录"));
+    // A wrong token is refused.
+    let wrong = f
+        .send(operator_request(
+            "POST",
+            "/operator/login",
+            None,
+            &[("token", "guess")],
+        ))
+        .await;
+    assert_eq!(wrong.status, StatusCode::FORBIDDEN);
+    // The operator token opens a session.
+    let response = f
+        .router
+        .clone()
+        .oneshot(operator_request(
+            "POST",
+            "/operator/login",
+            None,
+            &[("token", OPERATOR)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/operator"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP here: {cookie}");
+    let session = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("np_operator=")
+        .unwrap()
+        .to_string();
+
+    let page = f
+        .send(operator_request("GET", "/operator", Some(&session), &[]))
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("待处理的申请（3）"), "{}", page.body);
+    assert!(page.body.contains("区发改委") && page.body.contains("区教育局"));
+    assert!(page.body.contains(&expiry), "the proposed expiry is shown");
+    assert!(!page.body.contains(HOSTILE), "the reason must be escaped");
+    assert!(page.body.contains("&lt;script&gt;"));
+    let en = f
+        .send(operator_request(
+            "GET",
+            "/operator?lang=en",
+            Some(&session),
+            &[],
+        ))
+        .await;
+    assert!(en.body.contains("Pending requests (3)") || en.body.contains("Pending requests"));
+    let csrf = f.key.csrf(&session);
+    let requests = f.daemon.store.requests(false).await.unwrap();
+    let id_of = |fp: &str| {
+        requests
+            .iter()
+            .find(|(_, a)| a.fingerprint == fp)
+            .unwrap()
+            .0
+            .clone()
+    };
+    let (waiver, dispute, second) = (
+        id_of(&f.fgw.fingerprint),
+        id_of(&f.jyj.fingerprint),
+        id_of(&extra.fingerprint),
+    );
+    let decide = |id: &str| format!("/operator/requests/{}", encode(id));
+
+    // No CSRF token, or no session: refused, nothing decided.
+    let r = f
+        .send(operator_request(
+            "POST",
+            &decide(&waiver),
+            Some(&session),
+            &[("action", "approve"), ("approver", "张伟")],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = f
+        .send(operator_request(
+            "POST",
+            &decide(&waiver),
+            None,
+            &[("csrf", &csrf), ("action", "approve"), ("approver", "张伟")],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(f.daemon.store.requests(false).await.unwrap().len(), 3);
+
+    // Approve the waiver (approver, expiry).
+    let r = f
+        .send(operator_request(
+            "POST",
+            &decide(&waiver),
+            Some(&session),
+            &[
+                ("csrf", &csrf),
+                ("action", "approve"),
+                ("approver", "张伟"),
+                ("expires_on", &expiry),
+            ],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let findings = f
+        .api("GET", "/api/v1/findings?department=fgw", Some(OPERATOR), "")
+        .await;
+    assert!(findings.body.contains("\"waived\""), "{}", findings.body);
+    assert!(findings.body.contains("张伟"));
+
+    // Closing a dispute needs a note; with one, the department is mailed it, once.
+    let r = f
+        .send(operator_request(
+            "POST",
+            &decide(&dispute),
+            Some(&session),
+            &[("csrf", &csrf), ("action", "close")],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = f
+        .send(operator_request(
+            "POST",
+            &decide(&dispute),
+            Some(&session),
+            &[
+                ("csrf", &csrf),
+                ("action", "close"),
+                ("note", "审批已于上月过期，请重新申请"),
+            ],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let again = f
+        .send(operator_request(
+            "POST",
+            &decide(&dispute),
+            Some(&session),
+            &[("csrf", &csrf), ("action", "close"), ("note", "again")],
+        ))
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND, "decided once only");
+    let outbox = f.daemon.store.outbox().await.unwrap();
+    let decisions: Vec<_> = outbox.iter().filter(|m| m.kind == "decision").collect();
+    assert_eq!(decisions.len(), 1, "{outbox:?}");
+    assert_eq!(decisions[0].recipients, ["it@jyj.example.gov.cn"]);
+    let text = texts(&Part::parse(&decisions[0].message)).join("\n");
+    assert!(text.contains("审批已于上月过期，请重新申请"), "{text}");
+    assert!(text.contains("异议未予采纳"), "{text}");
+    assert!(
+        text.contains("https://netpatrol.example.gov.cn/r/"),
+        "the mail carries the department's link: {text}"
+    );
+    let page = f.get(&format!("/r/{jyj}")).await;
+    assert!(page.body.contains("异议未予采纳"), "{}", page.body);
+    assert!(
+        page.body.contains("处理意见: 审批已于上月过期，请重新申请"),
+        "the bureau's note is on the page: {}",
+        page.body
+    );
+    assert!(page.body.contains("jyj-evidence"), "the finding stands");
+
+    // The other dispute becomes a rule override: off the department's open list, not mailed.
+    let r = f
+        .send(operator_request(
+            "POST",
+            &decide(&second),
+            Some(&session),
+            &[
+                ("csrf", &csrf),
+                ("action", "override"),
+                ("approver", "李强"),
+                ("note", "确认为打印机"),
+            ],
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page = f.get(&format!("/r/{jyj}")).await;
+    assert!(!page.body.contains("jyj-second"), "{}", page.body);
+    let stored = f.daemon.store.stored_exceptions().await.unwrap();
+    assert!(
+        stored
+            .iter()
+            .any(|e| e.kind == netpatrol::store::ExceptionKind::Override
+                && e.ip.as_deref() == Some("127.117.2.3")
+                && e.approver == "李强")
+    );
+    let outbox = f.daemon.store.outbox().await.unwrap();
+    assert_eq!(outbox.iter().filter(|m| m.kind == "decision").count(), 1);
+
+    // Nothing pending; the decisions are listed.
+    let page = f
+        .send(operator_request("GET", "/operator", Some(&session), &[]))
+        .await;
+    assert!(page.body.contains("待处理的申请（0）"), "{}", page.body);
+    assert!(page.body.contains("豁免已批准") && page.body.contains("规则已覆盖"));
+
+    let audit: Vec<(String, u16, String)> = f
+        .daemon
+        .store
+        .audit_since(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.route.starts_with("/operator"))
+        .map(|e| (e.principal, e.status, e.detail.unwrap_or_default()))
+        .collect();
+    let has = |who: &str, status: u16, detail: &str| {
+        audit
+            .iter()
+            .any(|(w, s, d)| w == who && *s == status && d.contains(detail))
+    };
+    assert!(has("-", 403, "login refused: wrong token"), "{audit:?}");
+    assert!(has("operator", 303, "operator login"), "{audit:?}");
+    assert!(has("operator", 403, "csrf"), "{audit:?}");
+    assert!(has("-", 403, "no session"), "{audit:?}");
+    assert!(
+        has("operator", 303, &format!("approved request {waiver}")),
+        "{audit:?}"
+    );
+    assert!(
+        has("operator", 303, &format!("closed request {dispute}")),
+        "{audit:?}"
+    );
+    assert!(
+        has("operator", 303, &format!("overridden request {second}")),
+        "{audit:?}"
+    );
+}
+
+/// The bureau's decisions in the store, on SQLite and PostgreSQL: one decision per request
+/// (a second is refused and changes nothing), the waiver or override kept with its kind, a
+/// decision of the wrong kind refused, the notes read back by department.
+#[tokio::test]
+async fn decisions_are_kept_once_with_their_exceptions_on_both_backends() {
+    use netpatrol::store::{Answer, Decision, DecisionKind, ExceptionKind, StoredException};
+    crate::support::store::for_each_backend(|db| async move {
+        let store = db.open().await;
+        let answer = |fp: &str, kind: AnswerKind| Answer {
+            at: Utc::now(),
+            department: "jyj".into(),
+            period: "2026-11".into(),
+            fingerprint: fp.into(),
+            kind,
+            note: Some("理由".into()),
+            proposed_expiry: Some((Utc::now() + Duration::days(30)).date_naive()),
+            peer: "127.117.0.9:40000".into(),
+            state: "received".into(),
+        };
+        let waiver = store
+            .record_answer(&answer("r|127.117.2.2|80||", AnswerKind::Waiver))
+            .await
+            .unwrap();
+        let dispute = store
+            .record_answer(&answer("r|127.117.2.3|80||", AnswerKind::Dispute))
+            .await
+            .unwrap();
+        let decision = |id: &str, kind: DecisionKind, note: Option<&str>| Decision {
+            answer_id: id.into(),
+            at: Utc::now(),
+            kind,
+            actor: "operator".into(),
+            note: note.map(Into::into),
+            expires_on: None,
+        };
+        let exception = |id: &str, kind: ExceptionKind, ip: &str| StoredException {
+            id: id.into(),
+            kind,
+            rule: "r".into(),
+            ip: Some(ip.into()),
+            port: Some(80),
+            department: Some("jyj".into()),
+            reason: "理由".into(),
+            approver: "张伟".into(),
+            expires_on: netpatrol::store::override_expires(),
+        };
+        // A dispute cannot be approved as a waiver request.
+        assert!(
+            !store
+                .decide(&decision(&dispute, DecisionKind::Approved, None), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .decide(
+                    &decision(&dispute, DecisionKind::Overridden, Some("确认为打印机")),
+                    Some(&exception(&dispute, ExceptionKind::Override, "127.117.2.3")),
+                )
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .decide(
+                    &decision(&dispute, DecisionKind::Closed, Some("again")),
+                    None
+                )
+                .await
+                .unwrap(),
+            "decided once"
+        );
+        assert!(
+            store
+                .decide(
+                    &decision(&waiver, DecisionKind::Denied, Some("不予批准")),
+                    None
+                )
+                .await
+                .unwrap()
+        );
+        let stored = store.stored_exceptions().await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].kind, ExceptionKind::Override);
+        assert_eq!(stored[0].expires_on, netpatrol::store::override_expires());
+        let decisions = store.decisions().await.unwrap();
+        assert_eq!(decisions[&dispute].kind, DecisionKind::Overridden);
+        assert_eq!(decisions[&waiver].note.as_deref(), Some("不予批准"));
+        assert_eq!(
+            store.answer(&waiver).await.unwrap().unwrap().state,
+            "denied"
+        );
+        let notes = store.decision_notes("jyj").await.unwrap();
+        assert_eq!(notes["r|127.117.2.3|80||"], "确认为打印机");
+        assert!(store.decision_notes("fgw").await.unwrap().is_empty());
+        assert!(store.requests(false).await.unwrap().is_empty());
+        store.close().await;
+    })
+    .await;
 }

@@ -49,6 +49,10 @@ use crate::store::{IncomingBatch, Received};
 /// Largest batch body accepted (a batch of 256 hosts with TLS and HTTP facts stays far below).
 pub const BATCH_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
+/// How long the answer to a final batch waits for the scan to be recorded (below the API's
+/// request timeout); the recording goes on after it.
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The hub's state in the daemon: on-demand requests waiting for their sensor.
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -322,12 +326,34 @@ pub(super) async fn batches(
     }
     let mut recorded = false;
     if batch.is_final {
-        match finish(&daemon, &loaded, sensor, &batch.scan.id).await {
-            Ok(r) => recorded = r,
-            Err(e) => {
+        // Recorded in a task of its own: a large scan may take longer than a request may, and
+        // a request cut off must not cut the recording off with it (it would roll back, and
+        // the sensor's resend would start it over). The answer waits for it a while.
+        let task = {
+            let (daemon, loaded, sensor, scan) = (
+                daemon.clone(),
+                loaded.clone(),
+                sensor.clone(),
+                batch.scan.id.clone(),
+            );
+            tokio::spawn(async move { finish(&daemon, &loaded, &sensor, &scan).await })
+        };
+        match tokio::time::timeout(RECORD_WAIT, task).await {
+            Ok(Ok(Ok(r))) => recorded = r,
+            Ok(Ok(Err(e))) => {
                 // Stored: the sensor sends it again, or the next start records it.
                 tracing::error!(error = %e, sensor = %id, scan = %batch.scan.id, "cannot record the sensor's scan");
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, sensor = %id, scan = %batch.scan.id, "the recording task failed");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the recording task failed",
+                );
+            }
+            Err(_) => {
+                tracing::info!(sensor = %id, scan = %batch.scan.id, "still recording the scan; answered before it is done")
             }
         }
     }

@@ -1277,3 +1277,111 @@ fn peek_count_rows(store: &TestStore) -> i64 {
         .parse()
         .unwrap()
 }
+
+#[test]
+fn a_hub_stopped_between_storing_the_final_batch_and_recording_records_it_at_start() {
+    for_each_backend_blocking(|store| {
+        // The state a hub leaves when it dies right after committing a scan's final batch:
+        // both batches stored, the run still `running`.
+        let scan = run("sensor-a-20261201T010000.000Z-00bb", &["seg-a"]);
+        let host = serde_json::from_value(serde_json::json!({
+            "ip": "127.121.1.6", "segment": "seg-a", "network": "extranet", "icmp_rtt": null,
+            "alive_by": ["open_port"], "ptr": null, "services": [{
+                "port": 18080, "protocol": "tcp", "service": "unknown", "product": null,
+                "version": null, "banner": null, "connect_time": {"secs": 0, "nanos": 1000},
+                "tls": null, "http": null, "unauthenticated": null, "exposure_evidence": null,
+                "failures": []}]
+        }))
+        .expect("a host observation reads");
+        let mut done = scan.clone();
+        done.state = RunState::Complete;
+        done.finished_at = Some(chrono::Utc::now());
+        let batches = [
+            Batch {
+                batch: batch::new_id(),
+                sensor: "sensor-a".into(),
+                scan: scan.clone(),
+                seq: 0,
+                is_final: false,
+                hosts: Vec::new(),
+                probe_errors: Vec::new(),
+                backlog: 0,
+                request: None,
+            },
+            Batch {
+                batch: batch::new_id(),
+                sensor: "sensor-a".into(),
+                scan: scan.clone(),
+                seq: 1,
+                is_final: false,
+                hosts: vec![host],
+                probe_errors: Vec::new(),
+                backlog: 0,
+                request: None,
+            },
+            Batch {
+                batch: batch::new_id(),
+                sensor: "sensor-a".into(),
+                scan: done,
+                seq: 2,
+                is_final: true,
+                hosts: Vec::new(),
+                probe_errors: Vec::new(),
+                backlog: 0,
+                request: None,
+            },
+        ];
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let s = store.open().await;
+            for b in &batches {
+                let payload = serde_json::to_string(b).unwrap();
+                let incoming = IncomingBatch {
+                    batch: &b.batch,
+                    sensor: "sensor-a",
+                    run: &b.scan,
+                    seq: b.seq,
+                    is_final: b.is_final,
+                    hosts: b.hosts.len() as u64,
+                    refused: 0,
+                    backlog: 0,
+                    payload: &payload,
+                };
+                s.receive_batch(&incoming, chrono::Utc::now())
+                    .await
+                    .unwrap();
+            }
+            s.close().await;
+        });
+        let pair = Pair::new(&store, "127.121.40.1", "127.121.1.0/29", "0 0 1 1 *");
+        let hub = pair.hub();
+        wait_for("the stored scan recorded", Duration::from_secs(60), || {
+            (peek(
+                &store,
+                "SELECT COUNT(*) FROM scan_runs WHERE state = 'complete'",
+            ) == 1)
+                .then_some(())
+        });
+        // The final batch sent again (the sensor never got its answer): nothing twice.
+        let (status, body) = http(
+            pair.addr,
+            "POST",
+            "/api/v1/sensors/sensor-a/batches",
+            Some(A_TOKEN),
+            &serde_json::to_string(&batches[2]).unwrap(),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"duplicate\""), "{body}");
+        assert_eq!(hub.stop(), Some(0));
+        let services = rows(
+            &store,
+            "SELECT ip FROM observations WHERE kind = 'service' AND scan_id = 'sensor-a-20261201T010000.000Z-00bb'",
+        );
+        assert_eq!(services, vec![vec!["127.121.1.6".to_string()]]);
+        let opened = rows(
+            &store,
+            "SELECT fingerprint FROM finding_events WHERE event = 'opened' GROUP BY fingerprint HAVING COUNT(*) > 1",
+        );
+        assert!(opened.is_empty(), "{opened:?}");
+    });
+}

@@ -76,6 +76,50 @@ pub fn requests_for(daemon: &Daemon, sensor: &str) -> Vec<ScanRequestFor> {
         .unwrap_or_default()
 }
 
+/// `GET /api/v1/scans/{id}` for an on-demand request handed to a sensor: `queued` while the
+/// sensor has not begun it, then its run's state and, once recorded, its report. `None`:
+/// not a sensor's request.
+pub async fn request_state(daemon: &Daemon, id: &str) -> Option<Response> {
+    let pending = lock(&daemon.hub.requests)
+        .iter()
+        .find_map(|(sensor, list)| {
+            list.iter()
+                .find(|r| r.id == id)
+                .map(|r| (sensor.clone(), r.segments.clone()))
+        });
+    if let Some((sensor, segments)) = pending {
+        return Some(
+            axum::Json(
+                json!({"id": id, "state": "queued", "sensor": sensor, "segments": segments}),
+            )
+            .into_response(),
+        );
+    }
+    let found = match daemon.store.run_of_request(id).await {
+        Ok(f) => f?,
+        Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    let (sensor, scan_id) = found;
+    let state = match daemon.store.run_state(&scan_id).await {
+        Ok(s) => s.unwrap_or_else(|| "running".to_string()),
+        Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    let report = if state == "running" {
+        None
+    } else {
+        match daemon.store.report(&scan_id).await {
+            Ok(r) => r,
+            Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    };
+    Some(
+        axum::Json(json!({
+            "id": id, "state": state, "sensor": sensor, "scan_id": scan_id, "report": report,
+        }))
+        .into_response(),
+    )
+}
+
 /// The segments of a scheduled scan (`segments`, empty = all) that the hub scans itself:
 /// `None` when no sensor is configured (the scan is unchanged), else the segments no sensor
 /// owns (possibly none).
@@ -310,6 +354,7 @@ pub(super) async fn batches(
         hosts: batch.hosts.len() as u64 - refused,
         refused,
         backlog: batch.backlog,
+        request: batch.request.as_deref(),
         payload: &payload,
     };
     let received = match daemon.store.receive_batch(&incoming, Utc::now()).await {

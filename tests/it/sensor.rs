@@ -406,6 +406,7 @@ async fn batches_are_stored_once_and_sensor_runs_survive_a_restart() {
             hosts: 0,
             refused: 0,
             backlog: 3,
+            request: None,
             payload: "{}",
         };
         let at = chrono::Utc::now();
@@ -889,6 +890,69 @@ fn sensor_routes_take_only_their_own_token_and_metrics_show_each_sensor() {
         serde_json::json!(["seg-b"]),
         "{b}"
     );
+    let request = b["requests"][0]["id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+    let state = |id: &str| {
+        let (status, body) = http(
+            addr,
+            "GET",
+            &format!("/api/v1/scans/{id}"),
+            Some(API_TOKEN),
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert_eq!(state(&request)["state"], "queued");
+    assert_eq!(state(&request)["sensor"], "sensor-b");
+    // Sensor B answers it: its batches carry the request id; the request leaves the
+    // assignment and its state follows the run.
+    let b_run = run("sensor-b-20261201T000000.000Z-00cc", &["seg-b"]);
+    let b_begin = serde_json::json!({
+        "batch": batch::new_id(), "sensor": "sensor-b", "scan": serde_json::to_value(&b_run).unwrap(),
+        "seq": 0, "final": false, "request": request,
+    });
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/sensors/sensor-b/batches",
+        Some(B_TOKEN),
+        &b_begin.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state(&request)["state"], "running");
+    let (_, body) = http(
+        addr,
+        "GET",
+        "/api/v1/sensors/sensor-b/assignment",
+        Some(B_TOKEN),
+        "",
+    );
+    assert!(body.contains("\"requests\":[]"), "{body}");
+    let mut b_done = b_run.clone();
+    b_done.state = RunState::Complete;
+    b_done.finished_at = Some(chrono::Utc::now());
+    let b_final = serde_json::json!({
+        "batch": batch::new_id(), "sensor": "sensor-b", "scan": serde_json::to_value(&b_done).unwrap(),
+        "seq": 1, "final": true, "request": request,
+    });
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/sensors/sensor-b/batches",
+        Some(B_TOKEN),
+        &b_final.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let done = state(&request);
+    assert_eq!(done["state"], "complete", "{done}");
+    assert_eq!(
+        done["report"]["scan"]["segments"],
+        serde_json::json!(["seg-b"]),
+        "{done}"
+    );
     // A bad body is refused; so is another sensor's batch.
     let (status, _) = http(
         addr,
@@ -1345,6 +1409,7 @@ fn a_hub_stopped_between_storing_the_final_batch_and_recording_records_it_at_sta
                     hosts: b.hosts.len() as u64,
                     refused: 0,
                     backlog: 0,
+                    request: None,
                     payload: &payload,
                 };
                 s.receive_batch(&incoming, chrono::Utc::now())

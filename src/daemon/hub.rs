@@ -57,6 +57,9 @@ const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 #[derive(Debug, Default)]
 pub struct Hub {
     requests: std::sync::Mutex<BTreeMap<String, Vec<ScanRequestFor>>>,
+    /// Requests a sensor has begun: request id to (sensor, run id). In memory, like the
+    /// daemon's own jobs: forgotten at restart (the run itself is in the store).
+    answered: std::sync::Mutex<BTreeMap<String, (String, String)>>,
     next: AtomicU64,
     /// One scan assembled at a time in this process (the store makes it once across hubs).
     finishing: tokio::sync::Mutex<()>,
@@ -95,11 +98,7 @@ pub async fn request_state(daemon: &Daemon, id: &str) -> Option<Response> {
             .into_response(),
         );
     }
-    let found = match daemon.store.run_of_request(id).await {
-        Ok(f) => f?,
-        Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    };
-    let (sensor, scan_id) = found;
+    let (sensor, scan_id) = lock(&daemon.hub.answered).get(id).cloned()?;
     let state = match daemon.store.run_state(&scan_id).await {
         Ok(s) => s.unwrap_or_else(|| "running".to_string()),
         Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
@@ -354,7 +353,6 @@ pub(super) async fn batches(
         hosts: batch.hosts.len() as u64 - refused,
         refused,
         backlog: batch.backlog,
-        request: batch.request.as_deref(),
         payload: &payload,
     };
     let received = match daemon.store.receive_batch(&incoming, Utc::now()).await {
@@ -364,10 +362,13 @@ pub(super) async fn batches(
             return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     };
-    if let Some(request) = &batch.request
-        && let Some(list) = lock(&daemon.hub.requests).get_mut(&id)
-    {
-        list.retain(|r| &r.id != request);
+    if let Some(request) = &batch.request {
+        if let Some(list) = lock(&daemon.hub.requests).get_mut(&id) {
+            list.retain(|r| &r.id != request);
+        }
+        lock(&daemon.hub.answered)
+            .entry(request.clone())
+            .or_insert_with(|| (id.clone(), batch.scan.id.clone()));
     }
     let mut recorded = false;
     if batch.is_final {

@@ -58,8 +58,6 @@ pub struct IncomingBatch<'a> {
     pub hosts: u64,
     pub refused: u64,
     pub backlog: u64,
-    /// The on-demand request the scan answers.
-    pub request: Option<&'a str>,
     pub payload: &'a str,
 }
 
@@ -74,8 +72,8 @@ impl Store {
         let now = timestamp(at);
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO sensor_batches (batch, sensor, scan_id, seq, is_final, received_at, hosts, refused, payload, request)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            "INSERT INTO sensor_batches (batch, sensor, scan_id, seq, is_final, received_at, hosts, refused, payload)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (batch) DO NOTHING",
         )
         .bind(incoming.batch)
@@ -87,7 +85,6 @@ impl Store {
         .bind(incoming.hosts as i64)
         .bind(incoming.refused as i64)
         .bind(incoming.payload)
-        .bind(incoming.request)
         .execute(&mut *tx)
         .await?;
         let received = if inserted.rows_affected() == 0 {
@@ -172,26 +169,6 @@ impl Store {
                 Ok((c.int("seq")?, c.get("payload")?))
             })
             .collect()
-    }
-
-    /// Hub: the run (sensor and run id) that answers on-demand request `request`, once its
-    /// first batch arrived.
-    pub async fn run_of_request(
-        &self,
-        request: &str,
-    ) -> Result<Option<(String, String)>, StoreError> {
-        let row = sqlx::query(
-            "SELECT sensor, scan_id FROM sensor_batches WHERE request = $1 ORDER BY seq LIMIT 1",
-        )
-        .bind(request)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref()
-            .map(|r| {
-                let c = Cells::new(r, "sensor_batches", "scan_id");
-                Ok((c.get("sensor")?, c.get("scan_id")?))
-            })
-            .transpose()
     }
 
     /// Hub: a run's state, if the run is known.

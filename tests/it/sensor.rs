@@ -129,22 +129,25 @@ impl Drop for Netns {
 /// A listener served in a thread of its own: each connection is accepted and closed.
 struct Served {
     accepted: std::sync::Arc<AtomicUsize>,
+    port: u16,
 }
 
 impl Served {
     fn on(listener: TcpListener) -> Served {
         let accepted = std::sync::Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let port = listener.local_addr().expect("bound").port();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 count.fetch_add(1, Ordering::SeqCst);
                 drop(conn);
             }
         });
-        Served { accepted }
+        Served { accepted, port }
     }
 
-    /// On loopback in the root namespace.
+    /// On loopback in the root namespace (`IP:0`: a free port; another run of these tests
+    /// at the same time then does not collide).
     fn loopback(addr: &str) -> Served {
         Served::on(TcpListener::bind(addr).expect("bind a loopback listener"))
     }
@@ -406,7 +409,6 @@ async fn batches_are_stored_once_and_sensor_runs_survive_a_restart() {
             hosts: 0,
             refused: 0,
             backlog: 3,
-            request: None,
             payload: "{}",
         };
         let at = chrono::Utc::now();
@@ -650,8 +652,15 @@ fn write_leaf(dir: &Path, name: &str, leaf: &support::tls::Leaf) {
 
 #[test]
 fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls() {
-    let ns_a = Netns::new(1, "198.18.1.1", "198.18.1.2");
-    let ns_b = Netns::new(2, "198.18.2.1", "198.18.2.2");
+    // Addresses of this run (two runs of these tests at once must not share them).
+    let third = (std::process::id() % 120) * 2;
+    let hub_ip = format!("198.18.{third}.1");
+    let ns_a = Netns::new(1, &hub_ip, &format!("198.18.{third}.2"));
+    let ns_b = Netns::new(
+        2,
+        &format!("198.18.{}.1", third + 1),
+        &format!("198.18.{}.2", third + 1),
+    );
     // seg-a's service in A; in A also an address of seg-b (A declares seg-b but is not
     // assigned it) and one of seg-x (assigned to A, which does not declare it): neither may
     // reach the hub. seg-b's service in B only.
@@ -662,7 +671,7 @@ fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls()
 
     let pki = support::tls::Pki::new("netpatrol hub test CA");
     let hub_dir = tempfile::tempdir().unwrap();
-    let server = pki.leaf(&["198.18.1.1"], (2025, 1, 1), (2035, 1, 1));
+    let server = pki.leaf(&[hub_ip.as_str()], (2025, 1, 1), (2035, 1, 1));
     write_leaf(hub_dir.path(), "server", &server);
     pki.write_ca(hub_dir.path(), "ca.pem");
     std::fs::write(
@@ -670,8 +679,8 @@ fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls()
         "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n",
     )
     .unwrap();
-    let port = free_port("198.18.1.1");
-    let listen = format!("198.18.1.1:{port}");
+    let port = free_port(&hub_ip);
+    let listen = format!("{hub_ip}:{port}");
     let hub_store = hub_store_sqlite(hub_dir.path());
     std::fs::write(
         hub_dir.path().join("hub.yaml"),
@@ -1070,14 +1079,15 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(store: &TestStore, hub_ip: &str, block: &str, cron: &str) -> Pair {
+    fn new(store: &TestStore, hub_ip: &str, block: &str, cron: &str, service: u16) -> Pair {
         let hub_dir = tempfile::tempdir().unwrap();
         let sensor_dir = tempfile::tempdir().unwrap();
         let port = free_port(hub_ip);
         let addr: SocketAddr = format!("{hub_ip}:{port}").parse().unwrap();
         let yaml = hub_yaml(store, &addr.to_string(), "")
             .replace("127.121.1.0/29", block)
-            .replace("*/2 * * * * *", cron);
+            .replace("*/2 * * * * *", cron)
+            .replace("[18080]", &format!("[{service}]"));
         std::fs::write(hub_dir.path().join("hub.yaml"), yaml).unwrap();
         let hub = format!(
             "{{url: \"http://{addr}\", sensor: sensor-a, token_env: {A_ENV}, poll_seconds: 1, retry_max_seconds: 1}}"
@@ -1088,7 +1098,8 @@ impl Pair {
                 &format!("  - {{name: seg-a, network: extranet, cidrs: [{block}]}}\n"),
                 &hub,
                 "",
-            ),
+            )
+            .replace("[18080]", &format!("[{service}]")),
         )
         .unwrap();
         Pair {
@@ -1140,8 +1151,14 @@ impl Pair {
 fn a_sensor_cut_off_for_three_scans_delivers_all_three_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let store = hub_store_sqlite(tmp.path());
-    let _svc = Served::loopback("127.121.11.3:18080");
-    let pair = Pair::new(&store, "127.121.10.1", "127.121.11.0/29", "*/2 * * * * *");
+    let svc = Served::loopback("127.121.11.3:0");
+    let pair = Pair::new(
+        &store,
+        "127.121.10.1",
+        "127.121.11.0/29",
+        "*/2 * * * * *",
+        svc.port,
+    );
     let hub = pair.hub();
     let mut sensor = pair.sensor();
     wait_for("a first run recorded", Duration::from_secs(60), || {
@@ -1201,14 +1218,17 @@ fn a_hub_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
             netpatrol::store::Backend::Sqlite => 20,
             netpatrol::store::Backend::Postgres => 24,
         };
-        let _svcs: Vec<Served> = (0..4)
-            .map(|i| Served::loopback(&format!("127.121.{}.7:18080", base + i)))
+        let first = Served::loopback(&format!("127.121.{base}.7:0"));
+        let port = first.port;
+        let _svcs: Vec<Served> = std::iter::once(first)
+            .chain((1..4).map(|i| Served::loopback(&format!("127.121.{}.7:{port}", base + i))))
             .collect();
         let pair = Pair::new(
             &store,
             "127.121.19.1",
             &format!("127.121.{base}.0/22"),
             "*/3 * * * * *",
+            port,
         );
         let mut hub = pair.hub();
         let mut sensor = pair.sensor();
@@ -1266,9 +1286,16 @@ fn a_hub_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
 fn a_sensor_killed_mid_scan_leaves_an_incomplete_run_that_resolves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let store = hub_store_sqlite(tmp.path());
-    let svc = TcpListener::bind("127.121.31.3:18080").unwrap();
+    let svc = TcpListener::bind("127.121.31.3:0").unwrap();
+    let port = svc.local_addr().unwrap().port();
     let served = Served::on(svc.try_clone().unwrap());
-    let pair = Pair::new(&store, "127.121.30.1", "127.121.31.0/29", "*/2 * * * * *");
+    let pair = Pair::new(
+        &store,
+        "127.121.30.1",
+        "127.121.31.0/29",
+        "*/2 * * * * *",
+        port,
+    );
     let hub = pair.hub();
     let mut sensor = pair.sensor();
     wait_for(
@@ -1409,7 +1436,6 @@ fn a_hub_stopped_between_storing_the_final_batch_and_recording_records_it_at_sta
                     hosts: b.hosts.len() as u64,
                     refused: 0,
                     backlog: 0,
-                    request: None,
                     payload: &payload,
                 };
                 s.receive_batch(&incoming, chrono::Utc::now())
@@ -1418,7 +1444,7 @@ fn a_hub_stopped_between_storing_the_final_batch_and_recording_records_it_at_sta
             }
             s.close().await;
         });
-        let pair = Pair::new(&store, "127.121.40.1", "127.121.1.0/29", "0 0 1 1 *");
+        let pair = Pair::new(&store, "127.121.40.1", "127.121.1.0/29", "0 0 1 1 *", 18080);
         let hub = pair.hub();
         wait_for("the stored scan recorded", Duration::from_secs(60), || {
             (peek(

@@ -16,11 +16,9 @@ CREATE TABLE sensor_batches (
     received_at  TEXT NOT NULL,
     hosts        BIGINT NOT NULL,
     refused      BIGINT NOT NULL,        -- hosts outside the sensor's segments, dropped
-    request      TEXT,                   -- the on-demand request the scan answers
     payload      TEXT NOT NULL
 );
 CREATE INDEX sensor_batches_by_scan ON sensor_batches (scan_id, seq);
-CREATE INDEX sensor_batches_by_request ON sensor_batches (request);
 
 -- Hub: when each sensor was last heard from and the backlog it reported.
 CREATE TABLE sensor_contacts (

@@ -637,6 +637,10 @@ async fn scan_state(State(daemon): State<Shared>, Path(id): Path<String>) -> Res
         }))
         .into_response();
     }
+    // A scan handed to a sensor (on a hub).
+    if let Some(response) = super::hub::request_state(&daemon, &id).await {
+        return response;
+    }
     // Not asked for through this daemon (or forgotten): a run the store recorded.
     match daemon.store.run(&id).await {
         Ok(Some(run)) => {

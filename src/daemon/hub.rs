@@ -49,10 +49,17 @@ use crate::store::{IncomingBatch, Received};
 /// Largest batch body accepted (a batch of 256 hosts with TLS and HTTP facts stays far below).
 pub const BATCH_BODY_LIMIT: usize = 32 * 1024 * 1024;
 
+/// How long the answer to a final batch waits for the scan to be recorded (below the API's
+/// request timeout); the recording goes on after it.
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The hub's state in the daemon: on-demand requests waiting for their sensor.
 #[derive(Debug, Default)]
 pub struct Hub {
     requests: std::sync::Mutex<BTreeMap<String, Vec<ScanRequestFor>>>,
+    /// Requests a sensor has begun: request id to (sensor, run id). In memory, like the
+    /// daemon's own jobs: forgotten at restart (the run itself is in the store).
+    answered: std::sync::Mutex<BTreeMap<String, (String, String)>>,
     next: AtomicU64,
     /// One scan assembled at a time in this process (the store makes it once across hubs).
     finishing: tokio::sync::Mutex<()>,
@@ -70,6 +77,46 @@ pub fn requests_for(daemon: &Daemon, sensor: &str) -> Vec<ScanRequestFor> {
         .get(sensor)
         .cloned()
         .unwrap_or_default()
+}
+
+/// `GET /api/v1/scans/{id}` for an on-demand request handed to a sensor: `queued` while the
+/// sensor has not begun it, then its run's state and, once recorded, its report. `None`:
+/// not a sensor's request.
+pub async fn request_state(daemon: &Daemon, id: &str) -> Option<Response> {
+    let pending = lock(&daemon.hub.requests)
+        .iter()
+        .find_map(|(sensor, list)| {
+            list.iter()
+                .find(|r| r.id == id)
+                .map(|r| (sensor.clone(), r.segments.clone()))
+        });
+    if let Some((sensor, segments)) = pending {
+        return Some(
+            axum::Json(
+                json!({"id": id, "state": "queued", "sensor": sensor, "segments": segments}),
+            )
+            .into_response(),
+        );
+    }
+    let (sensor, scan_id) = lock(&daemon.hub.answered).get(id).cloned()?;
+    let state = match daemon.store.run_state(&scan_id).await {
+        Ok(s) => s.unwrap_or_else(|| "running".to_string()),
+        Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    let report = if state == "running" {
+        None
+    } else {
+        match daemon.store.report(&scan_id).await {
+            Ok(r) => r,
+            Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    };
+    Some(
+        axum::Json(json!({
+            "id": id, "state": state, "sensor": sensor, "scan_id": scan_id, "report": report,
+        }))
+        .into_response(),
+    )
 }
 
 /// The segments of a scheduled scan (`segments`, empty = all) that the hub scans itself:
@@ -315,19 +362,44 @@ pub(super) async fn batches(
             return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     };
-    if let Some(request) = &batch.request
-        && let Some(list) = lock(&daemon.hub.requests).get_mut(&id)
-    {
-        list.retain(|r| &r.id != request);
+    if let Some(request) = &batch.request {
+        if let Some(list) = lock(&daemon.hub.requests).get_mut(&id) {
+            list.retain(|r| &r.id != request);
+        }
+        lock(&daemon.hub.answered)
+            .entry(request.clone())
+            .or_insert_with(|| (id.clone(), batch.scan.id.clone()));
     }
     let mut recorded = false;
     if batch.is_final {
-        match finish(&daemon, &loaded, sensor, &batch.scan.id).await {
-            Ok(r) => recorded = r,
-            Err(e) => {
+        // Recorded in a task of its own: a large scan may take longer than a request may, and
+        // a request cut off must not cut the recording off with it (it would roll back, and
+        // the sensor's resend would start it over). The answer waits for it a while.
+        let task = {
+            let (daemon, loaded, sensor, scan) = (
+                daemon.clone(),
+                loaded.clone(),
+                sensor.clone(),
+                batch.scan.id.clone(),
+            );
+            tokio::spawn(async move { finish(&daemon, &loaded, &sensor, &scan).await })
+        };
+        match tokio::time::timeout(RECORD_WAIT, task).await {
+            Ok(Ok(Ok(r))) => recorded = r,
+            Ok(Ok(Err(e))) => {
                 // Stored: the sensor sends it again, or the next start records it.
                 tracing::error!(error = %e, sensor = %id, scan = %batch.scan.id, "cannot record the sensor's scan");
                 return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, sensor = %id, scan = %batch.scan.id, "the recording task failed");
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the recording task failed",
+                );
+            }
+            Err(_) => {
+                tracing::info!(sensor = %id, scan = %batch.scan.id, "still recording the scan; answered before it is done")
             }
         }
     }

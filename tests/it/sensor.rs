@@ -129,22 +129,25 @@ impl Drop for Netns {
 /// A listener served in a thread of its own: each connection is accepted and closed.
 struct Served {
     accepted: std::sync::Arc<AtomicUsize>,
+    port: u16,
 }
 
 impl Served {
     fn on(listener: TcpListener) -> Served {
         let accepted = std::sync::Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
+        let port = listener.local_addr().expect("bound").port();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 count.fetch_add(1, Ordering::SeqCst);
                 drop(conn);
             }
         });
-        Served { accepted }
+        Served { accepted, port }
     }
 
-    /// On loopback in the root namespace.
+    /// On loopback in the root namespace (`IP:0`: a free port; another run of these tests
+    /// at the same time then does not collide).
     fn loopback(addr: &str) -> Served {
         Served::on(TcpListener::bind(addr).expect("bind a loopback listener"))
     }
@@ -649,8 +652,15 @@ fn write_leaf(dir: &Path, name: &str, leaf: &support::tls::Leaf) {
 
 #[test]
 fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls() {
-    let ns_a = Netns::new(1, "198.18.1.1", "198.18.1.2");
-    let ns_b = Netns::new(2, "198.18.2.1", "198.18.2.2");
+    // Addresses of this run (two runs of these tests at once must not share them).
+    let third = (std::process::id() % 120) * 2;
+    let hub_ip = format!("198.18.{third}.1");
+    let ns_a = Netns::new(1, &hub_ip, &format!("198.18.{third}.2"));
+    let ns_b = Netns::new(
+        2,
+        &format!("198.18.{}.1", third + 1),
+        &format!("198.18.{}.2", third + 1),
+    );
     // seg-a's service in A; in A also an address of seg-b (A declares seg-b but is not
     // assigned it) and one of seg-x (assigned to A, which does not declare it): neither may
     // reach the hub. seg-b's service in B only.
@@ -661,7 +671,7 @@ fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls()
 
     let pki = support::tls::Pki::new("netpatrol hub test CA");
     let hub_dir = tempfile::tempdir().unwrap();
-    let server = pki.leaf(&["198.18.1.1"], (2025, 1, 1), (2035, 1, 1));
+    let server = pki.leaf(&[hub_ip.as_str()], (2025, 1, 1), (2035, 1, 1));
     write_leaf(hub_dir.path(), "server", &server);
     pki.write_ca(hub_dir.path(), "ca.pem");
     std::fs::write(
@@ -669,8 +679,8 @@ fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls()
         "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n",
     )
     .unwrap();
-    let port = free_port("198.18.1.1");
-    let listen = format!("198.18.1.1:{port}");
+    let port = free_port(&hub_ip);
+    let listen = format!("{hub_ip}:{port}");
     let hub_store = hub_store_sqlite(hub_dir.path());
     std::fs::write(
         hub_dir.path().join("hub.yaml"),
@@ -889,6 +899,69 @@ fn sensor_routes_take_only_their_own_token_and_metrics_show_each_sensor() {
         serde_json::json!(["seg-b"]),
         "{b}"
     );
+    let request = b["requests"][0]["id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+    let state = |id: &str| {
+        let (status, body) = http(
+            addr,
+            "GET",
+            &format!("/api/v1/scans/{id}"),
+            Some(API_TOKEN),
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    assert_eq!(state(&request)["state"], "queued");
+    assert_eq!(state(&request)["sensor"], "sensor-b");
+    // Sensor B answers it: its batches carry the request id; the request leaves the
+    // assignment and its state follows the run.
+    let b_run = run("sensor-b-20261201T000000.000Z-00cc", &["seg-b"]);
+    let b_begin = serde_json::json!({
+        "batch": batch::new_id(), "sensor": "sensor-b", "scan": serde_json::to_value(&b_run).unwrap(),
+        "seq": 0, "final": false, "request": request,
+    });
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/sensors/sensor-b/batches",
+        Some(B_TOKEN),
+        &b_begin.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(state(&request)["state"], "running");
+    let (_, body) = http(
+        addr,
+        "GET",
+        "/api/v1/sensors/sensor-b/assignment",
+        Some(B_TOKEN),
+        "",
+    );
+    assert!(body.contains("\"requests\":[]"), "{body}");
+    let mut b_done = b_run.clone();
+    b_done.state = RunState::Complete;
+    b_done.finished_at = Some(chrono::Utc::now());
+    let b_final = serde_json::json!({
+        "batch": batch::new_id(), "sensor": "sensor-b", "scan": serde_json::to_value(&b_done).unwrap(),
+        "seq": 1, "final": true, "request": request,
+    });
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/v1/sensors/sensor-b/batches",
+        Some(B_TOKEN),
+        &b_final.to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let done = state(&request);
+    assert_eq!(done["state"], "complete", "{done}");
+    assert_eq!(
+        done["report"]["scan"]["segments"],
+        serde_json::json!(["seg-b"]),
+        "{done}"
+    );
     // A bad body is refused; so is another sensor's batch.
     let (status, _) = http(
         addr,
@@ -1006,14 +1079,15 @@ struct Pair {
 }
 
 impl Pair {
-    fn new(store: &TestStore, hub_ip: &str, block: &str, cron: &str) -> Pair {
+    fn new(store: &TestStore, hub_ip: &str, block: &str, cron: &str, service: u16) -> Pair {
         let hub_dir = tempfile::tempdir().unwrap();
         let sensor_dir = tempfile::tempdir().unwrap();
         let port = free_port(hub_ip);
         let addr: SocketAddr = format!("{hub_ip}:{port}").parse().unwrap();
         let yaml = hub_yaml(store, &addr.to_string(), "")
             .replace("127.121.1.0/29", block)
-            .replace("*/2 * * * * *", cron);
+            .replace("*/2 * * * * *", cron)
+            .replace("[18080]", &format!("[{service}]"));
         std::fs::write(hub_dir.path().join("hub.yaml"), yaml).unwrap();
         let hub = format!(
             "{{url: \"http://{addr}\", sensor: sensor-a, token_env: {A_ENV}, poll_seconds: 1, retry_max_seconds: 1}}"
@@ -1024,7 +1098,8 @@ impl Pair {
                 &format!("  - {{name: seg-a, network: extranet, cidrs: [{block}]}}\n"),
                 &hub,
                 "",
-            ),
+            )
+            .replace("[18080]", &format!("[{service}]")),
         )
         .unwrap();
         Pair {
@@ -1076,8 +1151,14 @@ impl Pair {
 fn a_sensor_cut_off_for_three_scans_delivers_all_three_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let store = hub_store_sqlite(tmp.path());
-    let _svc = Served::loopback("127.121.11.3:18080");
-    let pair = Pair::new(&store, "127.121.10.1", "127.121.11.0/29", "*/2 * * * * *");
+    let svc = Served::loopback("127.121.11.3:0");
+    let pair = Pair::new(
+        &store,
+        "127.121.10.1",
+        "127.121.11.0/29",
+        "*/2 * * * * *",
+        svc.port,
+    );
     let hub = pair.hub();
     let mut sensor = pair.sensor();
     wait_for("a first run recorded", Duration::from_secs(60), || {
@@ -1137,14 +1218,17 @@ fn a_hub_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
             netpatrol::store::Backend::Sqlite => 20,
             netpatrol::store::Backend::Postgres => 24,
         };
-        let _svcs: Vec<Served> = (0..4)
-            .map(|i| Served::loopback(&format!("127.121.{}.7:18080", base + i)))
+        let first = Served::loopback(&format!("127.121.{base}.7:0"));
+        let port = first.port;
+        let _svcs: Vec<Served> = std::iter::once(first)
+            .chain((1..4).map(|i| Served::loopback(&format!("127.121.{}.7:{port}", base + i))))
             .collect();
         let pair = Pair::new(
             &store,
             "127.121.19.1",
             &format!("127.121.{base}.0/22"),
             "*/3 * * * * *",
+            port,
         );
         let mut hub = pair.hub();
         let mut sensor = pair.sensor();
@@ -1202,9 +1286,16 @@ fn a_hub_killed_mid_batch_loses_nothing_and_counts_nothing_twice() {
 fn a_sensor_killed_mid_scan_leaves_an_incomplete_run_that_resolves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let store = hub_store_sqlite(tmp.path());
-    let svc = TcpListener::bind("127.121.31.3:18080").unwrap();
+    let svc = TcpListener::bind("127.121.31.3:0").unwrap();
+    let port = svc.local_addr().unwrap().port();
     let served = Served::on(svc.try_clone().unwrap());
-    let pair = Pair::new(&store, "127.121.30.1", "127.121.31.0/29", "*/2 * * * * *");
+    let pair = Pair::new(
+        &store,
+        "127.121.30.1",
+        "127.121.31.0/29",
+        "*/2 * * * * *",
+        port,
+    );
     let hub = pair.hub();
     let mut sensor = pair.sensor();
     wait_for(
@@ -1276,4 +1367,112 @@ fn peek_count_rows(store: &TestStore) -> i64 {
     rows(store, "SELECT CAST(COUNT(*) AS TEXT) FROM scan_runs")[0][0]
         .parse()
         .unwrap()
+}
+
+#[test]
+fn a_hub_stopped_between_storing_the_final_batch_and_recording_records_it_at_start() {
+    for_each_backend_blocking(|store| {
+        // The state a hub leaves when it dies right after committing a scan's final batch:
+        // both batches stored, the run still `running`.
+        let scan = run("sensor-a-20261201T010000.000Z-00bb", &["seg-a"]);
+        let host = serde_json::from_value(serde_json::json!({
+            "ip": "127.121.1.6", "segment": "seg-a", "network": "extranet", "icmp_rtt": null,
+            "alive_by": ["open_port"], "ptr": null, "services": [{
+                "port": 18080, "protocol": "tcp", "service": "unknown", "product": null,
+                "version": null, "banner": null, "connect_time": {"secs": 0, "nanos": 1000},
+                "tls": null, "http": null, "unauthenticated": null, "exposure_evidence": null,
+                "failures": []}]
+        }))
+        .expect("a host observation reads");
+        let mut done = scan.clone();
+        done.state = RunState::Complete;
+        done.finished_at = Some(chrono::Utc::now());
+        let batches = [
+            Batch {
+                batch: batch::new_id(),
+                sensor: "sensor-a".into(),
+                scan: scan.clone(),
+                seq: 0,
+                is_final: false,
+                hosts: Vec::new(),
+                probe_errors: Vec::new(),
+                backlog: 0,
+                request: None,
+            },
+            Batch {
+                batch: batch::new_id(),
+                sensor: "sensor-a".into(),
+                scan: scan.clone(),
+                seq: 1,
+                is_final: false,
+                hosts: vec![host],
+                probe_errors: Vec::new(),
+                backlog: 0,
+                request: None,
+            },
+            Batch {
+                batch: batch::new_id(),
+                sensor: "sensor-a".into(),
+                scan: done,
+                seq: 2,
+                is_final: true,
+                hosts: Vec::new(),
+                probe_errors: Vec::new(),
+                backlog: 0,
+                request: None,
+            },
+        ];
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let s = store.open().await;
+            for b in &batches {
+                let payload = serde_json::to_string(b).unwrap();
+                let incoming = IncomingBatch {
+                    batch: &b.batch,
+                    sensor: "sensor-a",
+                    run: &b.scan,
+                    seq: b.seq,
+                    is_final: b.is_final,
+                    hosts: b.hosts.len() as u64,
+                    refused: 0,
+                    backlog: 0,
+                    payload: &payload,
+                };
+                s.receive_batch(&incoming, chrono::Utc::now())
+                    .await
+                    .unwrap();
+            }
+            s.close().await;
+        });
+        let pair = Pair::new(&store, "127.121.40.1", "127.121.1.0/29", "0 0 1 1 *", 18080);
+        let hub = pair.hub();
+        wait_for("the stored scan recorded", Duration::from_secs(60), || {
+            (peek(
+                &store,
+                "SELECT COUNT(*) FROM scan_runs WHERE state = 'complete'",
+            ) == 1)
+                .then_some(())
+        });
+        // The final batch sent again (the sensor never got its answer): nothing twice.
+        let (status, body) = http(
+            pair.addr,
+            "POST",
+            "/api/v1/sensors/sensor-a/batches",
+            Some(A_TOKEN),
+            &serde_json::to_string(&batches[2]).unwrap(),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"duplicate\""), "{body}");
+        assert_eq!(hub.stop(), Some(0));
+        let services = rows(
+            &store,
+            "SELECT ip FROM observations WHERE kind = 'service' AND scan_id = 'sensor-a-20261201T010000.000Z-00bb'",
+        );
+        assert_eq!(services, vec![vec!["127.121.1.6".to_string()]]);
+        let opened = rows(
+            &store,
+            "SELECT fingerprint FROM finding_events WHERE event = 'opened' GROUP BY fingerprint HAVING COUNT(*) > 1",
+        );
+        assert!(opened.is_empty(), "{opened:?}");
+    });
 }

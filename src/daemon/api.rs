@@ -630,16 +630,13 @@ async fn scan_state(State(daemon): State<Shared>, Path(id): Path<String>) -> Res
             "state": job.state,
             "segments": job.segments,
             "origin": job.origin,
+            "sensor": job.sensor,
             "submitted_at": job.submitted_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "scan_id": job.scan_id,
             "error": job.error,
             "report": report,
         }))
         .into_response();
-    }
-    // A scan handed to a sensor (on a hub).
-    if let Some(response) = super::hub::request_state(&daemon, &id).await {
-        return response;
     }
     // Not asked for through this daemon (or forgotten): a run the store recorded.
     match daemon.store.run(&id).await {

@@ -21,11 +21,13 @@
 //!   between storing it and recording the run ([`recover`] at start), records nothing twice;
 //! - the hub's own scheduled scans skip the segments a sensor owns ([`own_segments`]); an
 //!   on-demand scan of such a segment is handed to its sensor through its assignment
-//!   ([`requests_for`]), kept in memory until the sensor's first batch of it arrives.
+//!   ([`requests_for`]): a job in the store's queue naming the sensor, listed (by any hub
+//!   sharing the store) until the sensor's first batch of it arrives, then `running` as that
+//!   run, and ended with the run's state when the run is recorded (`GET /api/v1/scans/{id}`
+//!   follows it like any job).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -37,7 +39,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::api::AuditNote;
-use super::{Daemon, Loaded, lock};
+use super::{Daemon, Loaded};
 use crate::config::{Config, SensorSettings};
 use crate::observation::{HostObservation, RunState, ScanObservations};
 use crate::pass::{self, Recording};
@@ -53,14 +55,9 @@ pub const BATCH_BODY_LIMIT: usize = 32 * 1024 * 1024;
 /// request timeout); the recording goes on after it.
 const RECORD_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// The hub's state in the daemon: on-demand requests waiting for their sensor.
+/// The hub's state in the daemon.
 #[derive(Debug, Default)]
 pub struct Hub {
-    requests: std::sync::Mutex<BTreeMap<String, Vec<ScanRequestFor>>>,
-    /// Requests a sensor has begun: request id to (sensor, run id). In memory, like the
-    /// daemon's own jobs: forgotten at restart (the run itself is in the store).
-    answered: std::sync::Mutex<BTreeMap<String, (String, String)>>,
-    next: AtomicU64,
     /// One scan assembled at a time in this process (the store makes it once across hubs).
     finishing: tokio::sync::Mutex<()>,
 }
@@ -71,52 +68,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// The on-demand scans waiting for `sensor` (they stay until its first batch of each).
-pub fn requests_for(daemon: &Daemon, sensor: &str) -> Vec<ScanRequestFor> {
-    lock(&daemon.hub.requests)
-        .get(sensor)
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// `GET /api/v1/scans/{id}` for an on-demand request handed to a sensor: `queued` while the
-/// sensor has not begun it, then its run's state and, once recorded, its report. `None`:
-/// not a sensor's request.
-pub async fn request_state(daemon: &Daemon, id: &str) -> Option<Response> {
-    let pending = lock(&daemon.hub.requests)
-        .iter()
-        .find_map(|(sensor, list)| {
-            list.iter()
-                .find(|r| r.id == id)
-                .map(|r| (sensor.clone(), r.segments.clone()))
-        });
-    if let Some((sensor, segments)) = pending {
-        return Some(
-            axum::Json(
-                json!({"id": id, "state": "queued", "sensor": sensor, "segments": segments}),
-            )
-            .into_response(),
-        );
-    }
-    let (sensor, scan_id) = lock(&daemon.hub.answered).get(id).cloned()?;
-    let state = match daemon.store.run_state(&scan_id).await {
-        Ok(s) => s.unwrap_or_else(|| "running".to_string()),
-        Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    };
-    let report = if state == "running" {
-        None
-    } else {
-        match daemon.store.report(&scan_id).await {
-            Ok(r) => r,
-            Err(e) => return Some(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-        }
-    };
-    Some(
-        axum::Json(json!({
-            "id": id, "state": state, "sensor": sensor, "scan_id": scan_id, "report": report,
-        }))
-        .into_response(),
-    )
+/// The on-demand scans waiting for `sensor`: jobs in the store's queue handed to it, until
+/// its first batch of each (any hub sharing the store lists them).
+pub async fn requests_for(
+    daemon: &Daemon,
+    sensor: &str,
+) -> Result<Vec<ScanRequestFor>, crate::store::StoreError> {
+    Ok(daemon
+        .store
+        .sensor_requests(sensor)
+        .await?
+        .into_iter()
+        .map(|(id, segments)| ScanRequestFor { id, segments })
+        .collect())
 }
 
 /// The segments of a scheduled scan (`segments`, empty = all) that the hub scans itself:
@@ -167,25 +131,14 @@ pub async fn submit(daemon: &Arc<Daemon>, segments: &[String]) -> Option<Respons
             None => own.push(s),
         }
     }
-    let now = Utc::now();
     let mut handed = Vec::new();
-    {
-        let mut requests = lock(&daemon.hub.requests);
-        for (sensor, segments) in by_sensor {
-            let id = format!(
-                "req-{}-{}-{}",
-                sensor,
-                now.format("%Y%m%dT%H%M%S%.3fZ"),
-                daemon.hub.next.fetch_add(1, Ordering::SeqCst)
-            );
-            requests
-                .entry(sensor.clone())
-                .or_default()
-                .push(ScanRequestFor {
-                    id: id.clone(),
-                    segments: segments.clone(),
-                });
-            handed.push(json!({"sensor": sensor, "request": id, "segments": segments}));
+    for (sensor, segments) in by_sensor {
+        match daemon
+            .enqueue(segments.clone(), "api", None, Some(&sensor))
+            .await
+        {
+            Ok(id) => handed.push(json!({"sensor": sensor, "request": id, "segments": segments})),
+            Err(e) => return Some(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
         }
     }
     let local = if own.is_empty() {
@@ -280,7 +233,14 @@ pub(super) async fn assignment(
     if let Err(e) = daemon.store.sensor_contact(&id, Utc::now(), backlog).await {
         tracing::error!(error = %e, sensor = %id, "cannot note the sensor's contact");
     }
-    let body = assignment_of(&loaded.config, sensor, requests_for(&daemon, &id));
+    let requests = match requests_for(&daemon, &id).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, sensor = %id, "cannot read the sensor's requests");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+    };
+    let body = assignment_of(&loaded.config, sensor, requests);
     axum::Json(body).into_response()
 }
 
@@ -363,12 +323,13 @@ pub(super) async fn batches(
         }
     };
     if let Some(request) = &batch.request {
-        if let Some(list) = lock(&daemon.hub.requests).get_mut(&id) {
-            list.retain(|r| &r.id != request);
+        if let Err(e) = daemon
+            .store
+            .begin_sensor_job(request, &id, &batch.scan.id)
+            .await
+        {
+            tracing::error!(error = %e, sensor = %id, request = %request, "cannot note the request begun");
         }
-        lock(&daemon.hub.answered)
-            .entry(request.clone())
-            .or_insert_with(|| (id.clone(), batch.scan.id.clone()));
     }
     let mut recorded = false;
     if batch.is_final {
@@ -499,6 +460,10 @@ async fn finish(
     .await?
     .is_some();
     if recorded {
+        daemon
+            .store
+            .finish_sensor_job(scan_id, observations.run.state.as_str())
+            .await?;
         tracing::info!(
             sensor = %sensor.id,
             scan = scan_id,

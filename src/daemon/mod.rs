@@ -200,6 +200,8 @@ pub struct Job {
     pub segments: Vec<String>,
     /// `api` or `schedule`.
     pub origin: String,
+    /// The sensor it was handed to (a hub's on-demand scan of a sensor's segment).
+    pub sensor: Option<String>,
     pub submitted_at: DateTime<Utc>,
     /// The store's id of the run, once it is recorded.
     pub scan_id: Option<String>,
@@ -220,6 +222,7 @@ impl Job {
             state,
             segments: row.segments,
             origin: row.origin,
+            sensor: row.sensor,
             submitted_at: row.submitted_at,
             scan_id: row.scan_id,
             error: row.error,
@@ -404,15 +407,17 @@ impl Daemon {
         if pending >= max {
             return Err(SubmitError::QueueFull(pending));
         }
-        self.enqueue(segments, "api", None).await
+        self.enqueue(segments, "api", None, None).await
     }
 
-    /// Queue a job; `tick` is the schedule entry and tick of a scheduled one.
-    async fn enqueue(
+    /// Queue a job; `tick` is the schedule entry and tick of a scheduled one; `sensor` the
+    /// sensor it is handed to (its assignment lists it until it begins it).
+    pub(crate) async fn enqueue(
         &self,
         segments: Vec<String>,
         origin: &str,
         tick: Option<(&str, &str)>,
+        sensor: Option<&str>,
     ) -> Result<String, SubmitError> {
         if self.scan_cancel.is_cancelled() {
             return Err(SubmitError::Stopping);
@@ -438,7 +443,7 @@ impl Daemon {
                 schedule_key: tick.map(|t| t.0),
                 due: tick.map(|t| t.1),
                 segments: &segments,
-                sensor: None,
+                sensor,
                 submitted_at: now,
             })
             .await?;
@@ -789,7 +794,7 @@ impl Daemon {
             }
         }
         match self
-            .enqueue(segments.to_vec(), "schedule", Some((key, &due)))
+            .enqueue(segments.to_vec(), "schedule", Some((key, &due)), None)
             .await
         {
             Ok(id) => tracing::info!(schedule = key, id = %id, "scheduled scan queued"),

@@ -2,6 +2,7 @@
 //! PostgreSQL store (migration 12).
 //!
 //! - A **job** is a scan asked for (API or schedule). It waits `queued` until a hub claims it
+//!   (or, when it names a sensor, until that sensor begins it: its assignment lists it)
 //!   ([`Store::claim_job`]): on PostgreSQL the candidates are read `FOR UPDATE SKIP LOCKED`
 //!   inside a transaction that first takes a transaction-scoped advisory lock, so two hubs
 //!   never claim one job, and a job whose segments overlap one already running anywhere is
@@ -314,6 +315,62 @@ impl Store {
         Ok(Some(job))
     }
 
+    /// The on-demand jobs handed to `sensor` that it has not begun: id and segments.
+    pub async fn sensor_requests(
+        &self,
+        sensor: &str,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, segments FROM scan_jobs WHERE sensor = $1 AND state = 'queued'
+             ORDER BY submitted_at, id",
+        )
+        .bind(sensor)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let c = Cells::new(r, "scan_jobs", "id");
+                Ok((c.get("id")?, c.json("segments")?))
+            })
+            .collect()
+    }
+
+    /// `sensor` began job `id` (its scan's first batch names it): running, as run `scan_id`.
+    /// Only a queued job of that sensor moves; anything else is left as it is.
+    pub async fn begin_sensor_job(
+        &self,
+        id: &str,
+        sensor: &str,
+        scan_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE scan_jobs SET state = 'running', claimed_by = $2, started_at = $3, scan_id = $4
+             WHERE id = $1 AND sensor = $5 AND state = 'queued'",
+        )
+        .bind(id)
+        .bind(format!("sensor:{sensor}"))
+        .bind(timestamp(Utc::now()))
+        .bind(scan_id)
+        .bind(sensor)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A sensor's run `scan_id` was recorded in `state`: the job it answered ends so too.
+    pub async fn finish_sensor_job(&self, scan_id: &str, state: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE scan_jobs SET state = $2, finished_at = $3
+             WHERE scan_id = $1 AND sensor IS NOT NULL AND state = 'running'",
+        )
+        .bind(scan_id)
+        .bind(state)
+        .bind(timestamp(Utc::now()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Put a claimed job back in the queue (this hub stopped before its scan started).
     pub async fn release_job(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query(
@@ -400,7 +457,7 @@ impl Store {
         }
         let rows = sqlx::query(
             "SELECT owner AS o FROM scan_runs WHERE state = 'running' AND sensor IS NULL
-             UNION SELECT claimed_by AS o FROM scan_jobs WHERE state = 'running'",
+             UNION SELECT claimed_by AS o FROM scan_jobs WHERE state = 'running' AND sensor IS NULL",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -468,7 +525,8 @@ impl Store {
         let closed = q.execute(&mut *tx).await?.rows_affected();
         let mut q = sqlx::query(AssertSqlSafe(format!(
             "UPDATE scan_jobs SET state = 'incomplete', finished_at = $1,
-               error = 'the process running it stopped' WHERE state = 'running'{jobs_where}"
+               error = 'the process running it stopped'
+             WHERE state = 'running' AND sensor IS NULL{jobs_where}"
         )))
         .bind(timestamp(Utc::now()));
         if let (false, Some(o)) = (every, owner) {

@@ -127,7 +127,7 @@ pub(crate) fn get(addr: SocketAddr, path: &str) -> Reply {
 }
 
 /// A GET with `authorization` as the `Authorization` header (none when `None`).
-fn get_as(addr: SocketAddr, path: &str, authorization: Option<&str>) -> Reply {
+pub(crate) fn get_as(addr: SocketAddr, path: &str, authorization: Option<&str>) -> Reply {
     match authorization {
         Some(a) => http(addr, "GET", path, &[("Authorization", a)], b""),
         None => http(addr, "GET", path, &[], b""),

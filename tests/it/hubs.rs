@@ -22,6 +22,8 @@ fn hub_yaml(store: &str, port: u16) -> impl Fn(&Path, SocketAddr) -> String {
         format!(
             "{store}scan: {{icmp: false, ports: [{port}], timeout_ms: 300, dns: {{enabled: false}}}}\n\
              segments:\n  - {{name: lab, network: other, cidrs: [127.122.0.0/30]}}\n\
+             \x20 - {{name: remote, network: other, cidrs: [127.122.1.0/30]}}\n\
+             sensors:\n  - {{id: far, segments: [remote], token_env: {FAR_ENV}}}\n\
              daemon:\n  listen: {listen}\n  api_token_env: {TOKEN_ENV}\n  read_token_env: {READ_ENV}\n\
              \x20 scans:\n    - {{cron: \"*/2 * * * * *\"}}\n\
              bulletin: {{cron: \"* * * * * *\", out_dir: \"{}\"}}\n",
@@ -30,8 +32,15 @@ fn hub_yaml(store: &str, port: u16) -> impl Fn(&Path, SocketAddr) -> String {
     }
 }
 
+const FAR_ENV: &str = "NETPATROL_TEST_FAR_TOKEN";
+const FAR_TOKEN: &str = "far-sensor-token";
+
 fn hub(store: &str, port: u16) -> Daemon {
-    Daemon::start_with("127.0.0.1", hub_yaml(store, port), &[(TOKEN_ENV, TOKEN)])
+    Daemon::start_with(
+        "127.0.0.1",
+        hub_yaml(store, port),
+        &[(TOKEN_ENV, TOKEN), (FAR_ENV, FAR_TOKEN)],
+    )
 }
 
 fn leader(d: &Daemon) -> f64 {
@@ -85,6 +94,38 @@ fn two_hubs_on_one_postgres_run_each_tick_once_and_one_bulletin_per_period() {
         let done = lead.wait_scan(&id);
         assert_eq!(done["state"], "complete", "{done}");
         assert_eq!(done["origin"], "api");
+
+        // An on-demand scan of the sensor's segment asked of one hub is in the sensor's
+        // assignment on the other (the sensor may reach either).
+        let r = post(
+            other.addr,
+            "/api/v1/scans",
+            Some(TOKEN),
+            r#"{"segments": ["remote"]}"#,
+        );
+        assert_eq!(r.status, 202, "{}", r.body);
+        let handed = r.json()["sensors"][0]["request"]
+            .as_str()
+            .expect("handed to the sensor")
+            .to_string();
+        let assignment = crate::daemon::get_as(
+            lead.addr,
+            "/api/v1/sensors/far/assignment",
+            Some(&format!("Bearer {FAR_TOKEN}")),
+        );
+        assert_eq!(assignment.status, 200, "{}", assignment.body);
+        // (The first scan, of every segment, handed the sensor a request too.)
+        let listed: Vec<String> = assignment.json()["requests"]
+            .as_array()
+            .expect("requests")
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(listed.len(), 2, "{}", assignment.body);
+        assert!(listed.contains(&handed), "{}", assignment.body);
+        let queued = crate::daemon::get(lead.addr, &format!("/api/v1/scans/{handed}")).json();
+        assert_eq!(queued["state"], "queued", "{queued}");
+        assert_eq!(queued["sensor"], "far", "{queued}");
 
         // Several scheduled ticks while both hubs run.
         let count = |sql: &'static str| rows(&url, sql).len();

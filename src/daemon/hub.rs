@@ -322,14 +322,13 @@ pub(super) async fn batches(
             return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
         }
     };
-    if let Some(request) = &batch.request {
-        if let Err(e) = daemon
+    if let Some(request) = &batch.request
+        && let Err(e) = daemon
             .store
             .begin_sensor_job(request, &id, &batch.scan.id)
             .await
-        {
-            tracing::error!(error = %e, sensor = %id, request = %request, "cannot note the request begun");
-        }
+    {
+        tracing::error!(error = %e, sensor = %id, request = %request, "cannot note the request begun");
     }
     let mut recorded = false;
     if batch.is_final {

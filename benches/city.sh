@@ -8,6 +8,7 @@
 #
 #   benches/city.sh                         # 50 sensors
 #   SENSORS=5 benches/city.sh               # a quick look
+#   BULLETIN=0 benches/city.sh              # without the bulletin (about a minute and 8 GiB for 50)
 #   NETPATROL_BENCH_PG=postgres://postgres@127.0.0.1:5432/test benches/city.sh
 #
 # Needs python3, curl, psql and a PostgreSQL server (the development machines run one at
@@ -78,11 +79,13 @@ printf '%s\n' "${times[@]}" | sort -n | python3 -c '
 import sys; t = [float(x) for x in sys.stdin.read().split()]
 print("median of %d: %.2f s (min %.2f, max %.2f)" % (len(t), t[len(t) // 2], t[0], t[-1]))'
 
-echo "== bulletin (today, zh)"
-today=$(TZ=Asia/Shanghai date +%F)
-/usr/bin/time -f "%e s, peak %M KiB" "$bin" bulletin -c "$work/hub.yaml" --from "$today" --to "$today" \
-  --out "$work/bulletins" 2>&1 >/dev/null | tail -1
-ls -la "$work/bulletins" | tail -n +4 | awk '{print "  " $5 " bytes  " $9}'
+if [ "${BULLETIN:-1}" != 0 ]; then
+  echo "== bulletin (today, zh)"
+  today=$(TZ=Asia/Shanghai date +%F)
+  /usr/bin/time -f "%e s, peak %M KiB" "$bin" bulletin -c "$work/hub.yaml" --from "$today" --to "$today" \
+    --out "$work/bulletins" 2>&1 >/dev/null | tail -1
+  ls -la "$work/bulletins" | tail -n +4 | awk '{print "  " $5 " bytes  " $9}'
+fi
 
 echo "== database"
 psql -tAq "$store" -c "SELECT 'size: ' || pg_size_pretty(pg_database_size('$db'))"

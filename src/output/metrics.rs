@@ -40,7 +40,7 @@
 //! | `netpatrol_api_token_configured` | gauge (0/1) | `role` (`operator`, `read`) | whether the config in force has that token |
 //! | `process_resident_memory_bytes`, `process_start_time_seconds`, `process_cpu_seconds_total` | | | from `/proc/self` |
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
@@ -363,16 +363,41 @@ async fn rectification(
                 .or_default() += 1;
         }
     }
-    for f in store.open_findings(&Default::default()).await? {
-        let Some(dept) = f.department.as_deref().filter(|d| known.contains(d)) else {
+    // Unanswered open findings are counted in the store; only the rules an active waiver
+    // names need a look at each finding (a waived one is not waiting for an answer).
+    let active: Vec<_> = config
+        .exceptions
+        .iter()
+        .filter(|w| w.is_active(today))
+        .collect();
+    let mut waivable: BTreeSet<String> = BTreeSet::new();
+    for (department, rule, n) in store.open_unanswered_counts().await? {
+        let Some(dept) = department.filter(|d| known.contains(d.as_str())) else {
             continue;
         };
-        if !latest.contains_key(&f.fingerprint)
-            && crate::finding::waiver_for(config, &f, today).is_none()
-        {
-            *counts.entry((dept.to_string(), "unanswered")).or_default() += 1;
+        if active.iter().any(|w| w.matches_rule(&rule)) {
+            waivable.insert(rule.clone());
+        }
+        *counts.entry((dept, "unanswered")).or_default() += n;
+    }
+    for rule in waivable {
+        let filter = crate::store::FindingFilter {
+            rule: Some(rule),
+            ..Default::default()
+        };
+        for f in store.open_findings(&filter).await? {
+            let Some(dept) = f.department.as_deref().filter(|d| known.contains(d)) else {
+                continue;
+            };
+            if !latest.contains_key(&f.fingerprint)
+                && crate::finding::waiver_for(config, &f, today).is_some()
+                && let Some(n) = counts.get_mut(&(dept.to_string(), "unanswered"))
+            {
+                *n -= 1;
+            }
         }
     }
+    counts.retain(|_, n| *n > 0);
     let family = Family::<RectificationLabels, Gauge>::default();
     for ((department, state), n) in counts {
         family
@@ -746,15 +771,12 @@ async fn inventory(
         }
     }
     // A run's observations never change once recorded: what they say is kept between
-    // scrapes, and read again only when a scan was recorded since (hosts may have moved).
-    let mut runs: HashMap<String, Arc<RunInventory>> = {
-        let cache = lock(&cache.0);
-        if cache.version.as_ref() == Some(version) {
-            cache.runs.clone()
-        } else {
-            HashMap::new()
-        }
-    };
+    // scrapes while the run is the latest complete one of a segment, and only a run recorded
+    // since is read (a hub with many sensors records runs all day: reading every run again
+    // at each new one made scrapes take seconds). A host's place is the one it had when its
+    // run was first read; a host moved to another segment counts there from that segment's
+    // next scan.
+    let mut runs: HashMap<String, Arc<RunInventory>> = lock(&cache.0).runs.clone();
     runs.retain(|id, _| by_run.contains_key(id.as_str()));
     for run in by_run.keys() {
         if !runs.contains_key(*run) {

@@ -264,6 +264,26 @@ impl Store {
             .collect()
     }
 
+    /// Open findings no department has answered yet, counted by department and rule.
+    pub async fn open_unanswered_counts(
+        &self,
+    ) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT department, rule, COUNT(*) AS n FROM findings f
+             WHERE state = 'open' AND NOT EXISTS
+               (SELECT 1 FROM rectification_answers a WHERE a.fingerprint = f.fingerprint)
+             GROUP BY department, rule",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let c = Cells::aggregate(r, "findings");
+                Ok((c.get("department")?, c.get("rule")?, c.get("n")?))
+            })
+            .collect()
+    }
+
     /// Open findings of `rule` counted by segment and department.
     pub async fn open_findings_by_segment(
         &self,

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::support;
 use crate::support::store::for_each_backend_blocking;
+use crate::support::tls::write_leaf;
 
 pub(crate) const TOKEN: &str = "s3cret-test-token";
 pub(crate) const TOKEN_ENV: &str = "NETPATROL_TEST_API_TOKEN";
@@ -1159,33 +1160,6 @@ fn every_route_needs_a_credential_readers_only_read_and_every_action_is_audited(
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-}
-
-/// PEM text of `label` blocks.
-fn pem(label: &str, ders: &[&[u8]]) -> String {
-    use base64::Engine;
-    let mut out = String::new();
-    for der in ders {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        out.push_str(&format!("-----BEGIN {label}-----\n"));
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(chunk).unwrap());
-            out.push('\n');
-        }
-        out.push_str(&format!("-----END {label}-----\n"));
-    }
-    out
-}
-
-/// Write `leaf`'s chain and key as `dir/name.pem` and `dir/name.key`.
-fn write_leaf(dir: &Path, name: &str, leaf: &support::tls::Leaf) {
-    let chain: Vec<&[u8]> = leaf.chain.iter().map(|c| c.as_ref()).collect();
-    std::fs::write(dir.join(format!("{name}.pem")), pem("CERTIFICATE", &chain)).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.key")),
-        pem("PRIVATE KEY", &[leaf.key.secret_der()]),
-    )
-    .unwrap();
 }
 
 /// A response over TLS, and the server's leaf certificate; `Err` when the handshake or the

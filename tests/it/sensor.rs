@@ -22,6 +22,7 @@ use netpatrol::store::{IncomingBatch, OutboxBatch, Received};
 
 use crate::support;
 use crate::support::store::{TestStore, for_each_backend, for_each_backend_blocking};
+use crate::support::tls::write_leaf;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netpatrol");
 const API_ENV: &str = "NETPATROL_TEST_API_TOKEN";
@@ -624,31 +625,6 @@ fn the_example_hub_and_sensor_configs_load() {
 
 // ---------------------------------------------------------------------------------------------
 // Two sensors in two namespaces, one hub with mTLS.
-
-fn pem(label: &str, ders: &[&[u8]]) -> String {
-    use base64::Engine;
-    let mut out = String::new();
-    for der in ders {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        out.push_str(&format!("-----BEGIN {label}-----\n"));
-        for chunk in b64.as_bytes().chunks(64) {
-            out.push_str(std::str::from_utf8(chunk).unwrap());
-            out.push('\n');
-        }
-        out.push_str(&format!("-----END {label}-----\n"));
-    }
-    out
-}
-
-fn write_leaf(dir: &Path, name: &str, leaf: &support::tls::Leaf) {
-    let chain: Vec<&[u8]> = leaf.chain.iter().map(|c| c.as_ref()).collect();
-    std::fs::write(dir.join(format!("{name}.pem")), pem("CERTIFICATE", &chain)).unwrap();
-    std::fs::write(
-        dir.join(format!("{name}.key")),
-        pem("PRIVATE KEY", &[leaf.key.secret_der()]),
-    )
-    .unwrap();
-}
 
 #[test]
 fn two_sensors_in_two_namespaces_each_report_only_their_own_segments_over_mtls() {

@@ -379,3 +379,30 @@ impl OpensslServer {
         panic!("openssl s_server did not start on {addr}");
     }
 }
+
+/// PEM text of `label` blocks.
+pub fn pem(label: &str, ders: &[&[u8]]) -> String {
+    use base64::Engine;
+    let mut out = String::new();
+    for der in ders {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str(&format!("-----BEGIN {label}-----\n"));
+        for chunk in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(chunk).unwrap());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+    }
+    out
+}
+
+/// Write `leaf`'s chain and key as `dir/name.pem` and `dir/name.key`.
+pub fn write_leaf(dir: &std::path::Path, name: &str, leaf: &Leaf) {
+    let chain: Vec<&[u8]> = leaf.chain.iter().map(|c| c.as_ref()).collect();
+    std::fs::write(dir.join(format!("{name}.pem")), pem("CERTIFICATE", &chain)).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.key")),
+        pem("PRIVATE KEY", &[leaf.key.secret_der()]),
+    )
+    .unwrap();
+}

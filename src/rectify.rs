@@ -99,29 +99,12 @@ impl LinkKey {
             link.period,
             link.expires.timestamp()
         );
-        let tag = hmac::sign(&self.link, payload.as_bytes());
-        Ok(format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(payload),
-            URL_SAFE_NO_PAD.encode(tag.as_ref())
-        ))
+        Ok(seal(&self.link, &payload))
     }
 
     /// The link `token` names, if its signature holds and it has not expired at `now`.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Link, LinkError> {
-        if token.len() > MAX_TOKEN {
-            return Err(LinkError::Malformed);
-        }
-        let (payload, tag) = token.split_once('.').ok_or(LinkError::Malformed)?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| LinkError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD
-            .decode(tag)
-            .map_err(|_| LinkError::Malformed)?;
-        hmac::verify(&self.link, &payload, &tag).map_err(|_| LinkError::Tampered)?;
-        // Signed by us: a payload that does not parse is still refused, never trusted.
-        let text = String::from_utf8(payload).map_err(|_| LinkError::Malformed)?;
+        let text = open(&self.link, token)?;
         let mut parts = text.split('\n');
         let (Some("v1"), Some(department), Some(period), Some(expiry), None) = (
             parts.next(),
@@ -132,14 +115,7 @@ impl LinkKey {
         ) else {
             return Err(LinkError::Malformed);
         };
-        let expires = expiry
-            .parse::<i64>()
-            .ok()
-            .and_then(|s| DateTime::from_timestamp(s, 0))
-            .ok_or(LinkError::Malformed)?;
-        if now >= expires {
-            return Err(LinkError::Expired);
-        }
+        let expires = unexpired(expiry, now)?;
         Ok(Link {
             department: department.to_string(),
             period: period.to_string(),
@@ -153,42 +129,19 @@ impl LinkKey {
             return Err(LinkError::Unsignable);
         }
         let payload = format!("s1\n{actor}\n{}", expires.timestamp());
-        let tag = hmac::sign(&self.session, payload.as_bytes());
-        Ok(format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(payload),
-            URL_SAFE_NO_PAD.encode(tag.as_ref())
-        ))
+        Ok(seal(&self.session, &payload))
     }
 
     /// The actor of session `token`, if its signature holds and it has not expired at `now`.
     pub fn verify_session(&self, token: &str, now: DateTime<Utc>) -> Result<String, LinkError> {
-        if token.len() > MAX_TOKEN {
-            return Err(LinkError::Malformed);
-        }
-        let (payload, tag) = token.split_once('.').ok_or(LinkError::Malformed)?;
-        let payload = URL_SAFE_NO_PAD
-            .decode(payload)
-            .map_err(|_| LinkError::Malformed)?;
-        let tag = URL_SAFE_NO_PAD
-            .decode(tag)
-            .map_err(|_| LinkError::Malformed)?;
-        hmac::verify(&self.session, &payload, &tag).map_err(|_| LinkError::Tampered)?;
-        let text = String::from_utf8(payload).map_err(|_| LinkError::Malformed)?;
+        let text = open(&self.session, token)?;
         let mut parts = text.split('\n');
         let (Some("s1"), Some(actor), Some(expiry), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(LinkError::Malformed);
         };
-        let expires = expiry
-            .parse::<i64>()
-            .ok()
-            .and_then(|s| DateTime::from_timestamp(s, 0))
-            .ok_or(LinkError::Malformed)?;
-        if now >= expires {
-            return Err(LinkError::Expired);
-        }
+        unexpired(expiry, now)?;
         Ok(actor.to_string())
     }
 
@@ -235,4 +188,44 @@ pub async fn stored_key(store: &crate::store::Store) -> Result<LinkKey, KeyError
         return Err(KeyError::Empty);
     }
     Ok(LinkKey::new(hex.as_bytes()))
+}
+
+/// `payload` and its HMAC-SHA256 tag under `key`, as `PAYLOAD.TAG` (base64url each).
+fn seal(key: &hmac::Key, payload: &str) -> String {
+    let tag = hmac::sign(key, payload.as_bytes());
+    format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(payload),
+        URL_SAFE_NO_PAD.encode(tag.as_ref())
+    )
+}
+
+/// The payload of a [`seal`]ed `token`, once its tag is checked (constant time) under `key`.
+/// Signed by us: a payload that then does not parse is still refused, never trusted.
+fn open(key: &hmac::Key, token: &str) -> Result<String, LinkError> {
+    if token.len() > MAX_TOKEN {
+        return Err(LinkError::Malformed);
+    }
+    let (payload, tag) = token.split_once('.').ok_or(LinkError::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(payload)
+        .map_err(|_| LinkError::Malformed)?;
+    let tag = URL_SAFE_NO_PAD
+        .decode(tag)
+        .map_err(|_| LinkError::Malformed)?;
+    hmac::verify(key, &payload, &tag).map_err(|_| LinkError::Tampered)?;
+    String::from_utf8(payload).map_err(|_| LinkError::Malformed)
+}
+
+/// The expiry `seconds` (Unix time) of a token, if it is still ahead of `now`.
+fn unexpired(seconds: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, LinkError> {
+    let expires = seconds
+        .parse::<i64>()
+        .ok()
+        .and_then(|s| DateTime::from_timestamp(s, 0))
+        .ok_or(LinkError::Malformed)?;
+    if now >= expires {
+        return Err(LinkError::Expired);
+    }
+    Ok(expires)
 }

@@ -890,9 +890,14 @@ fn reload_keeps_the_old_config_on_error_and_sigterm_stops_cleanly() {
         || (daemon.metric("netpatrol_config_reload_success") == Some(1.0)).then_some(()),
     );
 
-    // SIGTERM in the middle of a scan: exit 0 within the grace period.
+    // SIGTERM in the middle of a scan: exit 0 within the grace period. (The scan is begun
+    // once the daemon's worker has claimed it from the queue: wait for that, then a little.)
     let r = post(addr, "/api/v1/scans", Some(TOKEN), "{}");
     assert_eq!(r.status, 202);
+    let id = r.json()["id"].as_str().expect("scan id").to_string();
+    wait_for("the scan to run", Duration::from_secs(30), || {
+        (get(addr, &format!("/api/v1/scans/{id}")).json()["state"] == "running").then_some(())
+    });
     std::thread::sleep(Duration::from_millis(300));
     let asked = Instant::now();
     signal(&daemon.child, "TERM");

@@ -20,6 +20,7 @@ use netpatrol::probe::Coverage;
 use netpatrol::sensor::batch::{self, Batch};
 use netpatrol::store::{IncomingBatch, OutboxBatch, Received};
 
+use crate::daemon::dechunk;
 use crate::support;
 use crate::support::store::{TestStore, for_each_backend, for_each_backend_blocking};
 use crate::support::tls::write_leaf;
@@ -276,19 +277,6 @@ fn http(
         body.to_string()
     };
     (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// A count from a store another process writes, read without migrating or marking anything
